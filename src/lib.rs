@@ -1,0 +1,13 @@
+//! tunnelfleet: run the MCP tunnel stack (mcp-proxy + cloudflared under Docker Compose) on a
+//! fleet of hosts over SSH.
+//!
+//! Layers, dependencies pointing down only (see docs/decisions.md):
+//! `cli` -> `rollout`/`playbook` -> `stack` -> `remote` -> `ssh` -> `inventory`, with `pki` and
+//! `secrets` beside them.
+
+pub mod cli;
+pub mod inventory;
+pub mod pki;
+pub mod remote;
+pub mod secrets;
+pub mod ssh;
