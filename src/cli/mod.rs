@@ -1,6 +1,96 @@
-//! Command-line verbs. One file per verb; no SSH calls here beyond handing work to lower layers.
+//! Command-line verbs. One file per verb: each builds its work, hands it to the lower layers,
+//! and renders a recap or `--json`. Exit codes: 0 all hosts ok, 1 some host failed, 2 bad
+//! input (nothing was touched), 3 the run could not start (e.g. lock held).
+
+mod check;
+mod common;
+mod inventory_cmd;
+pub mod progress;
+
+use clap::{Parser, Subcommand};
+
+pub use common::{ConnArgs, parse_duration};
+
+/// Exit code: every host succeeded.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: at least one host failed.
+pub const EXIT_HOST_FAILED: i32 = 1;
+/// Exit code: bad input (inventory, flag, token, certificate); no host was touched.
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+/// tunnelfleet: run the MCP tunnel stack (mcp-proxy + cloudflared) on a fleet of hosts over SSH.
+#[derive(Parser, Debug)]
+#[command(name = "tunnelfleet", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connect to every selected host and report what a deploy needs (reachability, auth,
+    /// host key, OS, Docker Compose, deploy dir, disk, clock).
+    Check(check::CheckArgs),
+    /// Show the inventory as tunnelfleet resolves it.
+    Inventory(inventory_cmd::InventoryArgs),
+}
+
+/// An error that stops a verb before or during its run, mapped to an exit code by [`main`].
+#[derive(Debug)]
+pub struct CliError {
+    /// The exit code to use.
+    pub code: i32,
+    /// The message (no secrets).
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad input: exit 2.
+    pub fn input(message: impl Into<String>) -> Self {
+        CliError {
+            code: EXIT_BAD_INPUT,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// Entry point used by the binary: parses arguments, runs the verb, returns the exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_BAD_INPUT } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tunnelfleet: cannot start the async runtime: {e}");
+            return 3;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Check(a) => check::run(a).await,
+            Command::Inventory(a) => inventory_cmd::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tunnelfleet: {}", e.message);
+            e.code
+        }
+    }
 }

@@ -1,1 +1,710 @@
-//! ssh
+//! The SSH transport, on russh.
+//!
+//! One [`Connector`] per run holds what connections share: the known_hosts policy, the
+//! decrypted keys, the bound on simultaneous connection starts, and the jump-host connections
+//! (one connection to a bastion carries every host behind it). [`Connector::connect`] gives a
+//! [`Session`]: one authenticated connection per host, reused for every command of the run.
+//!
+//! Secrets travel only on a command's stdin ([`Session::exec`]); the command text itself is
+//! visible in `ps` on the host and must never hold one.
+
+pub mod auth;
+pub mod config;
+pub mod known_hosts;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use russh::client::{self, Handle};
+use russh::keys::PublicKey;
+use russh::keys::ssh_key::Algorithm;
+use russh::ChannelMsg;
+use russh::keys::PublicKeyOrCertificate;
+use tokio::sync::{OnceCell, Semaphore};
+
+pub use auth::AuthMethod;
+use auth::KeyCache;
+use known_hosts::{KnownHosts, Verdict};
+
+/// What kind of failure an [`SshError`] is, so callers can tell "host down" from "refused".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// TCP could not reach the host (refused, no route, DNS).
+    Unreachable,
+    /// A deadline passed (connect or command).
+    Timeout,
+    /// The host key was unknown, changed, revoked or not acceptable.
+    HostKey,
+    /// Authentication failed.
+    Auth,
+    /// The connection broke, or a channel or command could not be run.
+    Transport,
+}
+
+impl ErrorKind {
+    /// A short machine-readable name for `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::HostKey => "host_key",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Transport => "transport",
+        }
+    }
+}
+
+/// An SSH-layer failure: what happened, and what the operator can do about it.
+#[derive(Debug, Clone)]
+pub struct SshError {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// What happened (never holds a secret).
+    pub message: String,
+    /// What to do about it, when there is something to say.
+    pub hint: Option<String>,
+}
+
+impl SshError {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        SshError {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl std::fmt::Display for SshError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SshError {}
+
+/// One jump host on the way to a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    /// Address or name, resolved by the previous hop (or locally for the first).
+    pub address: String,
+    /// SSH port.
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// Key files to try after the agent.
+    pub key_files: Vec<PathBuf>,
+}
+
+impl Hop {
+    fn label(&self) -> String {
+        format!("{}@{}:{}", self.user, self.address, self.port)
+    }
+}
+
+/// A host to connect to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Inventory name (for messages).
+    pub name: String,
+    /// The final hop: address, port, user and key files of the host itself.
+    pub hop: Hop,
+    /// Jump hosts, in order (ProxyJump).
+    pub proxy_jump: Vec<Hop>,
+    /// Run commands through `sudo -n`.
+    pub become_: bool,
+}
+
+/// Settings shared by every connection of a run.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// The known_hosts file to check host keys against (and to learn into).
+    pub known_hosts: PathBuf,
+    /// Learn keys of hosts not in known_hosts (never replaces a changed key).
+    pub accept_new: bool,
+    /// Deadline for TCP connect + key exchange + authentication, through every hop.
+    pub connect_timeout: Duration,
+    /// Default deadline for one remote command.
+    pub command_timeout: Duration,
+    /// At most this many connection starts at once (sshd's MaxStartups and bastions refuse bursts).
+    pub max_starts: usize,
+    /// Keepalive interval; the connection is dropped after 3 unanswered keepalives.
+    pub keepalive: Duration,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            known_hosts: config::expand_tilde("~/.ssh/known_hosts"),
+            accept_new: false,
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(120),
+            max_starts: 10,
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Outcome of the host key check, recorded by the handler so a refused connection can say why.
+#[derive(Debug, Clone)]
+enum KeyOutcome {
+    Accepted { fingerprint: String },
+    Refused(SshError),
+}
+
+struct Client {
+    host: String,
+    port: u16,
+    known: Arc<std::sync::Mutex<KnownHosts>>,
+    accept_new: bool,
+    outcome: Arc<std::sync::Mutex<Option<KeyOutcome>>>,
+}
+
+impl Client {
+    fn record(&self, o: KeyOutcome) {
+        if let Ok(mut g) = self.outcome.lock() {
+            *g = Some(o);
+        }
+    }
+
+    async fn judge(&self, key: &PublicKey) -> KeyOutcome {
+        let fingerprint = known_hosts::fingerprint(key);
+        let (verdict, path) = match self.known.lock() {
+            Ok(kh) => (
+                kh.check(&self.host, self.port, key),
+                kh.path().to_path_buf(),
+            ),
+            Err(_) => {
+                return KeyOutcome::Refused(SshError::new(
+                    ErrorKind::HostKey,
+                    "known_hosts state poisoned",
+                ));
+            }
+        };
+        let name = known_hosts::host_pattern_name(&self.host, self.port);
+        match verdict {
+            Verdict::Known => KeyOutcome::Accepted { fingerprint },
+            Verdict::Revoked { line } => KeyOutcome::Refused(SshError::new(
+                ErrorKind::HostKey,
+                format!(
+                    "host key {fingerprint} of {name} is REVOKED in {}:{line}",
+                    path.display()
+                ),
+            )),
+            Verdict::Changed { lines } => {
+                let at: Vec<String> = lines
+                    .iter()
+                    .map(|l| format!("{}:{l}", path.display()))
+                    .collect();
+                KeyOutcome::Refused(
+                    SshError::new(
+                        ErrorKind::HostKey,
+                        format!(
+                            "WARNING: HOST KEY OF {name} HAS CHANGED (now {fingerprint}; recorded \
+                             at {}). Someone could be intercepting the connection \
+                             (man-in-the-middle), or the host was reinstalled",
+                            at.join(", ")
+                        ),
+                    )
+                    .hint(format!(
+                        "verify the new key out of band; if it is legitimate, remove the old \
+                         entry with: ssh-keygen -f {} -R '{name}'",
+                        path.display()
+                    )),
+                )
+            }
+            Verdict::Unknown if self.accept_new => {
+                let (p, h, port, k) = (path.clone(), self.host.clone(), self.port, key.clone());
+                let learned =
+                    tokio::task::spawn_blocking(move || known_hosts::learn(&p, &h, port, &k))
+                        .await;
+                match learned {
+                    Ok(Ok(Verdict::Known | Verdict::Unknown)) => {
+                        if let (Ok(fresh), Ok(mut kh)) =
+                            (KnownHosts::load(&path), self.known.lock())
+                        {
+                            *kh = fresh;
+                        }
+                        KeyOutcome::Accepted { fingerprint }
+                    }
+                    Ok(Ok(_)) => KeyOutcome::Refused(SshError::new(
+                        ErrorKind::HostKey,
+                        format!(
+                            "host key of {name} changed while learning it ({fingerprint}): \
+                             refusing"
+                        ),
+                    )),
+                    Ok(Err(e)) => KeyOutcome::Refused(SshError::new(
+                        ErrorKind::HostKey,
+                        format!("cannot record host key in {}: {e}", path.display()),
+                    )),
+                    Err(e) => KeyOutcome::Refused(SshError::new(
+                        ErrorKind::HostKey,
+                        format!("cannot record host key: {e}"),
+                    )),
+                }
+            }
+            Verdict::Unknown => KeyOutcome::Refused(
+                SshError::new(
+                    ErrorKind::HostKey,
+                    format!(
+                        "unknown host key for {name}: {fingerprint} (not in {})",
+                        path.display()
+                    ),
+                )
+                .hint(format!(
+                    "check the fingerprint with the host's owner, then rerun with --accept-new \
+                     (learns unknown hosts only), or add it: ssh-keyscan -p {} {} >> {}",
+                    self.port,
+                    self.host,
+                    path.display()
+                )),
+            ),
+        }
+    }
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let outcome = match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.judge(key).await,
+            PublicKeyOrCertificate::Certificate(_) => KeyOutcome::Refused(SshError::new(
+                ErrorKind::HostKey,
+                "the host presented an SSH host certificate; tunnelfleet checks plain host \
+                 keys against known_hosts only",
+            )),
+        };
+        let ok = matches!(outcome, KeyOutcome::Accepted { .. });
+        self.record(outcome);
+        Ok(ok)
+    }
+}
+
+/// An authenticated SSH connection (to a host or a jump host). Holds the jump connection it
+/// runs through, so the chain lives as long as the last connection that needs it.
+struct Link {
+    handle: Handle<Client>,
+    _parent: Option<Arc<Link>>,
+    auth: AuthMethod,
+    host_key_fingerprint: String,
+}
+
+type JumpCell = Arc<OnceCell<Result<Arc<Link>, SshError>>>;
+
+/// Opens and shares connections for a run.
+pub struct Connector {
+    opts: SshOptions,
+    known: Arc<std::sync::Mutex<KnownHosts>>,
+    starts: Semaphore,
+    keys: KeyCache,
+    jumps: tokio::sync::Mutex<HashMap<String, JumpCell>>,
+}
+
+fn host_key_algorithms(known: &[Algorithm]) -> Vec<Algorithm> {
+    // Never accept an ssh-rsa (SHA-1) host key signature.
+    let mut all: Vec<Algorithm> = russh::Preferred::DEFAULT
+        .key
+        .iter()
+        .filter(|a| !matches!(a, Algorithm::Rsa { hash: None }))
+        .cloned()
+        .collect();
+    // Prefer the algorithms known_hosts has for this host, as OpenSSH does.
+    all.sort_by_key(|a| !known.iter().any(|k| same_family(k, a)));
+    all
+}
+
+fn same_family(a: &Algorithm, b: &Algorithm) -> bool {
+    match (a, b) {
+        (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+        _ => a == b,
+    }
+}
+
+fn map_connect_error(e: russh::Error, what: &str) -> SshError {
+    match e {
+        russh::Error::IO(io) => {
+            let kind = match io.kind() {
+                std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
+                std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::NetworkUnreachable
+                | std::io::ErrorKind::AddrNotAvailable
+                | std::io::ErrorKind::NotFound => ErrorKind::Unreachable,
+                _ => ErrorKind::Unreachable,
+            };
+            SshError::new(kind, format!("connect to {what}: {io}"))
+                .hint("is the host up, and is sshd listening on that address and port?")
+        }
+        other => SshError::new(ErrorKind::Transport, format!("ssh with {what}: {other}")),
+    }
+}
+
+impl Connector {
+    /// A connector for one run. Reads known_hosts now.
+    pub fn new(opts: SshOptions) -> Result<Self, SshError> {
+        let known = KnownHosts::load(&opts.known_hosts).map_err(|e| {
+            SshError::new(
+                ErrorKind::HostKey,
+                format!("read {}: {e}", opts.known_hosts.display()),
+            )
+        })?;
+        Ok(Connector {
+            starts: Semaphore::new(opts.max_starts.max(1)),
+            opts,
+            known: Arc::new(std::sync::Mutex::new(known)),
+            keys: KeyCache::default(),
+            jumps: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The options this connector was made with.
+    pub fn options(&self) -> &SshOptions {
+        &self.opts
+    }
+
+    /// Connects to a target (through its jump hosts), within the connect deadline.
+    pub async fn connect(&self, target: &Target) -> Result<Session, SshError> {
+        let started = Instant::now();
+        let deadline = self.opts.connect_timeout;
+        let fut = async {
+            let mut parent: Option<Arc<Link>> = None;
+            for i in 0..target.proxy_jump.len() {
+                parent = Some(self.jump(&target.proxy_jump[..=i], parent).await?);
+            }
+            self.open_link(&target.hop, parent).await
+        };
+        let link = match tokio::time::timeout(deadline, fut).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(SshError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no SSH session with {} within the connect deadline ({:?})",
+                        target.hop.label(),
+                        deadline
+                    ),
+                )
+                .hint("the host may be down, hung or firewalled; raise --connect-timeout for slow links"));
+            }
+        };
+        Ok(Session {
+            host: target.name.clone(),
+            auth: link.auth.clone(),
+            host_key_fingerprint: link.host_key_fingerprint.clone(),
+            via: target.proxy_jump.iter().map(Hop::label).collect(),
+            connected_in: started.elapsed(),
+            link,
+            become_: target.become_,
+            command_timeout: self.opts.command_timeout,
+        })
+    }
+
+    /// The shared connection to the jump host at the end of `chain`.
+    async fn jump(&self, chain: &[Hop], parent: Option<Arc<Link>>) -> Result<Arc<Link>, SshError> {
+        let key: Vec<String> = chain.iter().map(Hop::label).collect();
+        let key = key.join(" -> ");
+        let cell = {
+            let mut jumps = self.jumps.lock().await;
+            jumps.entry(key.clone()).or_default().clone()
+        };
+        let hop = &chain[chain.len() - 1];
+        cell.get_or_init(|| async {
+            self.open_link(hop, parent).await.map_err(|e| SshError {
+                message: format!("jump host {}: {}", hop.label(), e.message),
+                ..e
+            })
+        })
+        .await
+        .clone()
+    }
+
+    /// One authenticated connection to `hop`, directly or through `parent`.
+    async fn open_link(&self, hop: &Hop, parent: Option<Arc<Link>>) -> Result<Arc<Link>, SshError> {
+        let known_algs = self
+            .known
+            .lock()
+            .map(|kh| kh.known_algorithms(&hop.address, hop.port))
+            .unwrap_or_default();
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(self.opts.keepalive),
+            keepalive_max: 3,
+            inactivity_timeout: None,
+            nodelay: true,
+            preferred: russh::Preferred {
+                key: host_key_algorithms(&known_algs).into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let outcome = Arc::new(std::sync::Mutex::new(None));
+        let handler = Client {
+            host: hop.address.clone(),
+            port: hop.port,
+            known: self.known.clone(),
+            accept_new: self.opts.accept_new,
+            outcome: outcome.clone(),
+        };
+        let label = hop.label();
+        let _permit = self
+            .starts
+            .acquire()
+            .await
+            .map_err(|_| SshError::new(ErrorKind::Transport, "connection limiter closed"))?;
+        let connected = match &parent {
+            None => client::connect(config, (hop.address.as_str(), hop.port), handler).await,
+            Some(p) => {
+                let ch = p
+                    .handle
+                    .channel_open_direct_tcpip(hop.address.clone(), u32::from(hop.port), "127.0.0.1", 0)
+                    .await
+                    .map_err(|e| {
+                        SshError::new(
+                            ErrorKind::Unreachable,
+                            format!("the jump host could not open a connection to {label}: {e}"),
+                        )
+                        .hint("is the host up, and does its name resolve on the jump host?")
+                    })?;
+                client::connect_stream(config, ch.into_stream(), handler).await
+            }
+        };
+        let recorded = outcome.lock().ok().and_then(|g| g.clone());
+        let mut handle = match connected {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(match recorded {
+                    Some(KeyOutcome::Refused(err)) => err,
+                    _ => map_connect_error(e, &label),
+                });
+            }
+        };
+        let host_key_fingerprint = match recorded {
+            Some(KeyOutcome::Accepted { fingerprint }) => fingerprint,
+            Some(KeyOutcome::Refused(err)) => return Err(err),
+            None => {
+                return Err(SshError::new(
+                    ErrorKind::HostKey,
+                    format!("{label}: the host key was never checked"),
+                ));
+            }
+        };
+        let mut key_files = hop.key_files.clone();
+        for d in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+            key_files.push(config::expand_tilde(&format!("~/.ssh/{d}")));
+        }
+        let auth = auth::authenticate(&mut handle, &hop.user, &key_files, &self.keys)
+            .await
+            .map_err(|e| SshError {
+                message: format!("{label}: {}", e.message),
+                ..e
+            })?;
+        Ok(Arc::new(Link {
+            handle,
+            _parent: parent,
+            auth,
+            host_key_fingerprint,
+        }))
+    }
+}
+
+/// What a remote command gave back.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Exit status (None when the command died of a signal or the channel closed early).
+    pub status: Option<u32>,
+    /// The signal name, when the command was killed by one.
+    pub signal: Option<String>,
+    /// Everything written to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything written to stderr.
+    pub stderr: Vec<u8>,
+    /// Time from opening the channel to its close.
+    pub elapsed: Duration,
+}
+
+impl ExecOutput {
+    /// True when the command exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text (lossy), trimmed.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+/// Single-quotes a string for POSIX sh.
+pub(crate) fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// One authenticated connection to a host, reused for every command of the run.
+pub struct Session {
+    /// The host's inventory name.
+    pub host: String,
+    /// How the session authenticated.
+    pub auth: AuthMethod,
+    /// SHA-256 fingerprint of the host key that was accepted.
+    pub host_key_fingerprint: String,
+    /// The jump hosts the session runs through.
+    pub via: Vec<String>,
+    /// Time to connect and authenticate (waiting for a start slot included).
+    pub connected_in: Duration,
+    link: Arc<Link>,
+    become_: bool,
+    command_timeout: Duration,
+}
+
+impl Session {
+    /// The command line sent for `script`: `sh -c 'script'`, under `sudo -n` with become.
+    /// Never put a secret in `script`: it is visible in `ps` on the host.
+    pub fn command_line(&self, script: &str) -> String {
+        if self.become_ {
+            format!("sudo -n -- sh -c {}", sh_quote(script))
+        } else {
+            format!("sh -c {}", sh_quote(script))
+        }
+    }
+
+    /// Runs `script` with `stdin` streamed to it, under the run's command deadline.
+    pub async fn exec(&self, script: &str, stdin: &[u8]) -> Result<ExecOutput, SshError> {
+        self.exec_timeout(script, stdin, self.command_timeout).await
+    }
+
+    /// Runs `script` with `stdin` streamed to it, under `timeout`.
+    pub async fn exec_timeout(
+        &self,
+        script: &str,
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<ExecOutput, SshError> {
+        let started = Instant::now();
+        let command = self.command_line(script);
+        let fut = async {
+            let channel = self.link.handle.channel_open_session().await.map_err(|e| {
+                SshError::new(ErrorKind::Transport, format!("open a session channel: {e}"))
+                    .hint("the connection dropped; rerun, and check the host's sshd MaxSessions")
+            })?;
+            channel.exec(true, command).await.map_err(|e| {
+                SshError::new(ErrorKind::Transport, format!("start the command: {e}"))
+            })?;
+            let (mut read, write) = channel.split();
+            let writer = async move {
+                if !stdin.is_empty() {
+                    write.data(stdin).await?;
+                }
+                write.eof().await
+            };
+            let reader = async move {
+                let mut out = ExecOutput::default();
+                while let Some(msg) = read.wait().await {
+                    match msg {
+                        ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                        ChannelMsg::ExtendedData { data, ext: 1 } => {
+                            out.stderr.extend_from_slice(&data)
+                        }
+                        ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                        ChannelMsg::ExitSignal { signal_name, .. } => {
+                            out.signal = Some(format!("{signal_name:?}"))
+                        }
+                        ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+                out
+            };
+            let (w, mut out) = tokio::join!(writer, reader);
+            if let Err(e) = w
+                && out.status.is_none()
+            {
+                return Err(SshError::new(
+                    ErrorKind::Transport,
+                    format!("send the command's input: {e}"),
+                ));
+            }
+            out.elapsed = started.elapsed();
+            Ok(out)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(SshError::new(
+                ErrorKind::Timeout,
+                format!("command did not finish within {timeout:?}"),
+            )
+            .hint("the host may be hung or overloaded; raise --command-timeout if it is just slow")),
+        }
+    }
+
+    /// Opens a TCP connection from the host to `addr:port` (for example a readiness endpoint
+    /// on the host's loopback) through this session.
+    pub async fn open_tcp(
+        &self,
+        addr: &str,
+        port: u16,
+    ) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+        let ch = self
+            .link
+            .handle
+            .channel_open_direct_tcpip(addr, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(|e| {
+                SshError::new(
+                    ErrorKind::Transport,
+                    format!("open a connection to {addr}:{port} on the host: {e}"),
+                )
+            })?;
+        Ok(ch.into_stream())
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        let _ = self
+            .link
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(sh_quote("a'b"), "'a'\\''b'");
+        assert_eq!(sh_quote(""), "''");
+    }
+
+    #[test]
+    fn host_key_algorithms_prefer_known_and_drop_sha1() {
+        let algs = host_key_algorithms(&[Algorithm::Ecdsa {
+            curve: russh::keys::ssh_key::EcdsaCurve::NistP256,
+        }]);
+        assert!(matches!(algs[0], Algorithm::Ecdsa { .. }));
+        assert!(!algs.contains(&Algorithm::Rsa { hash: None }));
+    }
+}

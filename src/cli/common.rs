@@ -1,0 +1,236 @@
+//! Flags and set-up shared by the verbs that reach hosts: inventory, --limit, SSH options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::CliError;
+use crate::inventory::{Connection, Inventory};
+use crate::ssh::{self, Hop, SshOptions, Target};
+
+/// Connection flags shared by every verb that reaches hosts.
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Inventory file (Ansible YAML).
+    #[arg(short = 'i', long = "inventory", env = "TUNNELFLEET_INVENTORY")]
+    pub inventory: PathBuf,
+    /// Hosts to act on: names, groups, globs, `!` exclusions, `&` intersections (as Ansible).
+    #[arg(short = 'l', long)]
+    pub limit: Option<String>,
+    /// known_hosts file to check host keys against.
+    #[arg(long, default_value = "~/.ssh/known_hosts")]
+    pub known_hosts: String,
+    /// Learn host keys of hosts not yet in known_hosts (a changed key is still refused).
+    #[arg(long)]
+    pub accept_new: bool,
+    /// Deadline to connect and authenticate, per host (e.g. 10s, 1500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Deadline for one remote command.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// At most this many SSH connection starts at once (sshd's MaxStartups defaults to 10).
+    #[arg(long, default_value_t = 10)]
+    pub max_starts: usize,
+    /// ssh_config file for ProxyJump, IdentityFile, User and Port defaults ("none" to ignore).
+    #[arg(long, default_value = "~/.ssh/config")]
+    pub ssh_config: String,
+}
+
+/// Parses `500ms`, `10s`, `5m`, `720h`, `2d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (examples: 500ms, 10s, 5m, 720h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m, h or d)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("'{s}' is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A selected host: its inventory name, connection settings and SSH target.
+#[derive(Debug, Clone)]
+pub struct SelectedHost {
+    /// Inventory name.
+    pub name: String,
+    /// Connection settings from the inventory.
+    pub conn: Connection,
+    /// Where to connect, after ssh_config defaults.
+    pub target: Target,
+}
+
+impl ConnArgs {
+    /// The SSH options these flags describe.
+    pub fn ssh_options(&self) -> SshOptions {
+        SshOptions {
+            known_hosts: ssh::config::expand_tilde(&self.known_hosts),
+            accept_new: self.accept_new,
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+            max_starts: self.max_starts,
+            ..SshOptions::default()
+        }
+    }
+
+    /// Loads the inventory and selects hosts; all input errors surface here, before any host
+    /// is touched.
+    pub async fn select(&self) -> Result<(Inventory, Vec<SelectedHost>), CliError> {
+        if self.max_starts == 0 {
+            return Err(CliError::input("--max-starts must be at least 1"));
+        }
+        let inv = Inventory::load(&self.inventory).map_err(|e| CliError::input(e.to_string()))?;
+        let hosts = inv
+            .select(self.limit.as_deref())
+            .map_err(|e| CliError::input(e.to_string()))?;
+        let ssh_config = match self.ssh_config.as_str() {
+            "none" => None,
+            p => Some(ssh::config::expand_tilde(p)),
+        };
+        let mut out = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            let conn = inv
+                .connection(h)
+                .map_err(|e| CliError::input(e.to_string()))?;
+            let target = to_target(&h.name, &conn, ssh_config.as_deref()).await?;
+            out.push(SelectedHost {
+                name: h.name.clone(),
+                conn,
+                target,
+            });
+        }
+        Ok((inv, out))
+    }
+}
+
+/// Parses one `ssh -J` element: `[user@]host[:port]`.
+fn parse_jump_spec(spec: &str) -> Result<(Option<String>, String, u16), String> {
+    let (user, rest) = match spec.rsplit_once('@') {
+        Some((u, r)) => (Some(u.to_string()), r),
+        None => (None, spec),
+    };
+    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+        match inner.split_once(']') {
+            Some((h, p)) => (h.to_string(), p.strip_prefix(':').unwrap_or("")),
+            None => return Err(format!("bad jump host '{spec}'")),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p),
+            None => (rest.to_string(), ""),
+        }
+    };
+    let port = if port.is_empty() {
+        22
+    } else {
+        port.parse()
+            .map_err(|_| format!("bad port in jump host '{spec}'"))?
+    };
+    if host.is_empty() {
+        return Err(format!("empty host in jump host '{spec}'"));
+    }
+    Ok((user, host, port))
+}
+
+async fn to_target(
+    name: &str,
+    conn: &Connection,
+    ssh_config: Option<&std::path::Path>,
+) -> Result<Target, CliError> {
+    let cfg = match ssh_config {
+        Some(p) => ssh::config::lookup(p, &conn.address).await,
+        None => ssh::config::SshConfigHost::default(),
+    };
+    let mut key_files: Vec<PathBuf> = conn.key_file.iter().cloned().collect();
+    key_files.extend(cfg.identity_files.iter().cloned());
+    let mut proxy_jump: Vec<Hop> = conn
+        .proxy_jump
+        .iter()
+        .map(|j| Hop {
+            address: j.address.clone(),
+            port: j.port,
+            user: j.user.clone().unwrap_or_else(|| conn.user.clone()),
+            key_files: j
+                .key_file
+                .iter()
+                .cloned()
+                .chain(key_files.iter().cloned())
+                .collect(),
+        })
+        .collect();
+    if proxy_jump.is_empty()
+        && let Some(spec) = &cfg.proxy_jump
+    {
+        for part in spec.split(',') {
+            let (user, host, port) = parse_jump_spec(part.trim())
+                .map_err(|e| CliError::input(format!("{name}: ssh_config ProxyJump: {e}")))?;
+            let jcfg = match ssh_config {
+                Some(p) => ssh::config::lookup(p, &host).await,
+                None => ssh::config::SshConfigHost::default(),
+            };
+            proxy_jump.push(Hop {
+                address: jcfg.hostname.clone().unwrap_or(host),
+                port: jcfg.port.filter(|_| port == 22).unwrap_or(port),
+                user: user
+                    .or(jcfg.user.clone())
+                    .unwrap_or_else(|| conn.user.clone()),
+                key_files: jcfg
+                    .identity_files
+                    .iter()
+                    .cloned()
+                    .chain(key_files.iter().cloned())
+                    .collect(),
+            });
+        }
+    }
+    Ok(Target {
+        name: name.to_string(),
+        hop: Hop {
+            address: conn.address.clone(),
+            port: conn.port,
+            user: conn.user.clone(),
+            key_files,
+        },
+        proxy_jump,
+        become_: conn.become_,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("720h"), Ok(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn jump_specs() {
+        assert_eq!(
+            parse_jump_spec("ops@bastion:2222"),
+            Ok((Some("ops".into()), "bastion".into(), 2222))
+        );
+        assert_eq!(parse_jump_spec("10.0.0.1"), Ok((None, "10.0.0.1".into(), 22)));
+        assert_eq!(parse_jump_spec("[::1]:22"), Ok((None, "::1".into(), 22)));
+        assert!(parse_jump_spec("h:x").is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! `tunnelfleet inventory`: the inventory as tunnelfleet resolves it.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{CliError, EXIT_OK};
+use crate::inventory::Inventory;
+
+/// Flags of `inventory`.
+#[derive(Args, Debug)]
+pub struct InventoryArgs {
+    /// Inventory file (Ansible YAML).
+    #[arg(short = 'i', long = "inventory", env = "TUNNELFLEET_INVENTORY")]
+    inventory: PathBuf,
+    /// Print every group and host with merged vars, as `ansible-inventory --list` does.
+    #[arg(long)]
+    list: bool,
+    /// Print the hosts a --limit pattern selects, one per line.
+    #[arg(short = 'l', long)]
+    limit: Option<String>,
+}
+
+/// Runs `inventory`.
+pub async fn run(args: InventoryArgs) -> Result<i32, CliError> {
+    let inv = Inventory::load(&args.inventory).map_err(|e| CliError::input(e.to_string()))?;
+    if args.list {
+        let doc = inv.ansible_list();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
+        return Ok(EXIT_OK);
+    }
+    let hosts = inv
+        .select(args.limit.as_deref())
+        .map_err(|e| CliError::input(e.to_string()))?;
+    for h in hosts {
+        println!("{}", h.name);
+    }
+    Ok(EXIT_OK)
+}

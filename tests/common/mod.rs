@@ -1,0 +1,139 @@
+//! Test harness: a real testbed fleet (tests/testbed/testbed) per test, and helpers to run the
+//! tunnelfleet binary against it. The testbed is torn down when the value drops.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A running testbed in its own temp dir.
+pub struct Testbed {
+    pub dir: tempfile::TempDir,
+    pub hosts: usize,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn testbed_bin() -> PathBuf {
+    repo_root().join("tests/testbed/testbed")
+}
+
+pub fn tunnelfleet_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tunnelfleet"))
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+impl Testbed {
+    /// Brings up `hosts` hosts with extra `up` flags (e.g. `--bastion`, `--latency-ms 20`).
+    pub fn up(hosts: usize, extra: &[&str]) -> Testbed {
+        let dir = tempfile::Builder::new()
+            .prefix("tf-testbed-")
+            .tempdir()
+            .expect("temp dir for the testbed");
+        let n = hosts.to_string();
+        let mut args = vec!["up", "--dir"];
+        let d = dir.path().to_string_lossy().to_string();
+        args.push(&d);
+        args.extend(["--hosts", &n]);
+        args.extend(extra);
+        let out = Command::new(testbed_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run testbed up");
+        assert!(out.status.success(), "testbed up failed: {}", show(&out));
+        Testbed { dir, hosts }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn inventory(&self) -> PathBuf {
+        self.path().join("inventory.yaml")
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.path().join("known_hosts")
+    }
+
+    pub fn host_names(&self) -> Vec<String> {
+        (1..=self.hosts).map(|i| format!("h{i}")).collect()
+    }
+
+    /// Runs `testbed ARGS... --dir DIR`-style commands: `testbed(&["fault", "h2", "down"])`.
+    pub fn testbed(&self, args: &[&str]) -> Output {
+        let d = self.path().to_string_lossy().to_string();
+        let (verb, rest) = args.split_first().expect("a testbed verb");
+        let mut full = vec![*verb, "--dir", &d];
+        full.extend(rest);
+        Command::new(testbed_bin())
+            .args(&full)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run testbed")
+    }
+
+    pub fn fault(&self, host: &str, what: &str) {
+        let out = self.testbed(&["fault", host, what]);
+        assert!(out.status.success(), "fault {host} {what}: {}", show(&out));
+    }
+
+    /// Runs a command inside a host's namespaces (not through ssh), returns stdout.
+    pub fn host_exec(&self, host: &str, cmd: &str) -> String {
+        let out = self.testbed(&["exec", host, "--", "sh", "-c", cmd]);
+        assert!(out.status.success(), "exec on {host}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every command line recorded on every host.
+    pub fn recorded_commands(&self) -> String {
+        std::fs::read_to_string(self.path().join("commands.log")).unwrap_or_default()
+    }
+
+    /// Runs tunnelfleet VERB with the testbed's inventory and known_hosts, then `args`.
+    pub fn tf(&self, verb: &str, args: &[&str]) -> Output {
+        self.tf_with(verb, &self.inventory(), &self.known_hosts(), args)
+    }
+
+    pub fn tf_with(&self, verb: &str, inv: &Path, kh: &Path, args: &[&str]) -> Output {
+        Command::new(tunnelfleet_bin())
+            .arg(verb)
+            .arg("-i")
+            .arg(inv)
+            .arg("--known-hosts")
+            .arg(kh)
+            .args(["--ssh-config", "none"])
+            .args(args)
+            .env_remove("SSH_AUTH_SOCK")
+            .env("HOME", self.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tunnelfleet")
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = self.testbed(&["down"]);
+    }
+}
+
+/// Parses stdout as JSON, with the whole output in the panic message when it is not.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", show(out)))
+}
+
+pub fn describe(out: &Output) -> String {
+    show(out)
+}
