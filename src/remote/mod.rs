@@ -1,1 +1,2 @@
 //! remote
+pub mod probe;
