@@ -102,3 +102,96 @@ fn ansible_list_matches_ansible_inventory() {
     }
     assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
 }
+
+/// `--limit` parity: the hosts we select equal (as a set) what `ansible PATTERN --list-hosts`
+/// lists; we return them in inventory order. Uses the `ansible` binary next to
+/// `ansible-inventory`.
+#[test]
+fn limit_matches_ansible_list_hosts() {
+    let inventory_bin = ansible_inventory_bin();
+    let bin = inventory_bin.with_file_name("ansible");
+    assert!(
+        bin.is_file(),
+        "{} not found next to {}",
+        bin.display(),
+        inventory_bin.display()
+    );
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory/limit.yaml");
+    let inv = Inventory::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let patterns = [
+        "all",
+        "*",
+        "prod",
+        "prod:!db",
+        "web:&db",
+        "!prod",
+        "ungrouped",
+        "web[0]",
+        "web[-1]",
+        "prod[1:2]",
+        "db?",
+        "w*",
+        "prod,!web[0]",
+        "web1,stg1",
+        "*.example.com",
+        "eu_*:&tunnel_*",
+        "tunnel_*:!~never",
+        "10.0.0.1",
+        "[ds]*",
+    ];
+    let tmp = std::env::temp_dir().join("tunnelfleet-parity-ansible");
+    let children: Vec<_> = patterns
+        .iter()
+        .map(|p| {
+            let child = Command::new(&bin)
+                .arg(p)
+                .arg("-i")
+                .arg(&file)
+                .arg("--list-hosts")
+                .env("ANSIBLE_INVENTORY_ENABLED", "yaml")
+                .env("ANSIBLE_INVENTORY_UNPARSED_FAILED", "true")
+                .env("ANSIBLE_NOCOLOR", "1")
+                .env("ANSIBLE_LOCAL_TEMP", &tmp)
+                .env("ANSIBLE_HOME", &tmp)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+            (p, child)
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (pattern, child) in children {
+        let output = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("ansible {pattern}: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "ansible '{pattern}' --list-hosts failed:\n{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // "  hosts (N):" then one indented host per line.
+        let mut theirs: Vec<String> = stdout
+            .lines()
+            .skip(1)
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        theirs.sort();
+        // Ansible ignores the `!~never` regex exclusion that matches nothing; we do not
+        // support regexes, so compare that one without it.
+        let ours_pattern = pattern.replace(":!~never", "");
+        let mut ours: Vec<String> = inv
+            .select(Some(&ours_pattern))
+            .unwrap_or_else(|e| panic!("select '{pattern}': {e}"))
+            .into_iter()
+            .map(|h| h.name.clone())
+            .collect();
+        ours.sort();
+        if ours != theirs {
+            failures.push(format!("'{pattern}': ansible {theirs:?}, ours {ours:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
+}
