@@ -124,13 +124,28 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, YamlError> {
     let mut builder = Builder {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
+        expanded: 0,
     };
     builder.stream()
 }
 
 struct Builder<'a> {
     parser: Parser<'a, serde_saphyr::granit_parser::StrInput<'a>>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their size in nodes.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes copied by aliases so far, bounded against "billion laughs" documents.
+    expanded: usize,
+}
+
+/// At most this many nodes may be copied by aliases in one document.
+const MAX_ALIAS_EXPANSION: usize = 1_000_000;
+
+fn size(node: &Node) -> usize {
+    1 + match &node.kind {
+        Kind::Scalar { .. } => 0,
+        Kind::Seq(items) => items.iter().map(size).sum(),
+        Kind::Map(entries) => entries.iter().map(|e| 1 + size(&e.value)).sum(),
+    }
 }
 
 enum Step {
@@ -199,10 +214,16 @@ impl<'a> Builder<'a> {
             Event::SequenceEnd => Ok(Step::SeqEnd),
             Event::MappingEnd => Ok(Step::MapEnd),
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(node) => Ok(Step::Node(Node {
-                    kind: node.kind.clone(),
-                    loc,
-                })),
+                Some((node, n)) => {
+                    self.expanded += n;
+                    if self.expanded > MAX_ALIAS_EXPANSION {
+                        return Err(err(loc, "aliases expand to too many nodes"));
+                    }
+                    Ok(Step::Node(Node {
+                        kind: node.kind.clone(),
+                        loc,
+                    }))
+                }
                 None => Err(err(loc, "alias refers to an unknown anchor")),
             },
             Event::Scalar(text, style, anchor, tag) => {
@@ -252,7 +273,7 @@ impl<'a> Builder<'a> {
 
     fn remember(&mut self, anchor: usize, node: &Node) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), size(node)));
         }
     }
 
@@ -618,6 +639,17 @@ mod tests {
         assert_eq!(inner[1].key, "0755");
         assert_eq!(inner[1].key_loc, Loc { line: 3, column: 3 });
         assert_eq!(inner[0].value.loc, Loc { line: 2, column: 8 });
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut doc = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            doc.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        let e = parse(&doc).err().map(|e| e.message);
+        assert_eq!(e.as_deref(), Some("aliases expand to too many nodes"));
     }
 
     #[test]
