@@ -1,0 +1,58 @@
+//! The inventory error type.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading an inventory, selecting hosts or building a host's
+/// connection. Messages name the place to fix: `file:line:column` for the inventory, the
+/// column in the pattern for `--limit`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InventoryError {
+    /// The inventory file could not be read.
+    #[error("{}: cannot read inventory: {error}", path.display())]
+    Read {
+        /// The path as given.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// A problem at a place in the inventory file: YAML syntax, structure (a `hosts:` that is
+    /// a list, a group that is not a mapping), or an invalid value for a known variable.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    At {
+        /// The inventory file as given to [`crate::inventory::Inventory::load`].
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// What is wrong, naming the group, host and variable concerned.
+        message: String,
+    },
+    /// A problem in a `--limit` pattern; `column` is 1-based, in characters.
+    #[error("--limit:1:{column}: {message}")]
+    Limit {
+        /// Where in the pattern the problem starts.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Several problems, reported together (e.g. invalid connection vars on several hosts).
+    #[error("{}", ManyDisplay(.0))]
+    Many(Vec<InventoryError>),
+}
+
+struct ManyDisplay<'a>(&'a [InventoryError]);
+
+impl fmt::Display for ManyDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
