@@ -8,7 +8,8 @@ use std::collections::HashMap;
 pub fn check_script(deploy_dir: &str) -> String {
     let dir = crate::ssh::sh_quote(deploy_dir);
     format!(
-        r#"dir={dir}
+        r#"echo "time_ns=$(date +%s%N)"
+dir={dir}
 echo "os=$(. /etc/os-release 2>/dev/null; echo "${{PRETTY_NAME:-$(uname -s)}}")"
 echo "kernel=$(uname -sr)"
 if docker compose version >/dev/null 2>&1; then
@@ -24,7 +25,6 @@ echo "dir_exists=$([ -d "$dir" ] && echo yes || echo no)"
 echo "dir_probe=$p"
 if t=$(mktemp "$p/.tunnelfleet-check.XXXXXX" 2>/dev/null); then rm -f "$t"; echo writable=yes; else echo writable=no; fi
 echo "free_kb=$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {{print $4}}')"
-echo "time_ns=$(date +%s%N)"
 "#
     )
 }
