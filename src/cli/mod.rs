@@ -5,6 +5,7 @@
 mod check;
 mod common;
 mod inventory_cmd;
+mod pki;
 pub mod progress;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Show the inventory as tunnelfleet resolves it.
     Inventory(inventory_cmd::InventoryArgs),
+    /// Manage the controller's CA for the tunnel's server certificates.
+    Pki(pki::PkiArgs),
 }
 
 /// An error that stops a verb before or during its run, mapped to an exit code by [`main`].
@@ -84,6 +87,7 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Check(a) => check::run(a).await,
             Command::Inventory(a) => inventory_cmd::run(a).await,
+            Command::Pki(a) => pki::run(a).await,
         }
     });
     match result {
