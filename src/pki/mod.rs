@@ -12,6 +12,8 @@
 //! are large and slow to generate for no gain here. A reused server key of another type
 //! supported by rcgen (RSA, P-384) is accepted.
 
+#![warn(missing_docs)]
+
 mod domain;
 mod files;
 mod info;
