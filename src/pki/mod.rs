@@ -12,6 +12,8 @@
 //! are large and slow to generate for no gain here. A reused server key of another type
 //! supported by rcgen (RSA, P-384) is accepted.
 
+#![warn(missing_docs)]
+
 mod domain;
 mod files;
 mod info;
@@ -25,6 +27,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 /// File name of the CA certificate in the state directory.
 pub const CA_CERT_FILE: &str = "ca.crt";
@@ -178,7 +181,7 @@ impl Ca {
             });
         }
 
-        let key = new_key("generate the CA key")?;
+        let key = Zeroizing::new(new_key("generate the CA key")?);
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
@@ -189,7 +192,7 @@ impl Ca {
         let now = chrono::Utc::now().timestamp();
         params.not_before = to_offset(now - BACKDATE_SECS)?;
         params.not_after = to_offset(now + i64::from(CA_DAYS) * 86_400)?;
-        let cert = params.self_signed(&key).map_err(|cause| PkiError::Rcgen {
+        let cert = params.self_signed(&*key).map_err(|cause| PkiError::Rcgen {
             what: "self-sign the CA certificate".into(),
             cause,
         })?;
@@ -310,23 +313,26 @@ impl Ca {
             });
         }
 
-        let ca_key = KeyPair::from_pem(self.key_pem.expose()).map_err(|e| PkiError::BadKey {
-            what: format!("CA key in {}", self.dir.display()),
-            cause: e.to_string(),
-        })?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).map_err(|cause| PkiError::Rcgen {
+        let ca_key = Zeroizing::new(KeyPair::from_pem(self.key_pem.expose()).map_err(|e| {
+            PkiError::BadKey {
+                what: format!("CA key in {}", self.dir.display()),
+                cause: e.to_string(),
+            }
+        })?);
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &*ca_key).map_err(|cause| {
+            PkiError::Rcgen {
                 what: format!("read CA certificate in {}", self.dir.display()),
                 cause,
-            })?;
+            }
+        })?;
 
-        let key = match key_pem {
+        let key = Zeroizing::new(match key_pem {
             Some(k) => KeyPair::from_pem(k.expose()).map_err(|e| PkiError::BadKey {
                 what: format!("existing server key (sha256:{})", k.fingerprint()),
                 cause: e.to_string(),
             })?,
             None => new_key("generate the server key")?,
-        };
+        });
 
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -345,7 +351,7 @@ impl Ca {
         params.not_after = to_offset(not_after)?;
 
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(&*key, &issuer)
             .map_err(|cause| PkiError::Rcgen {
                 what: format!("sign the server certificate for {domain}"),
                 cause,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 /// Builds the probe script for a host whose deploy dir is `deploy_dir`.
 pub fn check_script(deploy_dir: &str) -> String {
-    let dir = crate::ssh::sh_quote(deploy_dir);
+    let dir = super::quote(deploy_dir);
     format!(
         r#"echo "time_ns=$(date +%s%N)"
 dir={dir}

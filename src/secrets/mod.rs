@@ -7,6 +7,8 @@
 //!   digits of the SHA-256 of its value);
 //! - error messages about a token carry at most its length and fingerprint.
 
+#![warn(missing_docs)]
+
 mod source;
 mod token;
 

@@ -27,6 +27,8 @@ use tokio::sync::{OnceCell, Semaphore};
 pub use auth::AuthMethod;
 use auth::KeyCache;
 use known_hosts::{KnownHosts, Verdict};
+// The one quoting function of the crate (a pure helper of the remote layer).
+use crate::remote::quote;
 
 /// What kind of failure an [`SshError`] is, so callers can tell "host down" from "refused".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -556,11 +558,6 @@ impl ExecOutput {
     }
 }
 
-/// Single-quotes a string for POSIX sh.
-pub(crate) fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// One authenticated connection to a host, reused for every command of the run.
 pub struct Session {
     /// The host's inventory name.
@@ -583,9 +580,9 @@ impl Session {
     /// Never put a secret in `script`: it is visible in `ps` on the host.
     pub fn command_line(&self, script: &str) -> String {
         if self.become_ {
-            format!("sudo -n -- sh -c {}", sh_quote(script))
+            format!("sudo -n -- sh -c {}", quote(script))
         } else {
-            format!("sh -c {}", sh_quote(script))
+            format!("sh -c {}", quote(script))
         }
     }
 
@@ -692,12 +689,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_survives_single_quotes() {
-        assert_eq!(sh_quote("a'b"), "'a'\\''b'");
-        assert_eq!(sh_quote(""), "''");
-    }
 
     #[test]
     fn host_key_algorithms_prefer_known_and_drop_sha1() {
