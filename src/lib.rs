@@ -11,3 +11,4 @@ pub mod pki;
 pub mod remote;
 pub mod secrets;
 pub mod ssh;
+pub mod stack;
