@@ -10,4 +10,6 @@ pub mod inventory;
 pub mod pki;
 pub mod remote;
 pub mod secrets;
+pub mod ops;
 pub mod ssh;
+pub mod stack;

@@ -30,6 +30,15 @@ pub use write::{DEFAULT_DIR_MODE, TEMP_PREFIX, WriteSpec, atomic_write};
 /// A NUL byte cannot be passed through a shell at all; the builders refuse values containing
 /// one ([`ScriptError::Nul`]) before quoting.
 pub fn quote(s: &str) -> String {
+    // Words made only of characters no shell treats specially stay bare, so recorded command
+    // lines stay readable. `=` is not among them (a bare `a=b` first word is an assignment),
+    // nor `~` (tilde expansion).
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:@%+,".contains(&b));
+    if plain {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
@@ -141,7 +150,10 @@ mod tests {
     #[test]
     fn quote_examples() {
         assert_eq!(quote(""), "''");
-        assert_eq!(quote("abc"), "'abc'");
+        assert_eq!(quote("abc"), "abc");
+        assert_eq!(quote("/srv/mcp-tunnel"), "/srv/mcp-tunnel");
+        assert_eq!(quote("a=b"), "'a=b'");
+        assert_eq!(quote("~x"), "'~x'");
         assert_eq!(quote("it's"), "'it'\\''s'");
         assert_eq!(quote("''"), "''\\'''\\'''");
         assert_eq!(quote("$(rm -rf /) `x` \"y\""), "'$(rm -rf /) `x` \"y\"'");

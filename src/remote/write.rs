@@ -258,10 +258,10 @@ mod tests {
         assert!(script.contains("umask 077"));
         assert!(script.contains("chmod -- 0600 "));
         assert!(script.contains("chmod -- 0644 "));
-        assert!(script.contains("chown -- '1000:1000' "));
-        assert!(script.contains("mv -f -- \"$tf_t1\" '/srv/mcp-tunnel/shared/.env'"));
-        assert!(script.contains("mktemp '/srv/mcp-tunnel/shared/.tunnelfleet-tmp.XXXXXXXX'"));
-        assert!(script.contains("sync -- '/srv/mcp-tunnel/shared/data'"));
+        assert!(script.contains("chown -- 1000:1000 "));
+        assert!(script.contains("mv -f -- \"$tf_t1\" /srv/mcp-tunnel/shared/.env"));
+        assert!(script.contains("mktemp /srv/mcp-tunnel/shared/.tunnelfleet-tmp.XXXXXXXX"));
+        assert!(script.contains("sync -- /srv/mcp-tunnel/shared/data"));
         // All temp files are complete before the first rename.
         let last_chmod = script.rfind("chmod --").expect("chmod");
         let first_mv = script.find("mv -f").expect("mv");
@@ -290,12 +290,12 @@ mod tests {
         let (script, _) =
             atomic_write(&[(WriteSpec::new("-x/f", 0o600), &b"1"[..])]).expect("build");
         assert!(
-            script.contains("mktemp './-x/.tunnelfleet-tmp.XXXXXXXX'"),
+            script.contains("mktemp ./-x/.tunnelfleet-tmp.XXXXXXXX"),
             "{script}"
         );
         let (script, _) = atomic_write(&[(WriteSpec::new("f", 0o600), &b"1"[..])]).expect("build");
         assert!(
-            script.contains("mktemp './.tunnelfleet-tmp.XXXXXXXX'"),
+            script.contains("mktemp ./.tunnelfleet-tmp.XXXXXXXX"),
             "{script}"
         );
     }
@@ -304,7 +304,7 @@ mod tests {
     fn root_level_file_template() {
         let (script, _) = atomic_write(&[(WriteSpec::new("/x", 0o600), &b"1"[..])]).expect("build");
         assert!(
-            script.contains("mktemp '/.tunnelfleet-tmp.XXXXXXXX'"),
+            script.contains("mktemp /.tunnelfleet-tmp.XXXXXXXX"),
             "{script}"
         );
     }

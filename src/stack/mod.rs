@@ -1,0 +1,28 @@
+//! What the MCP tunnel stack is: the settings a host's inventory vars describe, the files a
+//! release consists of (compose file, `mcp-proxy.yaml`, `.env`), which change needs which
+//! restart, and the Docker Compose command lines that perform it.
+//!
+//! Pure functions over data: no I/O, no clock, no randomness. The same input renders the same
+//! bytes, so tunnelfleet can hash them to detect drift.
+
+mod compose;
+mod error;
+mod plan;
+mod render;
+mod settings;
+mod yaml;
+
+pub use compose::{ComposeCli, PROJECT_NAME};
+pub use error::StackError;
+pub use plan::{
+    Action, CertFile, ContainerState, DesiredState, FileChange, HostFacts, Plan, compute_plan,
+};
+pub use render::{
+    COMPOSE_FILE, EnvFile, Layout, PROXY_CONFIG, Release, ReleaseFile, ReleaseSymlink,
+    SAMPLE_SERVER_FILE, render_compose, render_env, render_proxy_config, render_release,
+    sha256_hex,
+};
+pub use settings::{
+    DEFAULT_CLOUDFLARED_IMAGE, DEFAULT_DEPLOY_DIR, DEFAULT_MCP_PROXY_IMAGE, SAMPLE_ROUTE,
+    SAMPLE_UPSTREAM, StackSettings, TunnelGroup, group_by_tunnel,
+};
