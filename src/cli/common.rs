@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::inventory::{Connection, Inventory};
+pub use crate::ops::fleet::FleetHost as SelectedHost;
 use crate::ssh::{self, Hop, SshOptions, Target};
 
 /// Connection flags shared by every verb that reaches hosts.
@@ -62,16 +63,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A selected host: its inventory name, connection settings and SSH target.
-#[derive(Debug, Clone)]
-pub struct SelectedHost {
-    /// Inventory name.
-    pub name: String,
-    /// Connection settings from the inventory.
-    pub conn: Connection,
-    /// Where to connect, after ssh_config defaults.
-    pub target: Target,
-}
 
 impl ConnArgs {
     /// The SSH options these flags describe.
@@ -108,6 +99,7 @@ impl ConnArgs {
             let target = to_target(&h.name, &conn, ssh_config.as_deref()).await?;
             out.push(SelectedHost {
                 name: h.name.clone(),
+                vars: h.vars.clone(),
                 conn,
                 target,
             });

@@ -4,8 +4,9 @@
 
 mod check;
 mod common;
+mod deploy;
 mod inventory_cmd;
-mod pki;
+pub mod pki;
 pub mod progress;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ enum Command {
     /// Connect to every selected host and report what a deploy needs (reachability, auth,
     /// host key, OS, Docker Compose, deploy dir, disk, clock).
     Check(check::CheckArgs),
+    /// Deploy the stack, the shared token and certificates to every selected host,
+    /// health-gated; `--check` prints each host's plan and touches nothing.
+    Deploy(deploy::DeployArgs),
     /// Show the inventory as tunnelfleet resolves it.
     Inventory(inventory_cmd::InventoryArgs),
     /// Manage the controller's CA for the tunnel's server certificates.
@@ -86,6 +90,7 @@ pub fn main() -> i32 {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Check(a) => check::run(a).await,
+            Command::Deploy(a) => deploy::run(a).await,
             Command::Inventory(a) => inventory_cmd::run(a).await,
             Command::Pki(a) => pki::run(a).await,
         }

@@ -2,3 +2,5 @@
 //! connection, the deploy and rotation steps run by the rollout engine).
 
 pub mod http;
+pub mod health;
+pub mod fleet;

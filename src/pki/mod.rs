@@ -33,6 +33,10 @@ use zeroize::Zeroizing;
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// File name of the CA private key in the state directory.
 pub const CA_KEY_FILE: &str = "ca.key";
+/// File name of the stored server certificate, beside the CA.
+pub const SERVER_CERT_FILE: &str = "tls.crt";
+/// File name of the stored server key (0600), beside the CA.
+pub const SERVER_KEY_FILE: &str = "tls.key";
 /// Validity of a new CA, in days (about ten years).
 pub const CA_DAYS: u32 = 3650;
 /// Server certificate validity used by the stack's guide, in days.
@@ -272,6 +276,34 @@ impl Ca {
     pub fn info(&self) -> Result<CertInfo, PkiError> {
         cert_info(&self.cert_pem)
     }
+
+    /// The server certificate last stored beside this CA (`tls.crt`, `tls.key`), if any: the
+    /// one every replica of the tunnel serves.
+    pub fn stored_server(&self) -> Result<Option<ServerCert>, PkiError> {
+        let cert = files::read_to_string(&self.dir.join(SERVER_CERT_FILE), None)?;
+        let key = files::read_to_string(&self.dir.join(SERVER_KEY_FILE), Some(0o077))?;
+        Ok(match (cert, key) {
+            (Some(cert_pem), Some(key)) => Some(ServerCert {
+                cert_pem,
+                key_pem: Secret::new(key),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Stores `cert` beside this CA (key 0600, certificate 0644, both fsynced before either
+    /// replaces the old pair).
+    pub fn store_server(&self, cert: &ServerCert) -> Result<(), PkiError> {
+        files::write_pair(
+            &self.dir.join(SERVER_KEY_FILE),
+            cert.key_pem.expose().as_bytes(),
+            0o600,
+            &self.dir.join(SERVER_CERT_FILE),
+            cert.cert_pem.as_bytes(),
+            0o644,
+        )
+    }
+
 
     /// Issues a server certificate for `domain` with a new key; see
     /// [`Ca::issue_server_with_key`].

@@ -1,0 +1,111 @@
+//! Connector readiness, read from cloudflared's metrics server on the host's loopback
+//! (ports 20241-20245, the first free one per connector) through the SSH connection.
+//!
+//! A stopping cloudflared keeps answering `/ready` during its grace period, so a gate after a
+//! connector change must wait for a connector id it has not seen before, not for whichever
+//! connector answers.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::http;
+use crate::ssh::Session;
+
+/// The metrics ports cloudflared tries, in order.
+pub const METRICS_PORTS: std::ops::RangeInclusive<u16> = 20241..=20245;
+
+/// One connector's answer on `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectorReady {
+    /// The metrics port it answered on.
+    pub port: u16,
+    /// HTTP status (200 ready, 503 not yet).
+    pub status: u16,
+    /// Registered connections to the edge.
+    pub ready_connections: u64,
+    /// The connector's id.
+    pub connector_id: Option<String>,
+}
+
+impl ConnectorReady {
+    /// Ready: 200 with at least one registered connection.
+    pub fn is_ready(&self) -> bool {
+        self.status == 200 && self.ready_connections > 0
+    }
+}
+
+/// Every connector answering on the host's metrics ports (probed concurrently).
+pub async fn connectors(session: &Session) -> Vec<ConnectorReady> {
+    let probes = METRICS_PORTS.map(|port| async move {
+        let r = http::get(session, port, "/ready", Duration::from_secs(5)).await;
+        r.ok().map(|resp| {
+            let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();
+            ConnectorReady {
+                port,
+                status: resp.status,
+                ready_connections: v["readyConnections"].as_u64().unwrap_or(0),
+                connector_id: v["connectorId"].as_str().map(str::to_string),
+            }
+        })
+    });
+    futures::future::join_all(probes).await.into_iter().flatten().collect()
+}
+
+/// The ids of the connectors answering now (ready or not).
+pub async fn connector_ids(session: &Session) -> BTreeSet<String> {
+    connectors(session)
+        .await
+        .into_iter()
+        .filter_map(|c| c.connector_id)
+        .collect()
+}
+
+/// Waits until a connector whose id is not in `old` is ready, or the deadline passes.
+/// Returns it, with the time waited.
+pub async fn wait_new_ready(
+    session: &Session,
+    old: &BTreeSet<String>,
+    timeout: Duration,
+) -> Result<(ConnectorReady, Duration), String> {
+    let started = Instant::now();
+    let last = loop {
+        let now = connectors(session).await;
+        if let Some(c) = now.iter().find(|c| {
+            c.is_ready()
+                && c
+                    .connector_id
+                    .as_ref()
+                    .is_none_or(|id| !old.contains(id))
+        }) {
+            return Ok((c.clone(), started.elapsed()));
+        }
+        if started.elapsed() >= timeout {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seen: Vec<String> = last
+        .iter()
+        .map(|c| {
+            format!(
+                "port {}: {} ({} connections{})",
+                c.port,
+                c.status,
+                c.ready_connections,
+                if c.connector_id.as_ref().is_some_and(|id| old.contains(id)) {
+                    ", the old connector"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    Err(format!(
+        "no new connector became ready within {timeout:?} ({})",
+        if seen.is_empty() {
+            "nothing answers on 127.0.0.1:20241-20245".to_string()
+        } else {
+            seen.join("; ")
+        }
+    ))
+}

@@ -1,0 +1,328 @@
+//! The stack's remote scripts, built from the remote layer's pure builders: the facts script
+//! (one round trip: what the host has) and the apply script (one round trip: lock, verify,
+//! write, switch, compose, audit, unlock). No I/O here; secrets only ever go to stdin.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::{
+    Action, CertFile, ComposeCli, ContainerState, HostFacts, Layout, PROJECT_NAME, Release,
+};
+use crate::remote::{
+    self, AuditEntry, FileHash, ScriptError, WriteSpec, atomic_write, quote, sha256_facts,
+};
+
+/// Compose service names of the stack.
+pub const PROXY_SERVICE: &str = "mcp-proxy";
+/// The connector's service name.
+pub const CONNECTOR_SERVICE: &str = "cloudflared";
+
+/// The lock directory of a deploy dir.
+pub fn lock_dir(layout: &Layout) -> String {
+    format!("{}/.tunnelfleet/lock", layout.deploy_dir())
+}
+
+/// The audit log of a deploy dir.
+pub fn audit_log(layout: &Layout) -> String {
+    format!("{}/.tunnelfleet/audit.log", layout.deploy_dir())
+}
+
+fn cert_path(layout: &Layout, c: CertFile) -> String {
+    format!("{}/{}", layout.data_dir(), c.file_name())
+}
+
+/// Prints `compose=v2|v1|none`: which Compose the host has (v2 preferred).
+fn compose_detect() -> &'static str {
+    "if docker compose version >/dev/null 2>&1; then echo compose=v2; \
+     elif command -v docker-compose >/dev/null 2>&1; then echo compose=v1; \
+     else echo compose=none; fi\n"
+}
+
+/// Prints the 12-hex fingerprint of the TUNNEL_TOKEN value read from stdin lines `KEY=VALUE`
+/// (the token itself never leaves the host).
+const TOKEN_FP: &str =
+    "sed -n 's/^TUNNEL_TOKEN=//p' | head -n 1 | tr -d '\\n' | sha256sum | cut -c1-12";
+
+/// The facts script: what the host has, in one round trip. Read-only.
+pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, ScriptError> {
+    let cur = layout.current();
+    let mut paths: Vec<String> = release
+        .files
+        .iter()
+        .map(|f| format!("{cur}/{}", f.path))
+        .collect();
+    paths.push(layout.env_file());
+    for c in CertFile::ALL {
+        paths.push(cert_path(layout, c));
+    }
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let hashes = sha256_facts(&refs)?;
+    let env = quote(&layout.env_file());
+    let project = quote(PROJECT_NAME);
+    let mut s = String::from("# tunnelfleet: facts\n");
+    s.push_str(compose_detect());
+    let _ = writeln!(
+        s,
+        "tf_c=$(readlink {} 2>/dev/null) && echo \"current=${{tf_c##*/}}\" || echo current=-",
+        quote(&cur)
+    );
+    let _ = writeln!(s, "( {hashes} )");
+    let _ = writeln!(
+        s,
+        "if [ -r {env} ]; then echo \"env_token_fp=$({TOKEN_FP} < {env})\"; else echo env_token_fp=-; fi"
+    );
+    // Container states and the token the running connector was created with, through the
+    // docker CLI (the same for Compose v1 and v2: both label their containers).
+    let _ = writeln!(
+        s,
+        "docker ps -a --filter label=com.docker.compose.project={project} \
+         --format '{{{{.Label \"com.docker.compose.service\"}}}} {{{{.State}}}} {{{{.Names}}}}' 2>/dev/null \
+         | while read -r tf_s tf_st tf_n; do echo \"svc=$tf_s $tf_st $tf_n\"; done"
+    );
+    let _ = writeln!(
+        s,
+        "tf_n=$(docker ps --filter label=com.docker.compose.project={project} \
+         --filter label=com.docker.compose.service={CONNECTOR_SERVICE} --format '{{{{.Names}}}}' 2>/dev/null | head -n 1)\n\
+         if [ -n \"$tf_n\" ]; then echo \"connector_token_fp=$(docker inspect --format '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' \"$tf_n\" 2>/dev/null | {TOKEN_FP})\"; fi"
+    );
+    s.push_str("exit 0\n");
+    Ok(s)
+}
+
+/// What the facts script reported, beyond [`HostFacts`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedFacts {
+    /// The plan-relevant facts.
+    pub facts: HostFacts,
+    /// Which Compose the host has.
+    pub compose: Option<ComposeCli>,
+    /// Fingerprint of the token in `.env`, if any.
+    pub env_token_fp: Option<String>,
+    /// Container name by service.
+    pub containers: BTreeMap<String, (String, ContainerState)>,
+}
+
+fn state_of(s: &str) -> ContainerState {
+    match s {
+        "running" | "restarting" => ContainerState::Running,
+        _ => ContainerState::Exited,
+    }
+}
+
+/// The sha256 of an empty input, truncated: what [`TOKEN_FP`] prints when there is no token.
+const EMPTY_FP: &str = "e3b0c44298fc";
+
+/// Parses the facts script's output.
+pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts {
+    let mut p = ParsedFacts::default();
+    let cur = layout.current();
+    let mut hash_lines = String::new();
+    for line in out.lines() {
+        if line.contains('\t') {
+            hash_lines.push_str(line);
+            hash_lines.push('\n');
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        match k {
+            "compose" => {
+                p.compose = match v {
+                    "v2" => Some(ComposeCli::V2),
+                    "v1" => Some(ComposeCli::V1),
+                    _ => None,
+                }
+            }
+            "current" if v != "-" && !v.is_empty() => {
+                p.facts.current_release = Some(v.to_string())
+            }
+            "env_token_fp" if v != "-" && v != EMPTY_FP => p.env_token_fp = Some(v.to_string()),
+            "connector_token_fp" if v.len() == 12 && v != EMPTY_FP => {
+                p.facts.connector_token_fingerprint = Some(v.to_string())
+            }
+            "svc" => {
+                let mut it = v.split_whitespace();
+                if let (Some(svc), Some(st), Some(name)) = (it.next(), it.next(), it.next()) {
+                    // Keep the running one when several containers serve a service.
+                    let state = state_of(st);
+                    let keep = match p.containers.get(svc) {
+                        Some((_, ContainerState::Running)) => false,
+                        _ => true,
+                    };
+                    if keep {
+                        p.containers
+                            .insert(svc.to_string(), (name.to_string(), state));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    p.facts.proxy = p
+        .containers
+        .get(PROXY_SERVICE)
+        .map(|(_, s)| *s)
+        .unwrap_or_default();
+    p.facts.connector = p
+        .containers
+        .get(CONNECTOR_SERVICE)
+        .map(|(_, s)| *s)
+        .unwrap_or_default();
+    let hashes = remote::parse_sha256_facts(&hash_lines).unwrap_or_default();
+    let mut by_path: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for (path, h) in hashes {
+        by_path.insert(
+            path,
+            match h {
+                FileHash::Sha256(x) => Some(x),
+                _ => None,
+            },
+        );
+    }
+    for f in &release.files {
+        let v = by_path
+            .get(&format!("{cur}/{}", f.path))
+            .cloned()
+            .flatten();
+        p.facts.files.insert(f.path.clone(), v);
+    }
+    p.facts.env_sha256 = by_path.get(&layout.env_file()).cloned().flatten();
+    for c in CertFile::ALL {
+        p.facts
+            .certs
+            .insert(c, by_path.get(&cert_path(layout, c)).cloned().flatten());
+    }
+    p
+}
+
+/// Everything one apply round trip does on a host.
+pub struct ApplySpec<'a> {
+    /// The host's layout.
+    pub layout: &'a Layout,
+    /// The release to install (written only when `write_release`).
+    pub release: &'a Release,
+    /// Write the release's files.
+    pub write_release: bool,
+    /// Point `current` at the release.
+    pub switch_current: bool,
+    /// New `.env` content (secret: goes to stdin).
+    pub env: Option<&'a [u8]>,
+    /// Certificates to write (`tls.key` is secret: goes to stdin).
+    pub certs: Vec<(CertFile, &'a [u8])>,
+    /// Compose operations, in order.
+    pub actions: Vec<Action>,
+    /// Which Compose to use.
+    pub compose: ComposeCli,
+    /// Lock holder record (who, when, what; no secrets).
+    pub holder_json: &'a str,
+    /// The `current` release the plan was computed against (None: no `current`).
+    pub expect_current: Option<&'a str>,
+    /// The `.env` hash the plan was computed against (None: no `.env`).
+    pub expect_env_sha256: Option<&'a str>,
+    /// The audit record written on success.
+    pub audit: &'a AuditEntry,
+}
+
+/// Exit code of the apply script when the host changed between facts and apply.
+pub const CHANGED_EXIT: i32 = 4;
+
+/// Builds the apply script and its stdin. The script takes the fleet lock (exit 3 with the
+/// holder on stdout when held), checks the host still is as the plan saw it, writes every file
+/// atomically (all temp files complete before the first rename: a full disk keeps every old
+/// file), links and switches `current`, runs the compose actions, appends the audit line, and
+/// always releases the lock.
+pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptError> {
+    let l = spec.layout;
+    let rel_dir = l.release_dir(&spec.release.id);
+    let mut files: Vec<(WriteSpec, &[u8])> = Vec::new();
+    // Certificates first, tls.crt last (the proxy polls it: the key must be in place first).
+    let mut certs = spec.certs.clone();
+    certs.sort_by_key(|(c, _)| *c);
+    for (c, bytes) in &certs {
+        files.push((WriteSpec::new(cert_path(l, *c), 0o644), bytes));
+    }
+    if let Some(env) = spec.env {
+        files.push((WriteSpec::new(l.env_file(), 0o600).dir_mode(0o700), env));
+    }
+    if spec.write_release {
+        for f in &spec.release.files {
+            files.push((
+                WriteSpec::new(format!("{rel_dir}/{}", f.path), f.mode),
+                &f.contents,
+            ));
+        }
+    }
+    let (write, payload) = if files.is_empty() {
+        (String::new(), Vec::new())
+    } else {
+        atomic_write(&files)?
+    };
+    let lock = lock_dir(l);
+    let take = remote::mkdir_lock(&lock, spec.holder_json)?;
+    let release = remote::unlock(&lock, spec.holder_json)?;
+    let audit = remote::audit_line(&audit_log(l), spec.audit)?;
+
+    let mut body = String::new();
+    let cur = quote(&l.current());
+    let expect_cur = spec.expect_current.unwrap_or("");
+    let _ = writeln!(
+        body,
+        "tf_c=$(readlink {cur} 2>/dev/null); tf_c=${{tf_c##*/}}\n\
+         if [ \"$tf_c\" != {ec} ]; then echo \"the host changed since its facts were read (current is now '$tf_c'); rerun\" >&2; exit {CHANGED_EXIT}; fi",
+        ec = quote(expect_cur)
+    );
+    let env = quote(&l.env_file());
+    let _ = writeln!(
+        body,
+        "tf_e=-; if [ -f {env} ]; then tf_e=$(sha256sum < {env}); tf_e=${{tf_e%% *}}; fi\n\
+         if [ \"$tf_e\" != {ee} ]; then echo \"the host's .env changed since its facts were read; rerun\" >&2; exit {CHANGED_EXIT}; fi",
+        ee = quote(spec.expect_env_sha256.unwrap_or("-"))
+    );
+    let _ = writeln!(
+        body,
+        "mkdir -p -m 0700 {shared} && mkdir -p -m 0755 {data} || exit 1",
+        shared = quote(&format!("{}/shared", l.deploy_dir())),
+        data = quote(&l.data_dir())
+    );
+    if !write.is_empty() {
+        let _ = writeln!(body, "( {write} ) || exit $?");
+    }
+    if spec.write_release {
+        for link in &spec.release.symlinks {
+            let _ = writeln!(
+                body,
+                "ln -sfn {} {} || exit 1",
+                quote(&link.target),
+                quote(&format!("{rel_dir}/{}", link.path))
+            );
+        }
+    }
+    if spec.switch_current {
+        let tmp = quote(&format!("{}/.current.tmp", l.deploy_dir()));
+        let _ = writeln!(
+            body,
+            "ln -sfn {target} {tmp} && mv -Tf {tmp} {cur} || {{ echo 'switch current: failed' >&2; exit 1; }}",
+            target = quote(&Layout::current_target(&spec.release.id)),
+        );
+    }
+    for a in &spec.actions {
+        let _ = writeln!(
+            body,
+            "{cmd} >&2 || {{ echo \"compose {what} failed\" >&2; exit 5; }}",
+            cmd = spec.compose.action_command(l, *a),
+            what = a.describe()
+        );
+    }
+    let _ = writeln!(body, "( {audit} ) || echo 'audit log: not written' >&2");
+
+    let script = format!(
+        "# tunnelfleet: apply\n( {take} ) || exit $?\n( {body} ); tf_rc=$?\n( {release} ) >/dev/null\nexit $tf_rc\n"
+    );
+    Ok((script, payload))
+}
+
+/// A script that runs one compose operation in the stack's project.
+pub fn compose_script(layout: &Layout, compose: ComposeCli, args: &[&str]) -> String {
+    format!("{} >&2\n", compose.command(layout, args))
+}
