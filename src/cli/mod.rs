@@ -5,9 +5,11 @@
 mod check;
 mod common;
 mod deploy;
+mod init;
 mod inventory_cmd;
 pub mod pki;
 pub mod progress;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -36,8 +38,13 @@ enum Command {
     /// Deploy the stack, the shared token and certificates to every selected host,
     /// health-gated; `--check` prints each host's plan and touches nothing.
     Deploy(deploy::DeployArgs),
+    /// Scaffold an operator's project: inventory, the stack to review, .gitignore.
+    Init(init::InitArgs),
     /// Show the inventory as tunnelfleet resolves it.
     Inventory(inventory_cmd::InventoryArgs),
+    /// Show what each host runs: release, drift, token fingerprint, certificate, containers,
+    /// connector readiness.
+    Status(status::StatusArgs),
     /// Manage the controller's CA for the tunnel's server certificates.
     Pki(pki::PkiArgs),
 }
@@ -91,8 +98,10 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Check(a) => check::run(a).await,
             Command::Deploy(a) => deploy::run(a).await,
+            Command::Init(a) => init::run(a).await,
             Command::Inventory(a) => inventory_cmd::run(a).await,
             Command::Pki(a) => pki::run(a).await,
+            Command::Status(a) => status::run(a).await,
         }
     });
     match result {

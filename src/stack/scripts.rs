@@ -85,9 +85,18 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
          --filter label=com.docker.compose.service={CONNECTOR_SERVICE} --format '{{{{.Names}}}}' 2>/dev/null | head -n 1)\n\
          if [ -n \"$tf_n\" ]; then echo \"connector_token_fp=$(docker inspect --format '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' \"$tf_n\" 2>/dev/null | {TOKEN_FP})\"; fi"
     );
+    // The served certificate (public) so status can show its serial and expiry.
+    let _ = writeln!(
+        s,
+        "echo {CERT_BEGIN}; cat {} 2>/dev/null; echo {CERT_END}",
+        quote(&cert_path(layout, CertFile::TlsCrt))
+    );
     s.push_str("exit 0\n");
     Ok(s)
 }
+
+const CERT_BEGIN: &str = "@tunnelfleet-cert-begin";
+const CERT_END: &str = "@tunnelfleet-cert-end";
 
 /// What the facts script reported, beyond [`HostFacts`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,6 +109,8 @@ pub struct ParsedFacts {
     pub env_token_fp: Option<String>,
     /// Container name by service.
     pub containers: BTreeMap<String, (String, ContainerState)>,
+    /// The served certificate (PEM), if any.
+    pub tls_crt: Option<String>,
 }
 
 fn state_of(s: &str) -> ContainerState {
@@ -117,7 +128,22 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
     let mut p = ParsedFacts::default();
     let cur = layout.current();
     let mut hash_lines = String::new();
+    let mut in_cert = false;
+    let mut cert = String::new();
     for line in out.lines() {
+        if line == CERT_BEGIN {
+            in_cert = true;
+            continue;
+        }
+        if line == CERT_END {
+            in_cert = false;
+            continue;
+        }
+        if in_cert {
+            cert.push_str(line);
+            cert.push('\n');
+            continue;
+        }
         if line.contains('\t') {
             hash_lines.push_str(line);
             hash_lines.push('\n');
@@ -158,6 +184,9 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
             }
             _ => {}
         }
+    }
+    if cert.contains("BEGIN CERTIFICATE") {
+        p.tls_crt = Some(cert);
     }
     p.facts.proxy = p
         .containers

@@ -1,0 +1,204 @@
+//! `tunnelfleet status`: what each host runs, and how it differs from what deploy would write.
+//! Read-only: one facts round trip and the readiness probes per host.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::common::ConnArgs;
+use super::deploy::{HostInput, TokenArgs, desired_state, host_inputs, read_facts, tunnel_inputs};
+use super::progress::{Progress, table};
+use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use crate::ops::health;
+use crate::pki::cert_info;
+use crate::ssh::Connector;
+use crate::stack::{self, ContainerState, StackSettings};
+
+/// Flags of `status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// The controller's state directory (CA and server certificate per tunnel).
+    #[arg(long, env = "TUNNELFLEET_STATE_DIR", default_value = "~/.local/state/tunnelfleet")]
+    state_dir: String,
+    /// Print one JSON document on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct HostStatus {
+    name: String,
+    ok: bool,
+    error: Option<String>,
+    tunnel: String,
+    release: Option<String>,
+    desired_release: String,
+    drift: Vec<String>,
+    token_fingerprint: Option<String>,
+    token_matches_fleet: Option<bool>,
+    connector_token_fingerprint: Option<String>,
+    cert_serial: Option<String>,
+    cert_not_after: Option<String>,
+    containers: BTreeMap<String, String>,
+    connectors: Vec<health::ConnectorReady>,
+    connector_ready: bool,
+}
+
+async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
+    let mut s = HostStatus {
+        name: input.host.name.clone(),
+        tunnel: input.settings.tunnel_name.clone(),
+        desired_release: input.release.id.clone(),
+        ..Default::default()
+    };
+    let session = match c.connect(&input.host.target).await {
+        Ok(x) => x,
+        Err(e) => {
+            s.error = Some(e.to_string());
+            return s;
+        }
+    };
+    let facts = match read_facts(&session, input).await {
+        Ok(f) => f,
+        Err(e) => {
+            s.error = Some(e);
+            return s;
+        }
+    };
+    s.release = facts.facts.current_release.clone();
+    s.token_fingerprint = facts.env_token_fp.clone();
+    s.connector_token_fingerprint = facts.facts.connector_token_fingerprint.clone();
+    if let Some(info) = facts.tls_crt.as_deref().and_then(|p| cert_info(p).ok()) {
+        s.cert_serial = Some(info.serial);
+        s.cert_not_after = Some(info.not_after);
+    }
+    for (svc, (name, st)) in &facts.containers {
+        let st = match st {
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+            ContainerState::Missing => "missing",
+        };
+        s.containers.insert(svc.clone(), format!("{st} ({name})"));
+    }
+    match desired_state(input, &facts) {
+        Ok(d) => {
+            let plan = stack::compute_plan(&d, &facts.facts);
+            if !plan.is_empty() {
+                s.drift = plan.describe();
+            }
+        }
+        Err(e) => s.drift.push(e),
+    }
+    s.connectors = health::connectors(&session).await;
+    s.connector_ready = s.connectors.iter().any(|c| c.is_ready());
+    session.close().await;
+    s
+}
+
+/// Runs `status`.
+pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
+    let (_inv, hosts) = args.conn.select().await?;
+    let mut with_settings = Vec::new();
+    for h in hosts {
+        let s = StackSettings::from_vars(&h.name, &h.vars)
+            .map_err(|e| CliError::input(e.to_string()))?;
+        with_settings.push((h, s));
+    }
+    let settings: Vec<StackSettings> = with_settings.iter().map(|(_, s)| s.clone()).collect();
+    let groups = stack::group_by_tunnel(&settings).map_err(|e| CliError::input(e.to_string()))?;
+    let tunnels = tunnel_inputs(&groups, &args.token, &args.state_dir, false).await?;
+    let inputs = host_inputs(with_settings, &tunnels)?;
+    let connector = Arc::new(
+        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
+    );
+    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
+    let progress = Arc::new(Progress::new("status", &names));
+    let futs = inputs.iter().map(|input| {
+        let (c, p) = (connector.clone(), progress.clone());
+        async move {
+            p.step(&input.host.name, "reading");
+            let r = status_host(&c, input).await;
+            p.done(&r.name, r.error.is_none(), r.error.as_deref().unwrap_or("read"));
+            r
+        }
+    });
+    let mut results = futures::future::join_all(futs).await;
+    progress.finish();
+
+    // The fleet's token per tunnel: the one given, else the one most hosts have.
+    for t in tunnels.values() {
+        let fleet_fp = t.token.as_ref().map(|s| s.fingerprint()).or_else(|| {
+            let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+            for r in results.iter().filter(|r| r.tunnel == t.name) {
+                if let Some(fp) = &r.token_fingerprint {
+                    *count.entry(fp.as_str()).or_default() += 1;
+                }
+            }
+            count
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(fp, _)| fp.to_string())
+        });
+        for r in results.iter_mut().filter(|r| r.tunnel == t.name) {
+            r.token_matches_fleet = match (&fleet_fp, &r.token_fingerprint) {
+                (Some(f), Some(h)) => Some(f == h),
+                (Some(_), None) => Some(false),
+                _ => None,
+            };
+        }
+    }
+    for r in &mut results {
+        r.ok = r.error.is_none()
+            && r.drift.is_empty()
+            && r.connector_ready
+            && r.token_matches_fleet != Some(false);
+    }
+    let ok = results.iter().filter(|r| r.ok).count();
+    let failed = results.len() - ok;
+    if args.json {
+        let doc = serde_json::json!({"hosts": results, "summary": {"ok": ok, "failed": failed}});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        let rows: Vec<Vec<String>> = results
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    if r.ok { "ok".into() } else { "ATTENTION".into() },
+                    r.release.clone().unwrap_or_else(|| "-".into()),
+                    match (&r.token_fingerprint, r.token_matches_fleet) {
+                        (Some(fp), Some(false)) => format!("{fp} (differs)"),
+                        (Some(fp), _) => fp.clone(),
+                        _ => "-".into(),
+                    },
+                    r.cert_serial
+                        .as_deref()
+                        .map(|s| s.chars().take(12).collect())
+                        .unwrap_or_else(|| "-".into()),
+                    r.cert_not_after.clone().unwrap_or_else(|| "-".into()),
+                    if r.connector_ready { "ready".into() } else { "NOT READY".into() },
+                    match &r.error {
+                        Some(e) => e.clone(),
+                        None if r.drift.is_empty() => "no drift".into(),
+                        None => format!("drift: {}", r.drift.join("; ")),
+                    },
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &["HOST", "STATUS", "RELEASE", "TOKEN", "CERT", "NOT AFTER", "CONNECTOR", "DETAIL"],
+                &rows
+            )
+        );
+        println!("{ok} ok, {failed} need attention");
+    }
+    Ok(if failed == 0 { EXIT_OK } else { EXIT_HOST_FAILED })
+}
