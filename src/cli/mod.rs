@@ -10,6 +10,7 @@ mod inventory_cmd;
 pub mod pki;
 pub mod progress;
 mod status;
+mod unlock;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,8 @@ enum Command {
     /// Show what each host runs: release, drift, token fingerprint, certificate, containers,
     /// connector readiness.
     Status(status::StatusArgs),
+    /// Remove the fleet lock left by a dead operation (shows the holder it removes).
+    Unlock(unlock::UnlockArgs),
     /// Manage the controller's CA for the tunnel's server certificates.
     Pki(pki::PkiArgs),
 }
@@ -102,6 +105,7 @@ pub fn main() -> i32 {
             Command::Inventory(a) => inventory_cmd::run(a).await,
             Command::Pki(a) => pki::run(a).await,
             Command::Status(a) => status::run(a).await,
+            Command::Unlock(a) => unlock::run(a).await,
         }
     });
     match result {

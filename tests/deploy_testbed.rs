@@ -1,0 +1,300 @@
+//! `tunnelfleet deploy` and `status` against the testbed: real sshd hosts, the stand-in
+//! Compose and cloudflared on each, and the stand-in edge as the independent witness.
+
+mod common;
+
+use common::{Testbed, describe, json};
+use serde_json::Value;
+
+/// The first 12 hex of sha256, as the edge and tunnelfleet print token fingerprints.
+fn fp(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.trim_end().as_bytes()))[..12].to_string()
+}
+
+struct Fleet {
+    tb: Testbed,
+    state: String,
+}
+
+impl Fleet {
+    fn up(n: usize) -> Fleet {
+        let tb = Testbed::up(n, &[]);
+        let state = tb.path().join("state").to_string_lossy().into_owned();
+        let f = Fleet { tb, state };
+        let tunnel = f.tunnel_name();
+        let out = std::process::Command::new(common::tunnelfleet_bin())
+            .args(["pki", "init", "--state-dir", &f.state, "--tunnel", &tunnel])
+            .output()
+            .expect("pki init");
+        assert!(out.status.success(), "{}", describe(&out));
+        f
+    }
+
+    fn tunnel_name(&self) -> String {
+        let out = std::process::Command::new(common::tunnelfleet_bin())
+            .args(["inventory", "--list", "-i"])
+            .arg(self.tb.inventory())
+            .output()
+            .expect("inventory --list");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("inventory json");
+        let hv = &v["_meta"]["hostvars"]["h1"];
+        hv["tunnel_name"]
+            .as_str()
+            .or(hv["tunnel_domain"].as_str())
+            .expect("testbed inventory names a tunnel")
+            .to_string()
+    }
+
+    fn token(&self, file: &str) -> String {
+        std::fs::read_to_string(self.tb.path().join(file)).expect("read token")
+    }
+
+    fn deploy(&self, extra: &[&str]) -> std::process::Output {
+        let mut args = vec!["--state-dir", &self.state];
+        args.extend(extra);
+        self.tb.tf("deploy", &args)
+    }
+
+    fn deploy_token(&self, file: &str, extra: &[&str]) -> std::process::Output {
+        let path = self.tb.path().join(file).to_string_lossy().into_owned();
+        let mut args = vec!["--token-file", path.as_str(), "--json"];
+        args.extend(extra);
+        self.deploy(&args)
+    }
+
+    fn edge(&self) -> Value {
+        let out = self.tb.testbed(&["edge-stats"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice(&out.stdout).expect("edge-stats json")
+    }
+
+    /// Hosts with a connector the edge sees up, and the token fingerprint each uses.
+    fn edge_current(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self.edge()["current"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        (
+                            c["host"].as_str().unwrap_or_default().to_string(),
+                            c["token_fp"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn timeline_len(&self) -> usize {
+        self.edge()["timeline"].as_array().map(Vec::len).unwrap_or(0)
+    }
+
+    /// `stat` of the managed files on a host: path, mode, mtime.
+    fn stat(&self, host: &str) -> String {
+        self.tb.host_exec(
+            host,
+            "cd /srv/mcp-tunnel && find . -path ./.tunnelfleet -prune -o -print0 | sort -z | xargs -0 stat -c '%n %a %Y %s'",
+        )
+    }
+}
+
+#[test]
+fn deploy_from_nothing_then_noop_then_check_touches_nothing() {
+    let f = Fleet::up(5);
+    let token = f.token("token");
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let doc = json(&out);
+    assert_eq!(doc["summary"]["ok"], 5, "{doc}");
+
+    // Every host has a connector up on the token, per the edge.
+    let want: Vec<(String, String)> = f
+        .tb
+        .host_names()
+        .into_iter()
+        .map(|h| (h, fp(&token)))
+        .collect();
+    let cur = f.edge_current();
+    for w in &want {
+        assert!(cur.contains(w), "edge does not see {w:?}: {cur:?}");
+    }
+
+    // Files and modes on each host; no CA key anywhere on any host.
+    for h in f.tb.host_names() {
+        let env_mode = f.tb.host_exec(&h, "stat -c %a /srv/mcp-tunnel/shared/.env");
+        assert_eq!(env_mode.trim(), "600", "{h}");
+        let env = f.tb.host_exec(&h, "cat /srv/mcp-tunnel/current/.env");
+        assert!(env.contains("TUNNEL_TOKEN="), "{h}: .env through current/");
+        let keys = f.tb.host_exec(&h, "find / -xdev -name ca.key 2>/dev/null; find /srv /root -name 'ca.key'; true");
+        assert_eq!(keys.trim(), "", "{h}: a CA key on the host");
+        let key = f.tb.host_exec(&h, "head -c 30 /srv/mcp-tunnel/current/data/tls.key");
+        assert!(key.contains("PRIVATE KEY"), "{h}");
+    }
+
+    // A second deploy writes nothing and restarts nothing.
+    let before: Vec<String> = f.tb.host_names().iter().map(|h| f.stat(h)).collect();
+    let events = f.timeline_len();
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let doc = json(&out);
+    assert_eq!(doc["summary"]["changed"], 0, "{doc}");
+    let after: Vec<String> = f.tb.host_names().iter().map(|h| f.stat(h)).collect();
+    assert_eq!(before, after, "a no-op deploy changed files");
+    assert_eq!(f.timeline_len(), events, "a no-op deploy bounced a connector");
+
+    // --check with a new token plans a connector recreation but touches nothing.
+    let out = f.tb.testbed(&["edge-rotate"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = f.deploy_token("token.next", &["--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let doc = json(&out);
+    for h in doc["hosts"].as_array().expect("hosts") {
+        assert_eq!(h["plan"]["write_env"], true, "{h}");
+        assert!(
+            h["plan"]["actions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "recreate_connector")),
+            "{h}"
+        );
+    }
+    let after_check: Vec<String> = f.tb.host_names().iter().map(|h| f.stat(h)).collect();
+    assert_eq!(before, after_check, "--check changed files");
+    assert_eq!(f.timeline_len(), events, "--check bounced a connector");
+
+    // Secrets: not on any recorded remote command line, not in any output.
+    let next = f.token("token.next");
+    let log = f.tb.recorded_commands();
+    assert!(!log.is_empty());
+    for t in [token.trim(), next.trim()] {
+        assert!(!log.contains(t), "token on a remote command line");
+        let out = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.contains(t), "token in tunnelfleet's output");
+    }
+}
+
+#[test]
+fn token_change_recreates_the_connector_on_the_new_token() {
+    let f = Fleet::up(5);
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let out = f.tb.testbed(&["edge-rotate"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let next = f.token("token.next");
+    let out = f.deploy_token("token.next", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let cur = f.edge_current();
+    for h in f.tb.host_names() {
+        assert!(
+            cur.contains(&(h.clone(), fp(&next))),
+            "{h} not on the new token per the edge: {cur:?}"
+        );
+    }
+    assert!(
+        !cur.iter().any(|(_, t)| *t == fp(&f.token("token"))),
+        "a connector still on the old token: {cur:?}"
+    );
+    // status agrees: every host's token matches the fleet's, no drift.
+    let path = f.tb.path().join("token.next").to_string_lossy().into_owned();
+    let out = f.tb.tf("status", &["--state-dir", &f.state, "--token-file", &path, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for h in json(&out)["hosts"].as_array().expect("hosts") {
+        assert_eq!(h["token_fingerprint"], fp(&next), "{h}");
+        assert_eq!(h["token_matches_fleet"], true, "{h}");
+        assert_eq!(h["drift"].as_array().map(Vec::len), Some(0), "{h}");
+        assert_eq!(h["connector_ready"], true, "{h}");
+    }
+    // Every secret stays off the command lines.
+    let log = f.tb.recorded_commands();
+    assert!(!log.contains(next.trim()));
+}
+
+#[test]
+fn a_down_host_fails_alone_and_the_next_deploy_completes_it() {
+    let f = Fleet::up(5);
+    f.tb.fault("h2", "down");
+    let out = f.deploy_token("token", &["--connect-timeout", "3s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let doc = json(&out);
+    for h in doc["hosts"].as_array().expect("hosts") {
+        if h["name"] == "h2" {
+            assert_eq!(h["ok"], false);
+            assert_eq!(h["stage"], "connect");
+        } else {
+            assert_eq!(h["ok"], true, "{h}");
+        }
+    }
+    let cur = f.edge_current();
+    assert!(!cur.iter().any(|(h, _)| h == "h2"));
+    assert_eq!(cur.len(), 4, "{cur:?}");
+    f.tb.fault("h2", "resume");
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let doc = json(&out);
+    assert_eq!(doc["summary"]["changed"], 1, "only h2 changes: {doc}");
+    assert!(f.edge_current().iter().any(|(h, _)| h == "h2"));
+}
+
+#[test]
+fn a_full_disk_keeps_the_old_env() {
+    let f = Fleet::up(3);
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let old = f.tb.host_exec("h3", "sha256sum < /srv/mcp-tunnel/shared/.env");
+    // h3's shared/ becomes a tiny, full tmpfs holding the current files.
+    f.tb.host_exec(
+        "h3",
+        "set -e; cd /srv/mcp-tunnel; cp -a shared /tmp/shared.bak; \
+         mount -t tmpfs -o size=64k,mode=0700 tmpfs shared; cp -a /tmp/shared.bak/. shared/; \
+         dd if=/dev/zero of=shared/filler bs=1k count=1000 2>/dev/null || true",
+    );
+    let out = f.tb.testbed(&["edge-rotate"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = f.deploy_token("token.next", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let doc = json(&out);
+    let h3 = doc["hosts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["name"] == "h3"))
+        .expect("h3");
+    assert_eq!(h3["ok"], false);
+    let err = h3["error"].as_str().unwrap_or_default();
+    assert!(err.contains("No space left on device") && err.contains("old file kept"), "{err}");
+    let now = f.tb.host_exec("h3", "sha256sum < /srv/mcp-tunnel/shared/.env");
+    assert_eq!(old, now, "the old .env changed");
+    for h in doc["hosts"].as_array().expect("hosts") {
+        if h["name"] != "h3" {
+            assert_eq!(h["ok"], true, "{h}");
+        }
+    }
+}
+
+#[test]
+fn after_a_reboot_a_fresh_login_finds_the_token() {
+    let f = Fleet::up(2);
+    let token = f.token("token");
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    f.tb.fault("h1", "reboot");
+    // A fresh ssh session (a new login shell, nothing exported) runs the guide's command.
+    let out = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(f.tb.path().join("ssh_config"))
+        .args(["h1", "cd /srv/mcp-tunnel/current && docker compose -p mcp-tunnel up -d && docker compose -p mcp-tunnel ps"])
+        .output()
+        .expect("ssh");
+    assert!(out.status.success(), "{}", describe(&out));
+    // The edge sees h1 back, on the token.
+    let mut seen = false;
+    for _ in 0..100 {
+        if f.edge_current().contains(&("h1".to_string(), fp(&token))) {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(seen, "edge never saw h1 back: {:?}", f.edge_current());
+}
