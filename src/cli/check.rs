@@ -156,9 +156,11 @@ async fn check_host(connector: &Connector, host: &SelectedHost, progress: &Progr
             host.conn.deploy_dir
         ));
     }
-    if let Some(remote) = f.get("time_ns").and_then(|v| v.parse::<i128>().ok()) {
-        let mid = sent + (received - sent) / 2;
-        let skew = ((remote - mid) / 1_000_000) as i64;
+    // NTP's offset estimate: the mean of (host clock at start - send time) and (host clock at
+    // end - receive time), so the probe's own run time cancels out.
+    let t = |k: &str| f.get(k).and_then(|v| v.parse::<i128>().ok());
+    if let (Some(start), Some(end)) = (t("time_ns"), t("time_end_ns")) {
+        let skew = (((start - sent) + (end - received)) / 2 / 1_000_000) as i64;
         r.clock_skew_ms = Some(skew);
         if skew.abs() > MAX_SKEW_MS {
             r.problems.push(format!(

@@ -25,6 +25,7 @@ echo "dir_exists=$([ -d "$dir" ] && echo yes || echo no)"
 echo "dir_probe=$p"
 if t=$(mktemp "$p/.tunnelfleet-check.XXXXXX" 2>/dev/null); then rm -f "$t"; echo writable=yes; else echo writable=no; fi
 echo "free_kb=$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {{print $4}}')"
+echo "time_end_ns=$(date +%s%N)"
 "#
     )
 }

@@ -69,21 +69,25 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
     let _ = writeln!(s, "( {hashes} )");
     let _ = writeln!(
         s,
-        "if [ -r {env} ]; then echo \"env_token_fp=$({TOKEN_FP} < {env})\"; else echo env_token_fp=-; fi"
+        "if [ -r {env} ]; then echo \"env_token_fp=$(cat {env} | {TOKEN_FP})\"; else echo env_token_fp=-; fi"
     );
     // Container states and the token the running connector was created with, through the
-    // docker CLI (the same for Compose v1 and v2: both label their containers).
+    // docker CLI (the same for Compose v1 and v2: both label their containers). The token is
+    // hashed on the host; only its fingerprint comes back.
     let _ = writeln!(
         s,
-        "docker ps -a --filter label=com.docker.compose.project={project} \
-         --format '{{{{.Label \"com.docker.compose.service\"}}}} {{{{.State}}}} {{{{.Names}}}}' 2>/dev/null \
-         | while read -r tf_s tf_st tf_n; do echo \"svc=$tf_s $tf_st $tf_n\"; done"
+        "for tf_s in {PROXY_SERVICE} {CONNECTOR_SERVICE}; do \
+         docker ps -a --filter label=com.docker.compose.project={project} \
+         --filter label=com.docker.compose.service=$tf_s --format '{{{{.State}}}} {{{{.Names}}}}' 2>/dev/null \
+         | while read -r tf_st tf_n; do echo \"svc=$tf_s $tf_st $tf_n\"; done; done"
     );
     let _ = writeln!(
         s,
         "tf_n=$(docker ps --filter label=com.docker.compose.project={project} \
          --filter label=com.docker.compose.service={CONNECTOR_SERVICE} --format '{{{{.Names}}}}' 2>/dev/null | head -n 1)\n\
-         if [ -n \"$tf_n\" ]; then echo \"connector_token_fp=$(docker inspect --format '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' \"$tf_n\" 2>/dev/null | {TOKEN_FP})\"; fi"
+         if [ -n \"$tf_n\" ]; then echo \"connector_token_fp=$(docker inspect \"$tf_n\" 2>/dev/null \
+         | grep -o '\"TUNNEL_TOKEN=[^\"]*\"' | head -n 1 | sed 's/^\"TUNNEL_TOKEN=//; s/\"$//' | tr -d '\\n' \
+         | sha256sum | cut -c1-12)\"; fi"
     );
     // The served certificate (public) so status can show its serial and expiry.
     let _ = writeln!(
