@@ -1,8 +1,11 @@
-//! Fleet benchmarks against the real testbed (needs root). Not a test: it prints wall times.
+//! Fleet benchmarks against the real testbed (needs root). Not tests: they print wall times.
 //!
-//! `cargo bench --bench fleet` runs `check` on 1 host and on 50 hosts, both with 20 ms of
-//! one-way latency between the controller and each host, and prints the median of 3 runs.
-//! Goal (issue 2): 50 hosts in at most 2x the time of 1.
+//! `cargo bench --bench fleet [check|deploy]`:
+//! - check: `check` on 1 host and on 50 hosts, 20 ms one-way latency, median of 3 runs
+//!   (goal, issue 2: 50 hosts in at most 2x the time of 1);
+//! - deploy: a no-op `deploy` on 50 hosts at 20 ms: wall time, and remote commands per host
+//!   counted from the testbed's command log (goal, issue 3: one round trip per host after
+//!   connecting).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -12,6 +15,10 @@ use std::time::{Duration, Instant};
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn time_check(hosts: usize, latency_ms: u32, runs: usize) -> Duration {
@@ -27,18 +34,58 @@ fn time_check(hosts: usize, latency_ms: u32, runs: usize) -> Duration {
     median(times)
 }
 
-fn main() {
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    if !filter.is_empty() && !filter.iter().any(|f| "check".contains(f.as_str())) {
-        return;
-    }
+fn bench_check() {
     let one = time_check(1, 20, 3);
     let fifty = time_check(50, 20, 3);
     println!("check, 20 ms one-way latency, median of 3 runs:");
-    println!("  1 host:   {:>8.1} ms", one.as_secs_f64() * 1000.0);
-    println!("  50 hosts: {:>8.1} ms", fifty.as_secs_f64() * 1000.0);
-    println!(
-        "  ratio 50/1: {:.2} (goal: <= 2.0)",
-        fifty.as_secs_f64() / one.as_secs_f64()
-    );
+    println!("  1 host:   {:>8.1} ms", ms(one));
+    println!("  50 hosts: {:>8.1} ms", ms(fifty));
+    println!("  ratio 50/1: {:.2} (goal: <= 2.0)", ms(fifty) / ms(one));
+}
+
+fn bench_deploy() {
+    let tb = common::Testbed::up(50, &["--latency-ms", "20"]);
+    let state = tb.path().join("state").to_string_lossy().into_owned();
+    let token = tb.path().join("token").to_string_lossy().into_owned();
+    let out = std::process::Command::new(common::tunnelfleet_bin())
+        .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
+        .output()
+        .expect("pki init");
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let args = ["--state-dir", state.as_str(), "--token-file", token.as_str(), "--json"];
+    let t = Instant::now();
+    let out = tb.tf("deploy", &args);
+    let first = t.elapsed();
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let mut times = Vec::new();
+    let mut per_host = 0.0;
+    for _ in 0..3 {
+        let before = tb.recorded_commands().lines().count();
+        let t = Instant::now();
+        let out = tb.tf("deploy", &args);
+        times.push(t.elapsed());
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["summary"]["changed"], 0, "not a no-op");
+        let after = tb.recorded_commands().lines().count();
+        per_host = (after - before) as f64 / 50.0;
+    }
+    println!("deploy on 50 hosts, 20 ms one-way latency:");
+    println!("  first deploy:           {:>8.1} ms", ms(first));
+    println!("  no-op deploy (median 3): {:>8.1} ms", ms(median(times)));
+    println!("  remote commands per host in a no-op deploy: {per_host:.1} (goal: 1)");
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    if wants("check") {
+        bench_check();
+    }
+    if wants("deploy") {
+        bench_deploy();
+    }
 }
