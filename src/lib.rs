@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod inventory;
 pub mod pki;
+pub mod playbook;
 pub mod remote;
+pub mod rollout;
 pub mod secrets;
 pub mod ssh;

@@ -1,0 +1,1 @@
+//! Playbooks: YAML files that become rollout phases.
