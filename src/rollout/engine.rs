@@ -245,8 +245,12 @@ impl<'a> Engine<'a> {
                 for (i, st) in states.iter_mut().enumerate() {
                     if st.status == Live::Pending {
                         st.skip(&phase.name, "stop requested");
-                        self.reporter
-                            .host_done(&names[i], &phase.name, false, "skipped: stop requested");
+                        self.reporter.host_done(
+                            &names[i],
+                            &phase.name,
+                            false,
+                            "skipped: stop requested",
+                        );
                     }
                 }
                 break;
@@ -267,11 +271,47 @@ impl<'a> Engine<'a> {
             };
             let labels: Arc<[String]> = step_labels(&phase.steps).into();
             let phase_name: Arc<str> = Arc::from(phase.name.as_str());
+            // Resuming: hosts with every step of this phase done earlier are not batched, so
+            // a canary is a host that still has work to do.
+            let selected: Vec<usize> = match &self.resume {
+                None => selected,
+                Some(log) => {
+                    let (done, todo): (Vec<usize>, Vec<usize>) =
+                        selected.into_iter().partition(|&i| {
+                            !labels.is_empty()
+                                && labels
+                                    .iter()
+                                    .all(|l| log.is_done(&self.op_id, &names[i], &phase.name, l))
+                        });
+                    for i in done {
+                        let at = ms_since(started);
+                        timeline.extend(labels.iter().map(|l| StepRecord {
+                            host: names[i].clone(),
+                            phase: phase.name.clone(),
+                            step: l.clone(),
+                            batch: 0,
+                            start_ms: at,
+                            end_ms: at,
+                            status: StepStatus::DoneEarlier,
+                            detail: "done earlier".to_owned(),
+                            hint: None,
+                        }));
+                        self.reporter
+                            .host_done(&names[i], &phase.name, true, "done earlier");
+                    }
+                    todo
+                }
+            };
             let is_canary = matches!(phase.strategy, Strategy::Canary { .. });
             let mut failures: Vec<(usize, String)> = Vec::new();
             let mut phase_halt: Option<String> = None;
             let mut offset = 0;
-            for (b, size) in phase.strategy.batch_sizes(selected.len()).into_iter().enumerate() {
+            for (b, size) in phase
+                .strategy
+                .batch_sizes(selected.len())
+                .into_iter()
+                .enumerate()
+            {
                 let batch = &selected[offset..offset + size];
                 offset += size;
                 let reason = if let Some(r) = &phase_halt {
@@ -458,6 +498,10 @@ impl<'a> Engine<'a> {
     }
 }
 
+fn ms_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A fresh operation id: UTC time and 6 random hex digits, e.g. `20260519T101500Z-1a2b3c`.
 pub fn new_op_id() -> String {
     let suffix: u32 = rand::random::<u32>() & 0x00ff_ffff;
@@ -592,7 +636,7 @@ struct HostTask<C> {
 
 impl<C: HostCtx> HostTask<C> {
     fn ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        ms_since(self.started)
     }
 
     fn record(&self, host: &str, step: &str, start_ms: u64, status: StepStatus) -> StepRecord {

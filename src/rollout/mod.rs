@@ -26,8 +26,8 @@ mod journal;
 mod step;
 
 pub use engine::{
-    Engine, HostRecord, HostStatus, NullReporter, Reporter, RolloutReport, StepRecord,
-    StepStatus, Summary, new_op_id,
+    Engine, HostRecord, HostStatus, NullReporter, Reporter, RolloutReport, StepRecord, StepStatus,
+    Summary, new_op_id,
 };
 pub use journal::{Journal, JournalLog, OpStatus, PendingOp};
 pub use step::{HostCtx, Step, StepCx, StepFailure, StepOutcome, StopHandle};
