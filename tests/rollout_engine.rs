@@ -519,3 +519,71 @@ async fn the_reporter_hears_steps_and_host_ends() {
         ]
     );
 }
+
+/// Tells the test it has started, then waits for the test's go before finishing.
+struct Gate {
+    started: tokio::sync::mpsc::UnboundedSender<String>,
+    go: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl Step<Host> for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    async fn run(&self, host: &mut Host, _: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let _ = self.started.send(host.name.clone());
+        let permit = self.go.acquire().await;
+        drop(permit);
+        host.ran.push("gate".to_owned());
+        Ok(StepOutcome::changed("passed the gate"))
+    }
+}
+
+#[tokio::test]
+async fn a_stop_from_outside_waits_for_running_steps() {
+    let log = Log::default();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let phases = vec![
+        phase(
+            "p",
+            Strategy::Batches(BatchSize::Count(2)),
+            vec![
+                Arc::new(Gate {
+                    started: tx,
+                    go: go.clone(),
+                }),
+                fake("next", &[], &log),
+            ],
+        ),
+        phase("q", Strategy::Parallel, vec![fake("z", &[], &log)]),
+    ];
+    let engine = Engine::new(&NullReporter);
+    let stop = engine.stop_handle();
+    let control = async {
+        // Both hosts of the first batch are inside the step: ask to stop (as Ctrl-C would),
+        // then let the running steps finish.
+        let mut inside = vec![rx.recv().await, rx.recv().await];
+        inside.sort();
+        stop.request();
+        go.add_permits(2);
+        inside
+    };
+    let (report, inside) = tokio::join!(engine.run(phases, hosts(4)), control);
+    assert_eq!(inside, [Some("h1".to_owned()), Some("h2".to_owned())]);
+    for h in ["h1", "h2"] {
+        assert_eq!(
+            ran(&report, h),
+            ["gate"],
+            "the running step finished on {h}"
+        );
+        assert_eq!(status_of(&report, h), HostStatus::Stopped);
+    }
+    for h in ["h3", "h4"] {
+        assert!(ran(&report, h).is_empty());
+        assert_eq!(status_of(&report, h), HostStatus::Skipped);
+    }
+    assert!(log_of(&log).is_empty(), "no new step started");
+    assert_eq!(report.op_status(), tunnelfleet::rollout::OpStatus::Stopped);
+}
