@@ -52,7 +52,13 @@ fn bench_deploy() {
         .output()
         .expect("pki init");
     assert!(out.status.success(), "{}", common::describe(&out));
-    let args = ["--state-dir", state.as_str(), "--token-file", token.as_str(), "--json"];
+    let args = [
+        "--state-dir",
+        state.as_str(),
+        "--token-file",
+        token.as_str(),
+        "--json",
+    ];
     let t = Instant::now();
     let out = tb.tf("deploy", &args);
     let first = t.elapsed();

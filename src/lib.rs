@@ -7,9 +7,11 @@
 
 pub mod cli;
 pub mod inventory;
-pub mod pki;
-pub mod remote;
-pub mod secrets;
 pub mod ops;
+pub mod pki;
+pub mod playbook;
+pub mod remote;
+pub mod rollout;
+pub mod secrets;
 pub mod ssh;
 pub mod stack;

@@ -36,7 +36,12 @@ fn check_succeeds_on_every_host_and_json_matches() {
             fingerprints_by_ssh_keygen(&tb, addr).contains(fp),
             "{name}: {fp} not in known_hosts per ssh-keygen"
         );
-        assert!(h["auth"].as_str().unwrap_or_default().contains("id_ed25519"));
+        assert!(
+            h["auth"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("id_ed25519")
+        );
         assert!(h["os"].as_str().is_some_and(|s| !s.is_empty()));
         assert!(h["free_disk_bytes"].as_u64().is_some_and(|b| b > 0));
         assert!(h["clock_skew_ms"].is_i64());
@@ -50,7 +55,8 @@ fn check_succeeds_on_every_host_and_json_matches() {
     for n in tb.host_names() {
         assert!(
             log.lines()
-                .any(|l| l.contains(&format!("\"host\": \"{n}\"")) || l.contains(&format!("\"host\":\"{n}\""))),
+                .any(|l| l.contains(&format!("\"host\": \"{n}\""))
+                    || l.contains(&format!("\"host\":\"{n}\""))),
             "no recorded command on {n}:\n{log}"
         );
     }
@@ -70,8 +76,16 @@ fn host_keys_unknown_learned_and_changed() {
         assert_eq!(h["ok"], false);
         assert_eq!(h["error_kind"], "host_key", "{h}");
         let msg = h["error"].as_str().unwrap_or_default();
-        assert!(msg.contains("unknown host key") && msg.contains("SHA256:"), "{msg}");
-        assert!(h["hint"].as_str().unwrap_or_default().contains("--accept-new"));
+        assert!(
+            msg.contains("unknown host key") && msg.contains("SHA256:"),
+            "{msg}"
+        );
+        assert!(
+            h["hint"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("--accept-new")
+        );
     }
     assert_eq!(std::fs::read_to_string(&empty).expect("read"), "");
 
@@ -86,7 +100,12 @@ fn host_keys_unknown_learned_and_changed() {
     // A changed key (h3's entry replaced by h1's key) is refused, even with --accept-new.
     let real = std::fs::read_to_string(tb.known_hosts()).expect("read");
     let doc = json(&tb.tf("check", &["--json"]));
-    let addr = |n: usize| doc["hosts"][n]["address"].as_str().unwrap_or_default().to_string();
+    let addr = |n: usize| {
+        doc["hosts"][n]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     let (a1, a3) = (addr(0), addr(2));
     let key_of = |a: &str| {
         real.lines()
@@ -113,12 +132,19 @@ fn host_keys_unknown_learned_and_changed() {
         if h["name"] == "h3" {
             assert_eq!(h["error_kind"], "host_key");
             let msg = h["error"].as_str().unwrap_or_default();
-            assert!(msg.contains("HAS CHANGED") && msg.contains("man-in-the-middle"), "{msg}");
+            assert!(
+                msg.contains("HAS CHANGED") && msg.contains("man-in-the-middle"),
+                "{msg}"
+            );
         } else {
             assert_eq!(h["ok"], true, "{h}");
         }
     }
-    assert_eq!(std::fs::read_to_string(&kh).expect("read"), forged, "known_hosts was modified");
+    assert_eq!(
+        std::fs::read_to_string(&kh).expect("read"),
+        forged,
+        "known_hosts was modified"
+    );
 }
 
 #[test]
@@ -128,7 +154,13 @@ fn down_and_hung_hosts_hit_their_deadlines_while_others_succeed() {
     tb.fault("h4", "hang");
     let out = tb.tf(
         "check",
-        &["--json", "--connect-timeout", "3s", "--command-timeout", "5s"],
+        &[
+            "--json",
+            "--connect-timeout",
+            "3s",
+            "--command-timeout",
+            "5s",
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let doc = json(&out);
@@ -204,12 +236,21 @@ fn bad_inventory_and_limit_fail_before_touching_hosts() {
     assert!(err.contains("bad.yaml:"), "{err}");
     let loc = err.split("bad.yaml:").nth(1).unwrap_or_default();
     let mut parts = loc.split(':');
-    assert!(parts.next().is_some_and(|l| l.parse::<u32>().is_ok()), "{err}");
-    assert!(parts.next().is_some_and(|c| c.parse::<u32>().is_ok()), "{err}");
+    assert!(
+        parts.next().is_some_and(|l| l.parse::<u32>().is_ok()),
+        "{err}"
+    );
+    assert!(
+        parts.next().is_some_and(|c| c.parse::<u32>().is_ok()),
+        "{err}"
+    );
 
     let out = tb.tf("check", &["--limit", "fleet,!nosuchgroup"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nosuchgroup") && err.contains("--limit:1:"), "{err}");
+    assert!(
+        err.contains("nosuchgroup") && err.contains("--limit:1:"),
+        "{err}"
+    );
     assert_eq!(tb.recorded_commands(), "", "a host was touched");
 }

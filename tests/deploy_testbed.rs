@@ -89,7 +89,10 @@ impl Fleet {
     }
 
     fn timeline_len(&self) -> usize {
-        self.edge()["timeline"].as_array().map(Vec::len).unwrap_or(0)
+        self.edge()["timeline"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0)
     }
 
     /// `stat` of the managed files on a host: path, mode, mtime.
@@ -111,12 +114,11 @@ fn deploy_from_nothing_then_noop_then_check_touches_nothing() {
     assert_eq!(doc["summary"]["ok"], 5, "{doc}");
 
     // Every host has a connector up on the token, per the edge.
-    let want: Vec<(String, String)> = f
-        .tb
-        .host_names()
-        .into_iter()
-        .map(|h| (h, fp(&token)))
-        .collect();
+    let want: Vec<(String, String)> =
+        f.tb.host_names()
+            .into_iter()
+            .map(|h| (h, fp(&token)))
+            .collect();
     let cur = f.edge_current();
     for w in &want {
         assert!(cur.contains(w), "edge does not see {w:?}: {cur:?}");
@@ -128,9 +130,13 @@ fn deploy_from_nothing_then_noop_then_check_touches_nothing() {
         assert_eq!(env_mode.trim(), "600", "{h}");
         let env = f.tb.host_exec(&h, "cat /srv/mcp-tunnel/current/.env");
         assert!(env.contains("TUNNEL_TOKEN="), "{h}: .env through current/");
-        let keys = f.tb.host_exec(&h, "find / -xdev -name ca.key 2>/dev/null; find /srv /root -name 'ca.key'; true");
+        let keys = f.tb.host_exec(
+            &h,
+            "find / -xdev -name ca.key 2>/dev/null; find /srv /root -name 'ca.key'; true",
+        );
         assert_eq!(keys.trim(), "", "{h}: a CA key on the host");
-        let key = f.tb.host_exec(&h, "head -c 30 /srv/mcp-tunnel/current/data/tls.key");
+        let key =
+            f.tb.host_exec(&h, "head -c 30 /srv/mcp-tunnel/current/data/tls.key");
         assert!(key.contains("PRIVATE KEY"), "{h}");
     }
 
@@ -143,7 +149,11 @@ fn deploy_from_nothing_then_noop_then_check_touches_nothing() {
     assert_eq!(doc["summary"]["changed"], 0, "{doc}");
     let after: Vec<String> = f.tb.host_names().iter().map(|h| f.stat(h)).collect();
     assert_eq!(before, after, "a no-op deploy changed files");
-    assert_eq!(f.timeline_len(), events, "a no-op deploy bounced a connector");
+    assert_eq!(
+        f.timeline_len(),
+        events,
+        "a no-op deploy bounced a connector"
+    );
 
     // --check with a new token plans a connector recreation but touches nothing.
     let out = f.tb.testbed(&["edge-rotate"]);
@@ -198,8 +208,15 @@ fn token_change_recreates_the_connector_on_the_new_token() {
         "a connector still on the old token: {cur:?}"
     );
     // status agrees: every host's token matches the fleet's, no drift.
-    let path = f.tb.path().join("token.next").to_string_lossy().into_owned();
-    let out = f.tb.tf("status", &["--state-dir", &f.state, "--token-file", &path, "--json"]);
+    let path =
+        f.tb.path()
+            .join("token.next")
+            .to_string_lossy()
+            .into_owned();
+    let out = f.tb.tf(
+        "status",
+        &["--state-dir", &f.state, "--token-file", &path, "--json"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     for h in json(&out)["hosts"].as_array().expect("hosts") {
         assert_eq!(h["token_fingerprint"], fp(&next), "{h}");
@@ -243,7 +260,8 @@ fn a_full_disk_keeps_the_old_env() {
     let f = Fleet::up(3);
     let out = f.deploy_token("token", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let old = f.tb.host_exec("h3", "sha256sum < /srv/mcp-tunnel/shared/.env");
+    let old =
+        f.tb.host_exec("h3", "sha256sum < /srv/mcp-tunnel/shared/.env");
     // h3's shared/ becomes a tiny, full tmpfs holding the current files.
     f.tb.host_exec(
         "h3",
@@ -262,8 +280,12 @@ fn a_full_disk_keeps_the_old_env() {
         .expect("h3");
     assert_eq!(h3["ok"], false);
     let err = h3["error"].as_str().unwrap_or_default();
-    assert!(err.contains("No space left on device") && err.contains("old file kept"), "{err}");
-    let now = f.tb.host_exec("h3", "sha256sum < /srv/mcp-tunnel/shared/.env");
+    assert!(
+        err.contains("No space left on device") && err.contains("old file kept"),
+        "{err}"
+    );
+    let now =
+        f.tb.host_exec("h3", "sha256sum < /srv/mcp-tunnel/shared/.env");
     assert_eq!(old, now, "the old .env changed");
     for h in doc["hosts"].as_array().expect("hosts") {
         if h["name"] != "h3" {

@@ -107,7 +107,8 @@ async fn check_host(connector: &Connector, host: &SelectedHost, progress: &Progr
             ));
             r.error_kind = Some("remote".into());
             if host.conn.become_ {
-                r.hint = Some("become is set: does the user have passwordless sudo (sudo -n)?".into());
+                r.hint =
+                    Some("become is set: does the user have passwordless sudo (sudo -n)?".into());
             }
             return r;
         }
@@ -122,9 +123,9 @@ async fn check_host(connector: &Connector, host: &SelectedHost, progress: &Progr
     r.os = f.get("os").cloned();
     r.kernel = f.get("kernel").cloned();
     match f.get("compose").map(String::as_str) {
-        Some("none") | None => r
-            .problems
-            .push("no Docker Compose: neither `docker compose` (v2) nor `docker-compose` (v1)".into()),
+        Some("none") | None => r.problems.push(
+            "no Docker Compose: neither `docker compose` (v2) nor `docker-compose` (v1)".into(),
+        ),
         Some(c) => {
             let (kind, version) = c.split_once(' ').unwrap_or((c, ""));
             r.compose = Some(Compose {
@@ -216,7 +217,11 @@ pub async fn run(args: CheckArgs) -> Result<i32, CliError> {
     while let Some(j) = set.join_next().await {
         match j {
             Ok(x) => results.push(x),
-            Err(e) => return Err(CliError::input(format!("internal error: a host task failed: {e}"))),
+            Err(e) => {
+                return Err(CliError::input(format!(
+                    "internal error: a host task failed: {e}"
+                )));
+            }
         }
     }
     progress.finish();
@@ -259,11 +264,17 @@ pub async fn run(args: CheckArgs) -> Result<i32, CliError> {
         print!(
             "{}",
             table(
-                &["HOST", "STATUS", "AUTH", "COMPOSE", "FREE", "SKEW", "DETAIL"],
+                &[
+                    "HOST", "STATUS", "AUTH", "COMPOSE", "FREE", "SKEW", "DETAIL"
+                ],
                 &rows
             )
         );
         println!("{ok} ok, {failed} failed");
     }
-    Ok(if failed == 0 { EXIT_OK } else { EXIT_HOST_FAILED })
+    Ok(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_HOST_FAILED
+    })
 }

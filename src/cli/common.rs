@@ -55,14 +55,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+            ));
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("'{s}' is not a valid duration"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
-
 
 impl ConnArgs {
     /// The SSH options these flags describe.
@@ -221,7 +224,10 @@ mod tests {
             parse_jump_spec("ops@bastion:2222"),
             Ok((Some("ops".into()), "bastion".into(), 2222))
         );
-        assert_eq!(parse_jump_spec("10.0.0.1"), Ok((None, "10.0.0.1".into(), 22)));
+        assert_eq!(
+            parse_jump_spec("10.0.0.1"),
+            Ok((None, "10.0.0.1".into(), 22))
+        );
         assert_eq!(parse_jump_spec("[::1]:22"), Ok((None, "::1".into(), 22)));
         assert!(parse_jump_spec("h:x").is_err());
     }

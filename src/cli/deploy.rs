@@ -58,7 +58,11 @@ pub struct DeployArgs {
     #[command(flatten)]
     token: TokenArgs,
     /// The controller's state directory (CA and server certificate per tunnel).
-    #[arg(long, env = "TUNNELFLEET_STATE_DIR", default_value = "~/.local/state/tunnelfleet")]
+    #[arg(
+        long,
+        env = "TUNNELFLEET_STATE_DIR",
+        default_value = "~/.local/state/tunnelfleet"
+    )]
     state_dir: String,
     /// Print each host's plan and touch nothing.
     #[arg(long)]
@@ -219,7 +223,10 @@ pub fn host_inputs(
     let mut out = Vec::new();
     for (host, settings) in hosts {
         let t = tunnels.get(&settings.tunnel_name).ok_or_else(|| {
-            CliError::input(format!("{}: tunnel '{}' has no input", host.name, settings.tunnel_name))
+            CliError::input(format!(
+                "{}: tunnel '{}' has no input",
+                host.name, settings.tunnel_name
+            ))
         })?;
         let env = match &t.token {
             Some(tok) => Some(
@@ -233,7 +240,10 @@ pub fn host_inputs(
         if let Some((server, ca_pem)) = &t.certs {
             for (c, bytes) in [
                 (CertFile::CaCrt, ca_pem.as_bytes().to_vec()),
-                (CertFile::TlsKey, server.key_pem.expose().as_bytes().to_vec()),
+                (
+                    CertFile::TlsKey,
+                    server.key_pem.expose().as_bytes().to_vec(),
+                ),
                 (CertFile::TlsCrt, server.cert_pem.as_bytes().to_vec()),
             ] {
                 let h = stack::sha256_hex(&bytes);
@@ -258,7 +268,10 @@ pub fn host_inputs(
 /// Reads a host's facts (one round trip).
 pub async fn read_facts(session: &Session, input: &HostInput) -> Result<ParsedFacts, String> {
     let script = scripts::facts_script(&input.layout, &input.release).map_err(|e| e.to_string())?;
-    let out = session.exec(&script, b"").await.map_err(|e| e.to_string())?;
+    let out = session
+        .exec(&script, b"")
+        .await
+        .map_err(|e| e.to_string())?;
     if !out.success() {
         return Err(format!("read facts: {}", out.stderr_text()));
     }
@@ -522,7 +535,11 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
     while let Some(j) = set.join_next().await {
         match j {
             Ok(x) => results.push(x),
-            Err(e) => return Err(CliError::input(format!("internal error: a host task failed: {e}"))),
+            Err(e) => {
+                return Err(CliError::input(format!(
+                    "internal error: a host task failed: {e}"
+                )));
+            }
         }
     }
     progress.finish();
@@ -536,7 +553,12 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
     })
 }
 
-fn render(results: &[HostResult], tunnels: &BTreeMap<String, TunnelInput>, json: bool, check: bool) {
+fn render(
+    results: &[HostResult],
+    tunnels: &BTreeMap<String, TunnelInput>,
+    json: bool,
+    check: bool,
+) {
     let ok = results.iter().filter(|r| r.ok).count();
     let failed = results.len() - ok;
     let changed = results.iter().filter(|r| r.ok && r.changed).count();
@@ -581,7 +603,11 @@ fn render(results: &[HostResult], tunnels: &BTreeMap<String, TunnelInput>, json:
                 r.name.clone(),
                 if r.ok { "ok".into() } else { "FAILED".into() },
                 r.tunnel.clone(),
-                if r.changed { "changed".into() } else { "-".into() },
+                if r.changed {
+                    "changed".into()
+                } else {
+                    "-".into()
+                },
                 r.gate_ms
                     .map(|g| format!("{g} ms"))
                     .unwrap_or_else(|| "-".into()),
@@ -599,7 +625,10 @@ fn render(results: &[HostResult], tunnels: &BTreeMap<String, TunnelInput>, json:
         .collect();
     print!(
         "{}",
-        table(&["HOST", "STATUS", "TUNNEL", "CHANGE", "READY IN", "DETAIL"], &rows)
+        table(
+            &["HOST", "STATUS", "TUNNEL", "CHANGE", "READY IN", "DETAIL"],
+            &rows
+        )
     );
     let verb = if check { "would change" } else { "changed" };
     println!("{ok} ok ({changed} {verb}), {failed} failed");

@@ -39,7 +39,8 @@ fn write(path: &Path, text: &str) -> Result<(), CliError> {
         std::fs::create_dir_all(d)
             .map_err(|e| CliError::input(format!("create {}: {e}", d.display())))?;
     }
-    std::fs::write(path, text).map_err(|e| CliError::input(format!("write {}: {e}", path.display())))
+    std::fs::write(path, text)
+        .map_err(|e| CliError::input(format!("write {}: {e}", path.display())))
 }
 
 fn yaml_str(s: &str) -> String {
@@ -59,15 +60,23 @@ pub async fn run(args: InitArgs) -> Result<i32, CliError> {
     let mut routes = indexmap::IndexMap::new();
     for r in &args.routes {
         let (k, v) = r.split_once('=').ok_or_else(|| {
-            CliError::input(format!("--route '{r}': expected SUBDOMAIN=scheme://host:port"))
+            CliError::input(format!(
+                "--route '{r}': expected SUBDOMAIN=scheme://host:port"
+            ))
         })?;
         routes.insert(k.to_string(), serde_json::Value::String(v.to_string()));
     }
     let mut vars = indexmap::IndexMap::new();
     vars.insert("tunnel_name".into(), serde_json::json!(args.tunnel));
     vars.insert("tunnel_domain".into(), serde_json::json!(args.domain));
-    vars.insert("tunnel_routes".into(), serde_json::Value::Object(routes.clone().into_iter().collect()));
-    vars.insert("sample_server".into(), serde_json::json!(args.sample_server));
+    vars.insert(
+        "tunnel_routes".into(),
+        serde_json::Value::Object(routes.clone().into_iter().collect()),
+    );
+    vars.insert(
+        "sample_server".into(),
+        serde_json::json!(args.sample_server),
+    );
     // Validate exactly as deploy will, before writing anything.
     let settings =
         StackSettings::from_vars("init", &vars).map_err(|e| CliError::input(e.to_string()))?;
@@ -117,7 +126,10 @@ pub async fn run(args: InitArgs) -> Result<i32, CliError> {
             id = release.id
         ),
     )?;
-    println!("created {d}: inventory.yaml, stack/ (release {}), .gitignore, README.md", release.id);
+    println!(
+        "created {d}: inventory.yaml, stack/ (release {}), .gitignore, README.md",
+        release.id
+    );
     println!("next: tunnelfleet pki init --tunnel {}", args.tunnel);
     Ok(EXIT_OK)
 }

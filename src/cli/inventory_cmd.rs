@@ -26,10 +26,7 @@ pub async fn run(args: InventoryArgs) -> Result<i32, CliError> {
     let inv = Inventory::load(&args.inventory).map_err(|e| CliError::input(e.to_string()))?;
     if args.list {
         let doc = inv.ansible_list();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return Ok(EXIT_OK);
     }
     let hosts = inv

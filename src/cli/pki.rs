@@ -42,7 +42,11 @@ enum PkiCmd {
 #[derive(Args, Debug, Clone)]
 pub struct PkiLocation {
     /// The controller's state directory.
-    #[arg(long, env = "TUNNELFLEET_STATE_DIR", default_value = "~/.local/state/tunnelfleet")]
+    #[arg(
+        long,
+        env = "TUNNELFLEET_STATE_DIR",
+        default_value = "~/.local/state/tunnelfleet"
+    )]
     pub state_dir: String,
     /// The tunnel (inventory group / tunnel_name) the CA belongs to.
     #[arg(long, default_value = "default")]
@@ -77,9 +81,19 @@ pub async fn run(args: PkiArgs) -> Result<i32, CliError> {
             let dir = loc.dir()?;
             let ca = Ca::init(&dir, &name, force).map_err(|e| CliError::input(e.to_string()))?;
             let info = ca.info().map_err(|e| CliError::input(e.to_string()))?;
-            println!("CA for tunnel '{}' created in {}", loc.tunnel, dir.display());
-            println!("  certificate: {} (register this file in the Console)", dir.join("ca.crt").display());
-            println!("  private key: {} (0600; never leaves this machine)", dir.join("ca.key").display());
+            println!(
+                "CA for tunnel '{}' created in {}",
+                loc.tunnel,
+                dir.display()
+            );
+            println!(
+                "  certificate: {} (register this file in the Console)",
+                dir.join("ca.crt").display()
+            );
+            println!(
+                "  private key: {} (0600; never leaves this machine)",
+                dir.join("ca.key").display()
+            );
             println!("  serial {}  valid until {}", info.serial, info.not_after);
             Ok(EXIT_OK)
         }
@@ -87,7 +101,10 @@ pub async fn run(args: PkiArgs) -> Result<i32, CliError> {
             let dir = loc.dir()?;
             let ca = Ca::load(&dir).map_err(|e| CliError::input(e.to_string()))?;
             let info = ca.info().map_err(|e| CliError::input(e.to_string()))?;
-            println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&info).unwrap_or_default()
+            );
             Ok(EXIT_OK)
         }
     }

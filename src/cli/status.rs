@@ -24,7 +24,11 @@ pub struct StatusArgs {
     #[command(flatten)]
     token: TokenArgs,
     /// The controller's state directory (CA and server certificate per tunnel).
-    #[arg(long, env = "TUNNELFLEET_STATE_DIR", default_value = "~/.local/state/tunnelfleet")]
+    #[arg(
+        long,
+        env = "TUNNELFLEET_STATE_DIR",
+        default_value = "~/.local/state/tunnelfleet"
+    )]
     state_dir: String,
     /// Print one JSON document on stdout instead of the table.
     #[arg(long)]
@@ -124,7 +128,11 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
         async move {
             p.step(&input.host.name, "reading");
             let r = status_host(&c, input).await;
-            p.done(&r.name, r.error.is_none(), r.error.as_deref().unwrap_or("read"));
+            p.done(
+                &r.name,
+                r.error.is_none(),
+                r.error.as_deref().unwrap_or("read"),
+            );
             r
         }
     });
@@ -170,7 +178,11 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
             .map(|r| {
                 vec![
                     r.name.clone(),
-                    if r.ok { "ok".into() } else { "ATTENTION".into() },
+                    if r.ok {
+                        "ok".into()
+                    } else {
+                        "ATTENTION".into()
+                    },
                     r.release.clone().unwrap_or_else(|| "-".into()),
                     match (&r.token_fingerprint, r.token_matches_fleet) {
                         (Some(fp), Some(false)) => format!("{fp} (differs)"),
@@ -182,7 +194,11 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
                         .map(|s| s.chars().take(12).collect())
                         .unwrap_or_else(|| "-".into()),
                     r.cert_not_after.clone().unwrap_or_else(|| "-".into()),
-                    if r.connector_ready { "ready".into() } else { "NOT READY".into() },
+                    if r.connector_ready {
+                        "ready".into()
+                    } else {
+                        "NOT READY".into()
+                    },
                     match &r.error {
                         Some(e) => e.clone(),
                         None if r.drift.is_empty() => "no drift".into(),
@@ -194,11 +210,24 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
         print!(
             "{}",
             table(
-                &["HOST", "STATUS", "RELEASE", "TOKEN", "CERT", "NOT AFTER", "CONNECTOR", "DETAIL"],
+                &[
+                    "HOST",
+                    "STATUS",
+                    "RELEASE",
+                    "TOKEN",
+                    "CERT",
+                    "NOT AFTER",
+                    "CONNECTOR",
+                    "DETAIL"
+                ],
                 &rows
             )
         );
         println!("{ok} ok, {failed} need attention");
     }
-    Ok(if failed == 0 { EXIT_OK } else { EXIT_HOST_FAILED })
+    Ok(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_HOST_FAILED
+    })
 }

@@ -57,5 +57,9 @@ pub async fn run(args: UnlockArgs) -> Result<i32, CliError> {
             }
         }
     }
-    Ok(if failed == 0 { EXIT_OK } else { EXIT_HOST_FAILED })
+    Ok(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_HOST_FAILED
+    })
 }

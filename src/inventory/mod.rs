@@ -16,7 +16,9 @@ mod connection;
 mod error;
 mod limit;
 mod list;
-mod yaml;
+/// The located YAML reader, shared with the playbook loader (`crate::playbook`) so its
+/// schema errors name `file:line:column` too. Crate-internal; nothing here is public API.
+pub(crate) mod yaml;
 
 pub use connection::{Connection, DEFAULT_DEPLOY_DIR, JumpHost};
 pub use error::InventoryError;

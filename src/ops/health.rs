@@ -48,7 +48,11 @@ pub async fn connectors(session: &Session) -> Vec<ConnectorReady> {
             }
         })
     });
-    futures::future::join_all(probes).await.into_iter().flatten().collect()
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The ids of the connectors answering now (ready or not).
@@ -70,13 +74,10 @@ pub async fn wait_new_ready(
     let started = Instant::now();
     let last = loop {
         let now = connectors(session).await;
-        if let Some(c) = now.iter().find(|c| {
-            c.is_ready()
-                && c
-                    .connector_id
-                    .as_ref()
-                    .is_none_or(|id| !old.contains(id))
-        }) {
+        if let Some(c) = now
+            .iter()
+            .find(|c| c.is_ready() && c.connector_id.as_ref().is_none_or(|id| !old.contains(id)))
+        {
             return Ok((c.clone(), started.elapsed()));
         }
         if started.elapsed() >= timeout {

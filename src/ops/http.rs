@@ -29,7 +29,8 @@ pub async fn get(
 ) -> Result<Response, SshError> {
     let fut = async {
         let mut stream = session.open_tcp("127.0.0.1", port).await?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
         stream
             .write_all(req.as_bytes())
             .await
@@ -56,12 +57,14 @@ pub async fn get(
             )
         })
     };
-    tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| {
-        Err(SshError::new(
-            ErrorKind::Timeout,
-            format!("127.0.0.1:{port}{path}: no answer within {timeout:?}"),
-        ))
-    })
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SshError::new(
+                ErrorKind::Timeout,
+                format!("127.0.0.1:{port}{path}: no answer within {timeout:?}"),
+            ))
+        })
 }
 
 /// Parses a raw HTTP/1.x response.

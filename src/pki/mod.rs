@@ -304,7 +304,6 @@ impl Ca {
         )
     }
 
-
     /// Issues a server certificate for `domain` with a new key; see
     /// [`Ca::issue_server_with_key`].
     pub fn issue_server(&self, domain: &str, days: u32) -> Result<ServerCert, PkiError> {

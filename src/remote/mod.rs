@@ -12,10 +12,10 @@
 
 #![warn(missing_docs)]
 
-pub mod probe;
 mod audit;
 mod facts;
 mod lock;
+pub mod probe;
 mod write;
 
 pub use audit::{AuditEntry, AuditOutcome, audit_line};

@@ -69,8 +69,8 @@ impl KeyCache {
 }
 
 fn load_key_blocking(path: &Path) -> CachedKey {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("read key {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("read key {}: {e}", path.display()))?;
     match russh::keys::decode_secret_key(&text, None) {
         Ok(k) => Ok(Arc::new(k)),
         Err(russh::keys::Error::KeyIsEncrypted) => {
@@ -95,7 +95,10 @@ fn load_key_blocking(path: &Path) -> CachedKey {
                     Err(_) => eprintln!("wrong passphrase for {}", path.display()),
                 }
             }
-            Err(format!("key {}: wrong passphrase (3 tries)", path.display()))
+            Err(format!(
+                "key {}: wrong passphrase (3 tries)",
+                path.display()
+            ))
         }
         Err(e) => Err(format!("key {}: {e}", path.display())),
     }

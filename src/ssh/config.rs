@@ -105,7 +105,10 @@ pub fn parse_config(text: &str, host: &str) -> SshConfigHost {
             continue;
         }
         let (k, v) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
-            Some((k, v)) => (k.to_ascii_lowercase(), v.trim_start_matches(['=', ' ', '\t'])),
+            Some((k, v)) => (
+                k.to_ascii_lowercase(),
+                v.trim_start_matches(['=', ' ', '\t']),
+            ),
             None => continue,
         };
         let v = v.trim().trim_matches('"');

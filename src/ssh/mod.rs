@@ -17,11 +17,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::PublicKey;
-use russh::keys::ssh_key::Algorithm;
-use russh::ChannelMsg;
 use russh::keys::PublicKeyOrCertificate;
+use russh::keys::ssh_key::Algorithm;
 use tokio::sync::{OnceCell, Semaphore};
 
 pub use auth::AuthMethod;
@@ -231,8 +231,7 @@ impl Client {
             Verdict::Unknown if self.accept_new => {
                 let (p, h, port, k) = (path.clone(), self.host.clone(), self.port, key.clone());
                 let learned =
-                    tokio::task::spawn_blocking(move || known_hosts::learn(&p, &h, port, &k))
-                        .await;
+                    tokio::task::spawn_blocking(move || known_hosts::learn(&p, &h, port, &k)).await;
                 match learned {
                     Ok(Ok(Verdict::Known | Verdict::Unknown)) => {
                         if let (Ok(fresh), Ok(mut kh)) =
@@ -475,7 +474,12 @@ impl Connector {
             Some(p) => {
                 let ch = p
                     .handle
-                    .channel_open_direct_tcpip(hop.address.clone(), u32::from(hop.port), "127.0.0.1", 0)
+                    .channel_open_direct_tcpip(
+                        hop.address.clone(),
+                        u32::from(hop.port),
+                        "127.0.0.1",
+                        0,
+                    )
                     .await
                     .map_err(|e| {
                         SshError::new(
@@ -651,7 +655,9 @@ impl Session {
                 ErrorKind::Timeout,
                 format!("command did not finish within {timeout:?}"),
             )
-            .hint("the host may be hung or overloaded; raise --command-timeout if it is just slow")),
+            .hint(
+                "the host may be hung or overloaded; raise --command-timeout if it is just slow",
+            )),
         }
     }
 

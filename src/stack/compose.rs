@@ -1,7 +1,7 @@
 //! Docker Compose command lines for the stack, in both spellings.
 
-use crate::remote::quote;
 use super::{Action, COMPOSE_FILE, Layout};
+use crate::remote::quote;
 
 /// Compose project name, fixed so container names do not change between releases.
 pub const PROJECT_NAME: &str = "mcp-tunnel";

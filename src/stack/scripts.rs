@@ -164,9 +164,7 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
                     _ => None,
                 }
             }
-            "current" if v != "-" && !v.is_empty() => {
-                p.facts.current_release = Some(v.to_string())
-            }
+            "current" if v != "-" && !v.is_empty() => p.facts.current_release = Some(v.to_string()),
             "env_token_fp" if v != "-" && v != EMPTY_FP => p.env_token_fp = Some(v.to_string()),
             "connector_token_fp" if v.len() == 12 && v != EMPTY_FP => {
                 p.facts.connector_token_fingerprint = Some(v.to_string())
@@ -214,10 +212,7 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
         );
     }
     for f in &release.files {
-        let v = by_path
-            .get(&format!("{cur}/{}", f.path))
-            .cloned()
-            .flatten();
+        let v = by_path.get(&format!("{cur}/{}", f.path)).cloned().flatten();
         p.facts.files.insert(f.path.clone(), v);
     }
     p.facts.env_sha256 = by_path.get(&layout.env_file()).cloned().flatten();
