@@ -5,6 +5,7 @@
 mod check;
 mod common;
 mod deploy;
+mod engine_report;
 mod init;
 mod inventory_cmd;
 pub mod pki;

@@ -8,13 +8,14 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::ConnArgs;
-use super::deploy::{HostInput, TokenArgs, desired_state, host_inputs, read_facts, tunnel_inputs};
+use super::deploy::{TokenArgs, load_inputs};
 use super::progress::{Progress, table};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use crate::ops::deploy::{HostInput, desired_state, read_facts};
 use crate::ops::health;
 use crate::pki::cert_info;
 use crate::ssh::Connector;
-use crate::stack::{self, ContainerState, StackSettings};
+use crate::stack::{self, ContainerState};
 
 /// Flags of `status`.
 #[derive(Args, Debug)]
@@ -108,16 +109,8 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
 /// Runs `status`.
 pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
     let (_inv, hosts) = args.conn.select().await?;
-    let mut with_settings = Vec::new();
-    for h in hosts {
-        let s = StackSettings::from_vars(&h.name, &h.vars)
-            .map_err(|e| CliError::input(e.to_string()))?;
-        with_settings.push((h, s));
-    }
-    let settings: Vec<StackSettings> = with_settings.iter().map(|(_, s)| s.clone()).collect();
-    let groups = stack::group_by_tunnel(&settings).map_err(|e| CliError::input(e.to_string()))?;
-    let tunnels = tunnel_inputs(&groups, &args.token, &args.state_dir, false).await?;
-    let inputs = host_inputs(with_settings, &tunnels)?;
+    let (tunnels, inputs) =
+        load_inputs(hosts, args.token.flag_or_env(), &args.state_dir, false).await?;
     let connector = Arc::new(
         Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
     );

@@ -211,11 +211,14 @@ impl<C: HostCtx> Checker<'_, C> {
                     value: Value::Number(n),
                     ..
                 } if n.as_u64().is_some() => n.as_u64().and_then(|n| usize::try_from(n).ok()),
+                // `all`: failures in this phase never halt the rollout (each failed host is
+                // still left out of later phases).
+                _ if scalar_str(&e.value) == Some("all") => Some(usize::MAX),
                 _ => {
                     self.error(
                         e.value.loc,
                         format!(
-                            "'max_unavailable' must be a non-negative integer (failed hosts tolerated), not {}",
+                            "'max_unavailable' must be a non-negative integer (failed hosts tolerated) or `all`, not {}",
                             describe(&e.value)
                         ),
                     );
