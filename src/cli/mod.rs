@@ -10,6 +10,7 @@ mod init;
 mod inventory_cmd;
 pub mod pki;
 pub mod progress;
+mod rotate;
 mod status;
 mod unlock;
 
@@ -44,6 +45,9 @@ enum Command {
     Init(init::InitArgs),
     /// Show the inventory as tunnelfleet resolves it.
     Inventory(inventory_cmd::InventoryArgs),
+    /// Rotate the tunnel token on every host: persist it everywhere at once, then move
+    /// connectors make-before-break, canary first; `--resume` finishes an interrupted one.
+    RotateToken(rotate::RotateArgs),
     /// Show what each host runs: release, drift, token fingerprint, certificate, containers,
     /// connector readiness.
     Status(status::StatusArgs),
@@ -106,6 +110,7 @@ pub fn main() -> i32 {
             Command::Inventory(a) => inventory_cmd::run(a).await,
             Command::Pki(a) => pki::run(a).await,
             Command::Status(a) => status::run(a).await,
+            Command::RotateToken(a) => rotate::run(a).await,
             Command::Unlock(a) => unlock::run(a).await,
         }
     });

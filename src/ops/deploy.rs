@@ -235,12 +235,19 @@ pub fn desired_state(input: &HostInput, facts: &ParsedFacts) -> Result<DesiredSt
 
 /// The fleet lock's holder record for `operation` (who, where, when; no secrets).
 pub fn holder_json(operation: &str) -> String {
+    holder_json_for(operation, "")
+}
+
+/// The fleet lock's holder record for `operation` with id `op_id` (a resumed run of the
+/// same operation recognises its own lock by it).
+pub fn holder_json_for(operation: &str, op_id: &str) -> String {
     serde_json::json!({
         "operation": operation,
+        "op_id": op_id,
         "operator": operator(),
         "controller": controller_name(),
         "pid": std::process::id(),
-        "since": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "since": now_rfc3339(),
     })
     .to_string()
 }
@@ -283,6 +290,8 @@ pub struct StackHost {
     pub ready: Option<health::ConnectorReady>,
     /// How long the gate waited.
     pub gate_ms: Option<u64>,
+    /// What a token rotation did on this host.
+    pub rotation: super::rotate::RotationState,
 }
 
 impl StackHost {
@@ -305,6 +314,7 @@ impl StackHost {
             restarted: false,
             ready: None,
             gate_ms: None,
+            rotation: Default::default(),
         }
     }
 

@@ -5,3 +5,4 @@ pub mod deploy;
 pub mod fleet;
 pub mod health;
 pub mod http;
+pub mod rotate;

@@ -26,7 +26,7 @@ pub const COMMAND_STDERR_CAP: usize = 512;
 const MAX_INPUT: u64 = 64 * 1024;
 
 /// Where to read the tunnel token from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum TokenSource {
     /// All of stdin (refused when stdin is a terminal: the token would echo on screen).
     Stdin,
@@ -37,6 +37,8 @@ pub enum TokenSource {
     /// A command run on the controller with `sh -c`; its stdout is the token. It gets no stdin
     /// and is killed after [`COMMAND_TIMEOUT`].
     Command(String),
+    /// A token already loaded (e.g. from the Tunnels API or a prompt).
+    Value(Secret),
 }
 
 impl fmt::Display for TokenSource {
@@ -47,6 +49,7 @@ impl fmt::Display for TokenSource {
             TokenSource::Stdin => write!(f, "stdin"),
             TokenSource::File(p) => write!(f, "file {}", p.display()),
             TokenSource::Env(v) => write!(f, "environment variable {v}"),
+            TokenSource::Value(_) => write!(f, "a value already loaded"),
             TokenSource::Command(c) => {
                 let first = c.split_whitespace().next().unwrap_or("");
                 if c.split_whitespace().nth(1).is_some() {
@@ -205,7 +208,41 @@ impl TokenSource {
                 let bytes = run_command(&origin, cmd, COMMAND_TIMEOUT).await?;
                 finish(&origin, bytes, true)
             }
+            TokenSource::Value(s) => {
+                validate_tunnel_token(s.expose()).map_err(|err| SecretError::Invalid {
+                    origin: origin.clone(),
+                    err,
+                })?;
+                Ok(s.clone())
+            }
         }
+    }
+
+    /// Loads a secret that is not a tunnel token (an API credential): the same sources and
+    /// checks (file modes, size caps, one trailing newline), without the token validation.
+    pub async fn load_raw(&self) -> Result<Secret, SecretError> {
+        let origin = self.to_string();
+        let bytes = match self {
+            TokenSource::Stdin => run_blocking(&origin, read_stdin).await?,
+            TokenSource::File(path) => {
+                let path = path.clone();
+                run_blocking(&origin, move || read_file(&path)).await?
+            }
+            TokenSource::Env(var) => match std::env::var_os(var) {
+                None => return Err(SecretError::EnvMissing { var: var.clone() }),
+                Some(v) => Zeroizing::new(v.into_encoded_bytes()),
+            },
+            TokenSource::Command(cmd) => run_command(&origin, cmd, COMMAND_TIMEOUT).await?,
+            TokenSource::Value(s) => return Ok(s.clone()),
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| SecretError::NotUtf8 {
+            origin: origin.clone(),
+        })?;
+        let text = strip_one_trailing_newline(text);
+        if text.is_empty() {
+            return Err(SecretError::Empty { origin });
+        }
+        Ok(Secret::new(text.to_string()))
     }
 }
 

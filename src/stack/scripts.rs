@@ -354,3 +354,87 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
 pub fn compose_script(layout: &Layout, compose: ComposeCli, args: &[&str]) -> String {
     format!("{} >&2\n", compose.command(layout, args))
 }
+
+/// One cloudflared container of the stack, as [`connectors_script`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectorContainer {
+    /// Container name.
+    pub name: String,
+    /// `running`, `exited`, ...
+    pub state: String,
+    /// Fingerprint of the TUNNEL_TOKEN it was created with (hashed on the host).
+    pub token_fp: Option<String>,
+    /// The connector id it logged at start (`Generated Connector ID: ...`), if yet.
+    pub connector_id: Option<String>,
+}
+
+/// Lists the stack's cloudflared containers with their state, token fingerprint and
+/// connector id, one `conn=NAME STATE FP ID` line each (`-` for unknown). Read-only.
+pub fn connectors_script() -> String {
+    let project = quote(PROJECT_NAME);
+    format!(
+        "docker ps -a --filter label=com.docker.compose.project={project} \
+         --filter label=com.docker.compose.service={CONNECTOR_SERVICE} --format '{{{{.Names}}}} {{{{.State}}}}' 2>/dev/null \
+         | while read -r tf_n tf_st; do \
+         tf_fp=$(docker inspect \"$tf_n\" 2>/dev/null | grep -o '\"TUNNEL_TOKEN=[^\"]*\"' | head -n 1 \
+         | sed 's/^\"TUNNEL_TOKEN=//; s/\"$//' | tr -d '\\n' | sha256sum | cut -c1-12); \
+         tf_id=$(docker logs \"$tf_n\" 2>&1 | sed -n 's/.*Generated Connector ID: *\\([0-9a-fA-F-]*\\).*/\\1/p' | tail -n 1); \
+         echo \"conn=$tf_n $tf_st $tf_fp ${{tf_id:--}}\"; done\n"
+    )
+}
+
+/// Parses [`connectors_script`] output.
+pub fn parse_connectors(out: &str) -> Vec<ConnectorContainer> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("conn="))
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (name, state, fp, id) = (it.next()?, it.next()?, it.next()?, it.next()?);
+            Some(ConnectorContainer {
+                name: name.to_string(),
+                state: state.to_string(),
+                token_fp: (fp.len() == 12 && fp != EMPTY_FP).then(|| fp.to_string()),
+                connector_id: (id != "-").then(|| id.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// Starts one more connector beside those running (make-before-break): Compose scales the
+/// service up without recreating the running ones; the new container reads `.env` now.
+pub fn scale_connectors_script(layout: &Layout, compose: ComposeCli, count: usize) -> String {
+    let scale = format!("{CONNECTOR_SERVICE}={count}");
+    compose_script(
+        layout,
+        compose,
+        &[
+            "up",
+            "-d",
+            "--no-deps",
+            "--no-recreate",
+            "--scale",
+            &scale,
+            CONNECTOR_SERVICE,
+        ],
+    )
+}
+
+/// Stops (letting it drain for `grace_s` seconds) and removes the named old connector
+/// containers, then sets the service's scale back to 1 (the new connector stays).
+pub fn stop_connectors_script(
+    layout: &Layout,
+    compose: ComposeCli,
+    names: &[String],
+    grace_s: u64,
+) -> String {
+    let mut s = String::new();
+    for n in names {
+        let q = quote(n);
+        let _ = writeln!(
+            s,
+            "docker stop -t {grace_s} {q} >/dev/null 2>&1; docker rm -f {q} >/dev/null 2>&1 || {{ echo \"remove old connector {n}: failed\" >&2; exit 1; }}"
+        );
+    }
+    s.push_str(&scale_connectors_script(layout, compose, 1));
+    s
+}

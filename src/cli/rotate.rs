@@ -1,0 +1,570 @@
+//! `tunnelfleet rotate-token`: the new token on every host, connectors moved
+//! make-before-break, canary first, with a journal for `--resume` and a report of the
+//! exposure window.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::common::{ConnArgs, parse_duration};
+use super::deploy::{TokenArgs, load_inputs};
+use super::progress::{Progress, table};
+use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use crate::ops::deploy::StackHost;
+use crate::ops::rotate::{RotationState, register_rotation_steps};
+use crate::playbook::{Playbook, StepRegistry};
+use crate::rollout::{BatchSize, Engine, HostCtx, HostStatus, Journal, Phase, Strategy, new_op_id};
+use crate::secrets::{Secret, TokenSource, validate_tunnel_token};
+use crate::ssh::Connector;
+
+/// The built-in rotation playbook (playbooks/rotate-token.yaml, compiled in).
+pub const ROTATE_PLAYBOOK: &str = include_str!("../../playbooks/rotate-token.yaml");
+
+/// Flags of `rotate-token`.
+#[derive(Args, Debug)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// Fetch the new token from the Tunnels API: its base URL (e.g. https://api.anthropic.com).
+    #[arg(long, value_name = "URL", requires = "tunnel_id")]
+    api_base: Option<String>,
+    /// The tunnel id (tnl_...) for the Tunnels API.
+    #[arg(long, value_name = "ID")]
+    tunnel_id: Option<String>,
+    /// File holding the Tunnels API credential (refused when group or others can read it).
+    #[arg(long, value_name = "FILE", env = "TUNNELFLEET_API_CREDENTIAL_FILE")]
+    api_credential_file: Option<PathBuf>,
+    /// The controller's state directory (CA, journals).
+    #[arg(
+        long,
+        env = "TUNNELFLEET_STATE_DIR",
+        default_value = "~/.local/state/tunnelfleet"
+    )]
+    state_dir: String,
+    /// After the canary, move this many hosts at a time (N or P%; default all at once, 1
+    /// with --in-place).
+    #[arg(long, value_parser = parse_batch)]
+    batch: Option<BatchSize>,
+    /// Recreate each connector in place instead of make-before-break (for hosts that cannot
+    /// run two connectors); the host is without a ready connector until the new one is.
+    #[arg(long)]
+    in_place: bool,
+    /// Go ahead when some hosts are unreachable or unhealthy; they are recorded as pending
+    /// for --resume.
+    #[arg(long)]
+    allow_down: bool,
+    /// Finish the last unfinished rotation: only the hosts not yet on the new token.
+    #[arg(long)]
+    resume: bool,
+    /// Wait this long for another operation's fleet lock.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    lock_wait: Duration,
+    /// How long a new connector may take to become ready.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    gate_timeout: Duration,
+    /// Print one JSON document on stdout instead of the report.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_batch(s: &str) -> Result<BatchSize, String> {
+    if let Some(p) = s.strip_suffix('%') {
+        let n: u8 = p
+            .parse()
+            .map_err(|_| format!("'{s}': a percentage from 1% to 100%"))?;
+        if n == 0 || n > 100 {
+            return Err(format!("'{s}': a percentage from 1% to 100%"));
+        }
+        Ok(BatchSize::Percent(n))
+    } else {
+        let n: usize = s
+            .parse()
+            .map_err(|_| format!("'{s}': a number of hosts (e.g. 5) or a percentage (25%)"))?;
+        if n == 0 {
+            return Err("--batch must be at least 1".into());
+        }
+        Ok(BatchSize::Count(n))
+    }
+}
+
+/// What the journal directory keeps about a rotation besides the engine's step records:
+/// which token it rotates to (its fingerprint only) and which hosts it covers.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct OpRecord {
+    op_id: String,
+    tunnel: String,
+    new_token_fp: String,
+    hosts: Vec<String>,
+    started: String,
+}
+
+#[derive(Debug, Serialize)]
+struct HostReport {
+    name: String,
+    ok: bool,
+    status: String,
+    error: Option<String>,
+    hint: Option<String>,
+    #[serde(flatten)]
+    rotation: RotationState,
+}
+
+fn journal_paths(state_dir: &Path, tunnel: &str) -> (PathBuf, PathBuf) {
+    let dir = state_dir.join("journal");
+    (
+        dir.join(format!("rotate-{tunnel}.jsonl")),
+        dir.join(format!("rotate-{tunnel}.op.json")),
+    )
+}
+
+async fn token_from_api(args: &RotateArgs) -> Result<Secret, CliError> {
+    let (Some(base), Some(id)) = (&args.api_base, &args.tunnel_id) else {
+        return Err(CliError::input("--api-base needs --tunnel-id"));
+    };
+    let cred_file = args.api_credential_file.clone().ok_or_else(|| {
+        CliError::input(
+            "--api-base needs --api-credential-file (or TUNNELFLEET_API_CREDENTIAL_FILE)",
+        )
+    })?;
+    let cred = TokenSource::File(cred_file.clone())
+        .load_raw()
+        .await
+        .map_err(|e| CliError::input(format!("API credential: {e}")))?;
+    let url = format!(
+        "{}/v1/organizations/tunnels/{}/reveal_token",
+        base.trim_end_matches('/'),
+        id
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| CliError::input(format!("Tunnels API client: {e}")))?;
+    let resp = client
+        .post(&url)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "mcp-tunnels-2026-05-19")
+        .bearer_auth(cred.expose())
+        .send()
+        .await
+        .map_err(|e| CliError::input(format!("Tunnels API {url}: {}", e.without_url())))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| {
+        CliError::input(format!("Tunnels API {url}: not JSON ({})", e.without_url()))
+    })?;
+    if !status.is_success() {
+        let msg = body["error"]["message"].as_str().unwrap_or("no message");
+        return Err(CliError::input(format!(
+            "Tunnels API {url}: HTTP {status}: {msg}"
+        )));
+    }
+    let token = body["tunnel_token"].as_str().ok_or_else(|| {
+        CliError::input(format!("Tunnels API {url}: the answer has no tunnel_token"))
+    })?;
+    validate_tunnel_token(token).map_err(|e| CliError::input(format!("Tunnels API token: {e}")))?;
+    Ok(Secret::new(token.to_string()))
+}
+
+fn token_from_tty(tunnel: &str, hosts: usize) -> Result<Secret, CliError> {
+    eprintln!(
+        "Preflight passed on {hosts} host(s), all locked. Rotate the token of tunnel '{tunnel}' \
+         in the Console now (the old token stops working at once), then paste the new token."
+    );
+    let t = rpassword::prompt_password("New tunnel token (not echoed): ")
+        .map_err(|e| CliError::input(format!("read the token: {e}")))?;
+    let t = t.trim().to_string();
+    validate_tunnel_token(&t).map_err(|e| CliError::input(format!("the pasted token: {e}")))?;
+    Ok(Secret::new(t))
+}
+
+/// Runs `rotate-token`.
+pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
+    let state_dir = crate::ssh::config::expand_tilde(&args.state_dir);
+    let explicit = args.token.flag_or_env();
+    if explicit.is_some() && args.api_base.is_some() {
+        return Err(CliError::input(
+            "give the new token one way: --token-file/--token-stdin/TUNNEL_TOKEN or --api-base",
+        ));
+    }
+    // Load the token before touching anything when it is already at hand (file, stdin,
+    // environment, command); the API and the guided prompt come after preflight, right
+    // before the old token is invalidated.
+    let early: Option<Secret> = match &explicit {
+        Some(s) => Some(
+            s.load()
+                .await
+                .map_err(|e| CliError::input(format!("new token from {s}: {e}")))?,
+        ),
+        None => None,
+    };
+    let (_inv, hosts) = args.conn.select().await?;
+    // Inputs without a token (the .env is rendered once the token is known).
+    let (tunnels, _) = load_inputs(hosts.clone(), None, &args.state_dir, false).await?;
+    if tunnels.len() != 1 {
+        let names: Vec<&String> = tunnels.keys().collect();
+        return Err(CliError::input(format!(
+            "rotate one tunnel at a time: the selected hosts serve {} tunnels ({names:?}); use --limit",
+            tunnels.len()
+        )));
+    }
+    let tunnel = tunnels.keys().next().cloned().unwrap_or_default();
+    let (journal_path, op_path) = journal_paths(&state_dir, &tunnel);
+
+    // Resume: the unfinished operation, its token fingerprint, and only its pending hosts.
+    let mut hosts = hosts;
+    let (op_id, resume_fp) = if args.resume {
+        let text = std::fs::read_to_string(&op_path).map_err(|_| {
+            CliError::input(format!(
+                "no rotation to resume for tunnel '{tunnel}' (no {})",
+                op_path.display()
+            ))
+        })?;
+        let rec: OpRecord = serde_json::from_str(&text)
+            .map_err(|e| CliError::input(format!("{}: {e}", op_path.display())))?;
+        let log = Journal::load(&journal_path)
+            .map_err(|e| CliError::input(format!("{}: {e}", journal_path.display())))?;
+        let pending: Vec<String> = rec
+            .hosts
+            .iter()
+            .filter(|h| !log.is_done(&rec.op_id, h, "retire", "stop_old"))
+            .cloned()
+            .collect();
+        hosts.retain(|h| pending.contains(&h.name));
+        if hosts.is_empty() {
+            println!(
+                "rotation {} is complete: every host is on token {}",
+                rec.op_id, rec.new_token_fp
+            );
+            let _ = std::fs::remove_file(&op_path);
+            return Ok(EXIT_OK);
+        }
+        (rec.op_id, Some(rec.new_token_fp))
+    } else {
+        (new_op_id(), None)
+    };
+    if let (Some(fp), Some(t)) = (&resume_fp, &early)
+        && &t.fingerprint() != fp
+    {
+        return Err(CliError::input(format!(
+            "--resume finishes the rotation to token {fp}, but the token given is {}",
+            t.fingerprint()
+        )));
+    }
+
+    let connector = Arc::new(
+        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
+    );
+    let mut registry = StepRegistry::new();
+    register_rotation_steps(&mut registry, &op_id, args.lock_wait, args.gate_timeout);
+    let playbook = Playbook::from_str(
+        ROTATE_PLAYBOOK,
+        Path::new("playbooks/rotate-token.yaml"),
+        &registry,
+    )
+    .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
+    let mut phases: Vec<Phase<StackHost>> = playbook.into_phases();
+    if args.allow_down
+        && let Some(p) = phases.iter_mut().find(|p| p.name == "preflight")
+    {
+        p.max_unavailable = usize::MAX;
+    }
+    if let Some(p) = phases.iter_mut().find(|p| p.name == "connectors") {
+        let then = args.batch.clone().unwrap_or(if args.in_place {
+            BatchSize::Count(1)
+        } else {
+            BatchSize::Percent(100)
+        });
+        p.strategy = Strategy::Canary { count: 1, then };
+        if args.in_place {
+            let keep: Vec<_> = p
+                .steps
+                .iter()
+                .filter(|s| s.name() == "wait_connector")
+                .cloned()
+                .collect();
+            let recreate = registry
+                .build("recreate_connector", &serde_json::Value::Null)
+                .and_then(Result::ok)
+                .ok_or_else(|| CliError::input("internal: no recreate_connector step"))?;
+            p.steps = std::iter::once(recreate).chain(keep).collect();
+        }
+    }
+    let preflight: Vec<Phase<StackHost>> = phases
+        .iter()
+        .filter(|p| p.name == "preflight")
+        .cloned()
+        .collect();
+    let release: Vec<Phase<StackHost>> = phases
+        .iter()
+        .filter(|p| p.name == "release")
+        .cloned()
+        .collect();
+    let rest: Vec<Phase<StackHost>> = phases
+        .into_iter()
+        .filter(|p| p.name != "preflight")
+        .collect();
+
+    // Contexts without a token yet (the inputs are rebuilt with it after preflight).
+    let (_, inputs) = load_inputs(hosts.clone(), None, &args.state_dir, false).await?;
+    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
+    let progress = Progress::new("rotate", &names);
+    let ctxs: Vec<StackHost> = inputs
+        .into_iter()
+        .map(|i| StackHost::new(i, connector.clone(), "rotate-token", false))
+        .collect();
+
+    // a. Preflight: reachable, healthy, locked; nothing is written to any host before this passes.
+    let engine = Engine::new(&progress);
+    let pre = engine.run(preflight, ctxs).await;
+    let failed_pre: Vec<String> = pre
+        .hosts
+        .iter()
+        .filter(|h| h.status != HostStatus::Ok)
+        .map(|h| format!("{}: {}", h.host, h.message.clone().unwrap_or_default()))
+        .collect();
+    if !failed_pre.is_empty() && !args.allow_down {
+        let cleanup = Engine::new(&progress);
+        let _ = cleanup.run(release, pre.contexts).await;
+        progress.finish();
+        eprintln!(
+            "preflight failed; nothing was changed on any host (locks released):\n  {}\n\
+             fix those hosts, exclude them with --limit, or go ahead with --allow-down (they stay pending for --resume)",
+            failed_pre.join("\n  ")
+        );
+        return Ok(EXIT_HOST_FAILED);
+    }
+
+    // b. The new token, now.
+    let token = match early {
+        Some(t) => t,
+        None if args.api_base.is_some() => token_from_api(&args).await?,
+        None if std::io::stdin().is_terminal() => token_from_tty(&tunnel, names.len())?,
+        None => {
+            let cleanup = Engine::new(&progress);
+            let _ = cleanup.run(release, pre.contexts).await;
+            return Err(CliError::input(
+                "no new token: give --token-file F, --token-stdin, TUNNEL_TOKEN, or --api-base with \
+                 --tunnel-id, or run on a terminal to paste it",
+            ));
+        }
+    };
+    if let Some(fp) = &resume_fp
+        && &token.fingerprint() != fp
+    {
+        let cleanup = Engine::new(&progress);
+        let _ = cleanup.run(release, pre.contexts).await;
+        return Err(CliError::input(format!(
+            "--resume finishes the rotation to token {fp}, but the token given is {}",
+            token.fingerprint()
+        )));
+    }
+    let t0 = Instant::now();
+    let new_fp = token.fingerprint();
+
+    // Give every context the new token's .env (rendered per host).
+    let token_source = TempToken(token);
+    let (_, with_token) = load_inputs(
+        hosts.clone(),
+        Some(token_source.source()),
+        &args.state_dir,
+        false,
+    )
+    .await?;
+    let mut ctxs = pre.contexts;
+    for c in &mut ctxs {
+        if let Some(i) = with_token.iter().find(|i| i.host.name == c.name()) {
+            c.input.env = i.env.clone();
+            c.input.token_fp = i.token_fp.clone();
+        }
+        c.rotation.t0 = Some(t0);
+    }
+
+    // Journal: what this rotation is, for --resume (fingerprints and names only).
+    if let Some(d) = journal_path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| CliError::input(format!("{}: {e}", d.display())))?;
+    }
+    let rec = OpRecord {
+        op_id: op_id.clone(),
+        tunnel: tunnel.clone(),
+        new_token_fp: new_fp.clone(),
+        hosts: if args.resume {
+            serde_json::from_str::<OpRecord>(&std::fs::read_to_string(&op_path).unwrap_or_default())
+                .map(|r| r.hosts)
+                .unwrap_or_else(|_| names.clone())
+        } else {
+            names.clone()
+        },
+        started: crate::ops::deploy::now_rfc3339(),
+    };
+    write_private(
+        &op_path,
+        &serde_json::to_string_pretty(&rec).unwrap_or_default(),
+    )?;
+    let journal = Journal::open(&journal_path, &op_id, "rotate-token")
+        .map_err(|e| CliError::input(format!("{}: {e}", journal_path.display())))?;
+    let mut engine = Engine::new(&progress).with_journal(journal);
+    if args.resume
+        && let Ok(log) = Journal::load(&journal_path)
+    {
+        engine = engine.resuming(log);
+    }
+    // c-f. Persist everywhere, then connectors canary-first, then audit + unlock everywhere.
+    let report = engine.run(rest, ctxs).await;
+    progress.finish();
+
+    let mut rows = Vec::new();
+    for h in &report.contexts {
+        let rec = report.host(h.name());
+        let ok = h.rotation.new_ready_ms.is_some()
+            && h.rotation.old_stopped_ms.is_some()
+            && rec.is_none_or(|r| r.status == HostStatus::Ok);
+        rows.push(HostReport {
+            name: h.name().to_string(),
+            ok,
+            status: rec
+                .map(|r| format!("{:?}", r.status).to_lowercase())
+                .unwrap_or_default(),
+            error: rec.filter(|_| !ok).and_then(|r| r.message.clone()),
+            hint: rec.filter(|_| !ok).and_then(|r| r.hint.clone()),
+            rotation: h.rotation.clone(),
+        });
+    }
+    // Hosts that failed preflight under --allow-down are pending.
+    for f in pre.hosts.iter().filter(|h| h.status != HostStatus::Ok) {
+        if let Some(r) = rows.iter_mut().find(|r| r.name == f.host) {
+            r.ok = false;
+            r.status = "pending".into();
+            r.error = f.message.clone();
+            r.hint = Some("bring the host back, then: tunnelfleet rotate-token --resume".into());
+        }
+    }
+    let window_ms = rows.iter().filter_map(|r| r.rotation.new_ready_ms).max();
+    let all_done = rows.iter().all(|r| r.ok);
+    let fewest_ready = fewest_ready(&rows, names.len());
+    if all_done {
+        let _ = std::fs::remove_file(&op_path);
+    }
+    let doc = serde_json::json!({
+        "op_id": op_id,
+        "tunnel": tunnel,
+        "new_token_fingerprint": new_fp,
+        "exposure_window_ms": window_ms,
+        "fewest_ready_hosts": fewest_ready,
+        "hosts": rows,
+        "complete": all_done,
+        "halted": report.summary.halted,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        let ms = |v: Option<u64>| v.map(|x| format!("{x} ms")).unwrap_or_else(|| "-".into());
+        let trows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    if r.ok {
+                        "ok".into()
+                    } else {
+                        r.status.to_uppercase()
+                    },
+                    ms(r.rotation.persisted_ms),
+                    ms(r.rotation.new_ready_ms),
+                    ms(r.rotation.old_stopped_ms),
+                    match (&r.error, &r.hint) {
+                        (Some(e), Some(h)) => format!("{e} (hint: {h})"),
+                        (Some(e), None) => e.clone(),
+                        _ => r.rotation.new_connector_id.clone().unwrap_or_default(),
+                    },
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "HOST",
+                    "STATUS",
+                    "PERSISTED",
+                    "NEW READY",
+                    "OLD STOPPED",
+                    "DETAIL"
+                ],
+                &trows
+            )
+        );
+        println!(
+            "token {new_fp}: exposure window {} (new token in hand -> last host on it); fewest ready hosts {fewest_ready}/{}",
+            ms(window_ms),
+            names.len()
+        );
+        if let Some(h) = &report.summary.halted {
+            println!("halted: {h}");
+        }
+        if !all_done {
+            println!(
+                "not complete: fix what is reported, then run: tunnelfleet rotate-token --resume (with the same token)"
+            );
+        }
+    }
+    Ok(if all_done { EXIT_OK } else { EXIT_HOST_FAILED })
+}
+
+/// The fewest hosts with a ready connector at any moment, from each host's own record:
+/// make-before-break hosts never lack one; in-place hosts lack one from the recreation
+/// until their new connector is ready; hosts that never got there count as lacking one
+/// from then on.
+fn fewest_ready(rows: &[HostReport], total: usize) -> usize {
+    let mut events: Vec<(u64, i64)> = Vec::new();
+    let mut never = 0i64;
+    for r in rows {
+        if r.status == "pending" {
+            never += 1;
+        } else if let Some(from) = r.rotation.unavailable_from_ms {
+            events.push((from, -1));
+            match r.rotation.new_ready_ms {
+                Some(to) => events.push((to, 1)),
+                None => {}
+            }
+        }
+    }
+    events.sort();
+    let mut cur = total as i64 - never;
+    let mut min = cur;
+    for (_, d) in events {
+        cur += d;
+        min = min.min(cur);
+    }
+    min.max(0) as usize
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| CliError::input(format!("{}: {e}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| CliError::input(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+}
+
+/// A token already loaded, handed to the input loader as a source.
+struct TempToken(Secret);
+
+impl TempToken {
+    fn source(&self) -> TokenSource {
+        TokenSource::Value(self.0.clone())
+    }
+}

@@ -1,0 +1,566 @@
+//! Token rotation's steps: hold the fleet lock, persist the new token, then per host
+//! make-before-break (a second connector on the new token, ready, before the old one stops),
+//! or recreate-in-place where two connectors cannot run. Every step is idempotent against
+//! the host's own state, so a resumed rotation redoes only what is missing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::deploy::{StackHost, holder_json_for, now_rfc3339, operator};
+use super::health;
+use crate::playbook::{Params, StepRegistry};
+use crate::remote::{
+    self, AuditEntry, AuditOutcome, LOCK_HELD_EXIT, WriteSpec, atomic_write, force_unlock,
+    mkdir_lock,
+};
+use crate::rollout::{Step, StepCx, StepFailure, StepOutcome};
+use crate::ssh::{ExecOutput, Session};
+use crate::stack::scripts::{self, ConnectorContainer};
+
+/// What a rotation did on one host, with times in ms since the new token was in hand.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RotationState {
+    /// When the new token was on the host's disk.
+    pub persisted_ms: Option<u64>,
+    /// When a connector on the new token was ready.
+    pub new_ready_ms: Option<u64>,
+    /// When the old connector(s) had stopped.
+    pub old_stopped_ms: Option<u64>,
+    /// The new connector's container.
+    pub new_container: Option<String>,
+    /// The new connector's id.
+    pub new_connector_id: Option<String>,
+    /// The old connectors' containers.
+    pub old_containers: Vec<String>,
+    /// Whether this host was recreated in place (without a second connector).
+    pub in_place: bool,
+    /// When (ms) the host had no ready connector, in place only: from stop to ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable_from_ms: Option<u64>,
+    /// Whether this run holds the host's fleet lock.
+    #[serde(skip)]
+    pub locked: bool,
+    /// The lock holder record this run wrote.
+    #[serde(skip)]
+    pub holder: String,
+    /// When the new token was in hand (the clock of the times above).
+    #[serde(skip)]
+    pub t0: Option<Instant>,
+}
+
+impl RotationState {
+    fn now_ms(&self) -> Option<u64> {
+        self.t0.map(|t| t.elapsed().as_millis() as u64)
+    }
+}
+
+fn failure(e: crate::ssh::SshError) -> StepFailure {
+    let f = StepFailure::new(e.message.clone());
+    match e.hint {
+        Some(h) => f.with_hint(h),
+        None => f,
+    }
+}
+
+async fn run(session: &Session, script: &str, stdin: &[u8]) -> Result<ExecOutput, StepFailure> {
+    session.exec(script, stdin).await.map_err(failure)
+}
+
+async fn containers(session: &Session) -> Result<Vec<ConnectorContainer>, StepFailure> {
+    let out = run(session, &scripts::connectors_script(), b"").await?;
+    Ok(scripts::parse_connectors(&out.stdout_text()))
+}
+
+fn new_fp(h: &StackHost) -> Result<String, StepFailure> {
+    h.input
+        .token_fp
+        .clone()
+        .ok_or_else(|| StepFailure::new("no new token (internal: rotation without a token)"))
+}
+
+fn compose(h: &StackHost) -> Result<crate::stack::ComposeCli, StepFailure> {
+    h.facts
+        .as_ref()
+        .and_then(|f| f.compose)
+        .ok_or_else(|| StepFailure::new("no Docker Compose on the host (run `facts` first)"))
+}
+
+/// `healthy`: the host has a ready connector now (preflight: never start a rotation on a
+/// host that is already down).
+pub struct HealthyStep;
+
+#[async_trait::async_trait]
+impl Step<StackHost> for HealthyStep {
+    fn name(&self) -> &str {
+        "healthy"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let session = h.session()?;
+        let ready: Vec<health::ConnectorReady> = health::connectors(&session)
+            .await
+            .into_iter()
+            .filter(|c| c.is_ready())
+            .collect();
+        if ready.is_empty() {
+            return Err(
+                StepFailure::new("no ready connector on the host").with_hint(
+                    "fix the host first (tunnelfleet status; deploy), or exclude it with --limit",
+                ),
+            );
+        }
+        Ok(StepOutcome::unchanged(format!(
+            "{} ready connector(s)",
+            ready.len()
+        )))
+    }
+}
+
+/// `lock {wait}`: takes the fleet lock for this operation, waiting up to `wait` for another
+/// holder; takes over a lock left by an earlier run of the same operation (a resumed run).
+pub struct LockStep {
+    /// How long to wait for another holder.
+    pub wait: Duration,
+    /// This operation's id (a lock whose holder names it is ours from an earlier run).
+    pub op_id: String,
+}
+
+#[async_trait::async_trait]
+impl Step<StackHost> for LockStep {
+    fn name(&self) -> &str {
+        "lock"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let session = h.session()?;
+        let dir = scripts::lock_dir(&h.input.layout);
+        let holder = holder_json_for(&h.operation, &self.op_id);
+        let script = mkdir_lock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
+        let started = Instant::now();
+        loop {
+            let out = run(&session, &script, b"").await?;
+            match out.status.map(|s| s as i32) {
+                Some(0) => {
+                    h.rotation.locked = true;
+                    h.rotation.holder = holder;
+                    return Ok(StepOutcome::changed("fleet lock taken"));
+                }
+                Some(LOCK_HELD_EXIT) => {
+                    let current = out.stdout_text().trim().to_string();
+                    let same_op = serde_json::from_str::<serde_json::Value>(&current)
+                        .ok()
+                        .is_some_and(|v| v["op_id"] == self.op_id.as_str());
+                    if same_op {
+                        // Our own operation's lock from a run that died: take it over.
+                        let f = force_unlock(&dir).map_err(|e| StepFailure::new(e.to_string()))?;
+                        run(&session, &f, b"").await?;
+                        continue;
+                    }
+                    if started.elapsed() >= self.wait {
+                        let since = serde_json::from_str::<serde_json::Value>(&current)
+                            .ok()
+                            .and_then(|v| v["since"].as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        return Err(StepFailure::new(format!(
+                            "the fleet lock is held by {} (since {since})",
+                            if current.is_empty() { "another run" } else { &current }
+                        ))
+                        .with_hint(format!(
+                            "wait for it (--lock-wait 5m), or if that run is dead: tunnelfleet unlock -i INVENTORY --limit {}",
+                            h.input.host.name
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                _ => return Err(StepFailure::new(format!("lock: {}", out.stderr_text()))),
+            }
+        }
+    }
+}
+
+/// `persist_token`: the new token into `.env` (atomic: temp file, fsync, rename; never
+/// empty or partial), unless it is already there.
+pub struct PersistTokenStep;
+
+#[async_trait::async_trait]
+impl Step<StackHost> for PersistTokenStep {
+    fn name(&self) -> &str {
+        "persist_token"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let session = h.session()?;
+        let fp = new_fp(h)?;
+        let env = h
+            .input
+            .env
+            .as_ref()
+            .ok_or_else(|| StepFailure::new("no new .env (internal)"))?;
+        let facts_fp = h.facts.as_ref().and_then(|f| f.env_token_fp.clone());
+        if facts_fp.as_deref() == Some(fp.as_str()) {
+            h.rotation.persisted_ms = h.rotation.now_ms();
+            return Ok(StepOutcome::unchanged(format!(
+                "token {fp} already persisted"
+            )));
+        }
+        let spec = WriteSpec::new(h.input.layout.env_file(), 0o600).dir_mode(0o700);
+        let (script, stdin) =
+            atomic_write(&[(spec, env.as_bytes())]).map_err(|e| StepFailure::new(e.to_string()))?;
+        let out = run(&session, &script, &stdin).await?;
+        if !out.success() {
+            return Err(StepFailure::new(out.stderr_text()).with_hint(
+                "the old .env is intact; free space or fix permissions, then --resume",
+            ));
+        }
+        h.rotation.persisted_ms = h.rotation.now_ms();
+        Ok(StepOutcome::changed(format!("token {fp} persisted")))
+    }
+}
+
+/// `start_connector`: a second connector on the new token beside the running one (Compose
+/// scales the service up without recreating it). Skipped when one already runs on the new
+/// token (a resumed run).
+pub struct StartConnectorStep;
+
+#[async_trait::async_trait]
+impl Step<StackHost> for StartConnectorStep {
+    fn name(&self) -> &str {
+        "start_connector"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let session = h.session()?;
+        let fp = new_fp(h)?;
+        let before = containers(&session).await?;
+        let running = |c: &&ConnectorContainer| c.state == "running";
+        h.rotation.old_containers = before
+            .iter()
+            .filter(|c| c.token_fp.as_deref() != Some(fp.as_str()))
+            .map(|c| c.name.clone())
+            .collect();
+        if let Some(c) = before
+            .iter()
+            .filter(running)
+            .find(|c| c.token_fp.as_deref() == Some(fp.as_str()))
+        {
+            h.rotation.new_container = Some(c.name.clone());
+            return Ok(StepOutcome::unchanged(format!(
+                "{} already runs on the new token",
+                c.name
+            )));
+        }
+        let count = before.iter().filter(running).count() + 1;
+        let out = run(
+            &session,
+            &scripts::scale_connectors_script(&h.input.layout, compose(h)?, count),
+            b"",
+        )
+        .await?;
+        if !out.success() {
+            return Err(StepFailure::new(format!(
+                "start a second connector: {}",
+                out.stderr_text()
+            ))
+            .with_hint("the old connector still runs; if this host cannot run two connectors, use --in-place"));
+        }
+        let after = containers(&session).await?;
+        let new = after
+            .iter()
+            .filter(running)
+            .find(|c| c.token_fp.as_deref() == Some(fp.as_str()))
+            .ok_or_else(|| {
+                StepFailure::new("Compose started no connector on the new token")
+                    .with_hint("check that .env holds the new token (tunnelfleet status)")
+            })?;
+        h.rotation.new_container = Some(new.name.clone());
+        Ok(StepOutcome::changed(format!("started {}", new.name)))
+    }
+}
+
+/// `recreate_connector`: recreate the connector in place on the new token (for hosts that
+/// cannot run two connectors); the host has no ready connector until the new one is.
+pub struct RecreateConnectorStep;
+
+#[async_trait::async_trait]
+impl Step<StackHost> for RecreateConnectorStep {
+    fn name(&self) -> &str {
+        "recreate_connector"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let session = h.session()?;
+        let fp = new_fp(h)?;
+        let before = containers(&session).await?;
+        if let Some(c) = before
+            .iter()
+            .find(|c| c.state == "running" && c.token_fp.as_deref() == Some(fp.as_str()))
+        {
+            h.rotation.new_container = Some(c.name.clone());
+            return Ok(StepOutcome::unchanged("already on the new token"));
+        }
+        h.rotation.in_place = true;
+        h.rotation.unavailable_from_ms = h.rotation.now_ms();
+        let script = scripts::compose_script(
+            &h.input.layout,
+            compose(h)?,
+            &[
+                "up",
+                "-d",
+                "--no-deps",
+                "--force-recreate",
+                scripts::CONNECTOR_SERVICE,
+            ],
+        );
+        let out = run(&session, &script, b"").await?;
+        if !out.success() {
+            return Err(StepFailure::new(format!(
+                "recreate the connector: {}",
+                out.stderr_text()
+            )));
+        }
+        h.rotation.old_stopped_ms = h.rotation.now_ms();
+        let after = containers(&session).await?;
+        h.rotation.new_container = after
+            .iter()
+            .find(|c| c.state == "running" && c.token_fp.as_deref() == Some(fp.as_str()))
+            .map(|c| c.name.clone());
+        Ok(StepOutcome::changed("recreated in place"))
+    }
+}
+
+/// `wait_connector {timeout}`: the new connector (by its own connector id, read from its
+/// log) answers ready on the host's metrics ports.
+pub struct WaitConnectorStep {
+    /// How long to wait.
+    pub timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl Step<StackHost> for WaitConnectorStep {
+    fn name(&self) -> &str {
+        "wait_connector"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let session = h.session()?;
+        let name = h.rotation.new_container.clone().ok_or_else(|| {
+            StepFailure::new("no new connector container (run start_connector first)")
+        })?;
+        let started = Instant::now();
+        let mut last = String::from("no answer yet");
+        loop {
+            let id = containers(&session)
+                .await?
+                .into_iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.connector_id);
+            if let Some(id) = &id {
+                let probes = health::connectors(&session).await;
+                if let Some(c) = probes
+                    .iter()
+                    .find(|c| c.connector_id.as_deref() == Some(id.as_str()))
+                {
+                    if c.is_ready() {
+                        h.rotation.new_ready_ms = h.rotation.now_ms();
+                        h.rotation.new_connector_id = Some(id.clone());
+                        h.ready = Some(c.clone());
+                        return Ok(StepOutcome::unchanged(format!(
+                            "{name} ({id}) ready in {} ms",
+                            started.elapsed().as_millis()
+                        )));
+                    }
+                    last = format!(
+                        "{id} answers {} with {} connections",
+                        c.status, c.ready_connections
+                    );
+                } else {
+                    last = format!("{id} not answering on 127.0.0.1:20241-20245");
+                }
+            }
+            if started.elapsed() >= self.timeout {
+                // Leave no crash-looping connector behind: remove the new one; the old one
+                // keeps serving on the old token it was created with.
+                if !h.rotation.in_place {
+                    let rm = format!(
+                        "docker rm -f {} >/dev/null 2>&1; true",
+                        remote::quote(&name)
+                    );
+                    let _ = session.exec(&rm, b"").await;
+                    if let Ok(c) = compose(h) {
+                        let _ = session
+                            .exec(
+                                &scripts::scale_connectors_script(&h.input.layout, c, 1),
+                                b"",
+                            )
+                            .await;
+                    }
+                }
+                return Err(StepFailure::new(format!(
+                    "the new connector {name} did not become ready within {:?} ({last})",
+                    self.timeout
+                ))
+                .with_hint(format!(
+                    "the old connector still serves this host on the old token, and the new connector was \
+                     removed. The new token is in .env on the hosts it reached; if it is wrong (the edge \
+                     refuses it), run rotate-token again with the right token; if the host was only slow, \
+                     run rotate-token --resume with the same token"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// `stop_old {grace}`: the old connectors stop (draining for `grace`) and are removed, once
+/// the new one is ready.
+pub struct StopOldStep {
+    /// Drain time given to each old connector.
+    pub grace: Duration,
+}
+
+#[async_trait::async_trait]
+impl Step<StackHost> for StopOldStep {
+    fn name(&self) -> &str {
+        "stop_old"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let session = h.session()?;
+        let fp = new_fp(h)?;
+        // Re-read: stop exactly the connectors not on the new token.
+        let old: Vec<String> = containers(&session)
+            .await?
+            .into_iter()
+            .filter(|c| c.token_fp.as_deref() != Some(fp.as_str()))
+            .map(|c| c.name)
+            .collect();
+        if old.is_empty() {
+            h.rotation.old_stopped_ms = h.rotation.now_ms();
+            return Ok(StepOutcome::unchanged("no old connector left"));
+        }
+        let script = scripts::stop_connectors_script(
+            &h.input.layout,
+            compose(h)?,
+            &old,
+            self.grace.as_secs(),
+        );
+        let out = run(&session, &script, b"").await?;
+        if !out.success() {
+            return Err(StepFailure::new(format!(
+                "stop the old connector: {}",
+                out.stderr_text()
+            )));
+        }
+        h.rotation.old_stopped_ms = h.rotation.now_ms();
+        Ok(StepOutcome::changed(format!("stopped {}", old.join(", "))))
+    }
+}
+
+/// `unlock`: releases the fleet lock this run holds (clean-up: runs on every host).
+pub struct UnlockStep;
+
+#[async_trait::async_trait]
+impl Step<StackHost> for UnlockStep {
+    fn name(&self) -> &str {
+        "unlock"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        if !h.rotation.locked {
+            return Ok(StepOutcome::unchanged("not locked by this run"));
+        }
+        let session = h.session()?;
+        let dir = scripts::lock_dir(&h.input.layout);
+        let script = remote::unlock(&dir, &h.rotation.holder)
+            .map_err(|e| StepFailure::new(e.to_string()))?;
+        let out = run(&session, &script, b"").await?;
+        if !out.success() {
+            return Err(StepFailure::new(format!("unlock: {}", out.stderr_text())));
+        }
+        h.rotation.locked = false;
+        Ok(StepOutcome::changed("fleet lock released"))
+    }
+}
+
+/// `audit`: one line in the host's audit log (who, what, when, token fingerprints).
+pub struct AuditStep;
+
+#[async_trait::async_trait]
+impl Step<StackHost> for AuditStep {
+    fn name(&self) -> &str {
+        "audit"
+    }
+    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        let Some(session) = h.session.clone() else {
+            return Ok(StepOutcome::unchanged("not connected: nothing to audit"));
+        };
+        let done = h.rotation.new_ready_ms.is_some();
+        let entry = AuditEntry {
+            time: now_rfc3339(),
+            operator: operator(),
+            operation: h.operation.clone(),
+            outcome: if done {
+                AuditOutcome::Succeeded
+            } else {
+                AuditOutcome::Failed
+            },
+            release: None,
+            token_fingerprint: h.input.token_fp.clone(),
+            cert_serial: None,
+        };
+        let script = remote::audit_line(&scripts::audit_log(&h.input.layout), &entry)
+            .map_err(|e| StepFailure::new(e.to_string()))?;
+        let out = run(&session, &script, b"").await?;
+        if !out.success() {
+            return Err(StepFailure::new(out.stderr_text()));
+        }
+        Ok(StepOutcome::unchanged("audit line written"))
+    }
+}
+
+/// Registers the rotation steps (and the deploy steps they build on).
+pub fn register_rotation_steps(
+    r: &mut StepRegistry<StackHost>,
+    op_id: &str,
+    lock_wait: Duration,
+    gate_default: Duration,
+) {
+    super::deploy::register_deploy_steps(r, gate_default);
+    r.register("healthy", |p| {
+        Params::new(p, &[])?;
+        Ok(Arc::new(HealthyStep) as Arc<dyn Step<StackHost>>)
+    });
+    let op = op_id.to_string();
+    r.register("lock", move |p| {
+        let params = Params::new(p, &["wait"])?;
+        let wait = params.duration("wait")?.unwrap_or(lock_wait);
+        Ok(Arc::new(LockStep {
+            wait,
+            op_id: op.clone(),
+        }) as Arc<dyn Step<StackHost>>)
+    });
+    r.register("persist_token", |p| {
+        Params::new(p, &[])?;
+        Ok(Arc::new(PersistTokenStep) as Arc<dyn Step<StackHost>>)
+    });
+    r.register("start_connector", |p| {
+        Params::new(p, &[])?;
+        Ok(Arc::new(StartConnectorStep) as Arc<dyn Step<StackHost>>)
+    });
+    r.register("recreate_connector", |p| {
+        Params::new(p, &[])?;
+        Ok(Arc::new(RecreateConnectorStep) as Arc<dyn Step<StackHost>>)
+    });
+    r.register("wait_connector", move |p| {
+        let params = Params::new(p, &["timeout"])?;
+        let timeout = params.duration("timeout")?.unwrap_or(gate_default);
+        Ok(Arc::new(WaitConnectorStep { timeout }) as Arc<dyn Step<StackHost>>)
+    });
+    r.register("stop_old", |p| {
+        let params = Params::new(p, &["grace"])?;
+        let grace = params.duration("grace")?.unwrap_or(Duration::from_secs(30));
+        Ok(Arc::new(StopOldStep { grace }) as Arc<dyn Step<StackHost>>)
+    });
+    r.register("unlock", |p| {
+        Params::new(p, &[])?;
+        Ok(Arc::new(UnlockStep) as Arc<dyn Step<StackHost>>)
+    });
+    r.register("audit", |p| {
+        Params::new(p, &[])?;
+        Ok(Arc::new(AuditStep) as Arc<dyn Step<StackHost>>)
+    });
+}
