@@ -10,7 +10,9 @@ mod init;
 mod inventory_cmd;
 pub mod pki;
 pub mod progress;
+mod renew;
 mod rotate;
+mod run_playbook;
 mod status;
 mod unlock;
 
@@ -48,6 +50,11 @@ enum Command {
     /// Rotate the tunnel token on every host: persist it everywhere at once, then move
     /// connectors make-before-break, canary first; `--resume` finishes an interrupted one.
     RotateToken(rotate::RotateArgs),
+    /// Renew the shared server certificate when it is close to expiry and put it on every
+    /// host (no restart: the proxy reloads it).
+    RenewCert(renew::RenewArgs),
+    /// Run an operator's own playbook with tunnelfleet's typed steps.
+    Run(run_playbook::RunArgs),
     /// Show what each host runs: release, drift, token fingerprint, certificate, containers,
     /// connector readiness.
     Status(status::StatusArgs),
@@ -111,6 +118,8 @@ pub fn main() -> i32 {
             Command::Pki(a) => pki::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::RotateToken(a) => rotate::run(a).await,
+            Command::RenewCert(a) => renew::run(a).await,
+            Command::Run(a) => run_playbook::run(a).await,
             Command::Unlock(a) => unlock::run(a).await,
         }
     });

@@ -449,6 +449,27 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     if all_done {
         let _ = std::fs::remove_file(&op_path);
     }
+    crate::ops::audit::append(
+        &state_dir,
+        &crate::ops::audit::ControllerAudit {
+            time: crate::ops::deploy::now_rfc3339(),
+            operator: crate::ops::deploy::operator(),
+            operation: "rotate-token",
+            tunnels: vec![tunnel.clone()],
+            ok: rows
+                .iter()
+                .filter(|r| r.ok)
+                .map(|r| r.name.clone())
+                .collect(),
+            failed: rows
+                .iter()
+                .filter(|r| !r.ok)
+                .map(|r| r.name.clone())
+                .collect(),
+            token_fingerprint: Some(new_fp.clone()),
+            cert_serial: None,
+        },
+    );
     let doc = serde_json::json!({
         "op_id": op_id,
         "tunnel": tunnel,

@@ -292,6 +292,8 @@ pub struct StackHost {
     pub gate_ms: Option<u64>,
     /// What a token rotation did on this host.
     pub rotation: super::rotate::RotationState,
+    /// Certificates only (renew-cert): the plan keeps only the certificate writes.
+    pub certs_only: bool,
 }
 
 impl StackHost {
@@ -315,6 +317,7 @@ impl StackHost {
             ready: None,
             gate_ms: None,
             rotation: Default::default(),
+            certs_only: false,
         }
     }
 
@@ -379,7 +382,14 @@ impl Step<StackHost> for FactsStep {
             StepFailure::new(e)
                 .with_hint("give the token: --token-file F, --token-stdin, or TUNNEL_TOKEN")
         })?;
-        let plan = stack::compute_plan(&desired, &facts.facts);
+        let mut plan = stack::compute_plan(&desired, &facts.facts);
+        if h.certs_only {
+            plan.write_release = false;
+            plan.switch_current = false;
+            plan.changed_files.clear();
+            plan.write_env = false;
+            plan.actions.clear();
+        }
         let detail = if plan.is_empty() {
             "up to date".to_string()
         } else {

@@ -1,6 +1,7 @@
 //! Operations on hosts: the I/O-doing pieces the verbs are made of (readiness probes, fleet
 //! connection, the deploy and rotation steps run by the rollout engine).
 
+pub mod audit;
 pub mod deploy;
 pub mod fleet;
 pub mod health;

@@ -1,0 +1,223 @@
+//! `tunnelfleet renew-cert`: a new server certificate from the controller's CA when the
+//! current one is close to expiry, written to every host without restarting anything.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::common::{ConnArgs, parse_duration};
+use super::deploy::load_inputs;
+use super::progress::{Progress, table};
+use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use crate::ops::deploy::{StackHost, register_deploy_steps, tunnel_pki_dir};
+use crate::pki::{Ca, cert_info};
+use crate::playbook::{Playbook, StepRegistry};
+use crate::rollout::{Engine, HostCtx, HostStatus};
+use crate::ssh::Connector;
+use crate::stack::{self, StackSettings};
+
+/// The built-in renewal playbook (playbooks/renew-cert.yaml, compiled in).
+pub const RENEW_PLAYBOOK: &str = include_str!("../../playbooks/renew-cert.yaml");
+
+/// Flags of `renew-cert`.
+#[derive(Args, Debug)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Renew only when the current certificate has less than this left.
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    renew_before: Duration,
+    /// Make a new server key too (default: keep the key, renew the certificate).
+    #[arg(long)]
+    rekey: bool,
+    /// The controller's state directory (CA and server certificate per tunnel).
+    #[arg(
+        long,
+        env = "TUNNELFLEET_STATE_DIR",
+        default_value = "~/.local/state/tunnelfleet"
+    )]
+    state_dir: String,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `renew-cert`.
+pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
+    let (_inv, hosts) = args.conn.select().await?;
+    let state = crate::ssh::config::expand_tilde(&args.state_dir);
+    // Which tunnels, and renew on the controller first (before any host is touched).
+    let mut settings = Vec::new();
+    for h in &hosts {
+        settings.push(
+            StackSettings::from_vars(&h.name, &h.vars)
+                .map_err(|e| CliError::input(e.to_string()))?,
+        );
+    }
+    let groups = stack::group_by_tunnel(&settings).map_err(|e| CliError::input(e.to_string()))?;
+    let mut renewed = Vec::new();
+    let mut tunnels_json = Vec::new();
+    for g in &groups {
+        let dir = tunnel_pki_dir(&state, &g.name).map_err(CliError::input)?;
+        let ca =
+            Ca::load(&dir).map_err(|e| CliError::input(format!("tunnel '{}': {e}", g.name)))?;
+        let stored = ca
+            .stored_server()
+            .map_err(|e| CliError::input(format!("tunnel '{}': {e}", g.name)))?;
+        let info = stored.as_ref().and_then(|c| cert_info(&c.cert_pem).ok());
+        let left = info
+            .as_ref()
+            .map(|i| i.remaining(chrono::Utc::now()))
+            .and_then(|d| d.to_std().ok())
+            .unwrap_or(Duration::ZERO);
+        let due = info.is_none() || left < args.renew_before;
+        if due {
+            let key = if args.rekey {
+                None
+            } else {
+                stored.as_ref().map(|c| &c.key_pem)
+            };
+            let cert = ca
+                .issue_server_with_key(&g.domain, crate::pki::DEFAULT_SERVER_DAYS, key)
+                .map_err(|e| CliError::input(format!("tunnel '{}': {e}", g.name)))?;
+            ca.store_server(&cert)
+                .map_err(|e| CliError::input(format!("tunnel '{}': {e}", g.name)))?;
+            let new = cert_info(&cert.cert_pem).map_err(|e| CliError::input(e.to_string()))?;
+            eprintln!(
+                "tunnel '{}': renewed: serial {} valid until {}",
+                g.name, new.serial, new.not_after
+            );
+            tunnels_json.push(serde_json::json!({"tunnel": g.name, "renewed": true,
+                "serial": new.serial, "not_after": new.not_after}));
+            renewed.push(g.name.clone());
+        } else if let Some(i) = &info {
+            eprintln!(
+                "tunnel '{}': nothing to do: certificate {} valid until {} ({} days left, more than --renew-before)",
+                g.name,
+                i.serial,
+                i.not_after,
+                left.as_secs() / 86400
+            );
+            tunnels_json.push(serde_json::json!({"tunnel": g.name, "renewed": false,
+                "serial": i.serial, "not_after": i.not_after}));
+        }
+    }
+    let hosts: Vec<_> = hosts
+        .into_iter()
+        .zip(settings.iter())
+        .filter(|(_, s)| renewed.contains(&s.tunnel_name))
+        .map(|(h, _)| h)
+        .collect();
+    if hosts.is_empty() {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"tunnels": tunnels_json, "hosts": []})
+            );
+        }
+        return Ok(EXIT_OK);
+    }
+    let (_, inputs) = load_inputs(hosts, None, &args.state_dir, false).await?;
+    let mut registry = StepRegistry::new();
+    register_deploy_steps(&mut registry, Duration::from_secs(60));
+    let playbook = Playbook::from_str(
+        RENEW_PLAYBOOK,
+        Path::new("playbooks/renew-cert.yaml"),
+        &registry,
+    )
+    .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
+    let connector = Arc::new(
+        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
+    );
+    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
+    let progress = Progress::new("renew-cert", &names);
+    let ctxs: Vec<StackHost> = inputs
+        .into_iter()
+        .map(|i| {
+            let mut c = StackHost::new(i, connector.clone(), "renew-cert", false);
+            c.certs_only = true;
+            c
+        })
+        .collect();
+    let report = Engine::new(&progress)
+        .run(playbook.into_phases(), ctxs)
+        .await;
+    progress.finish();
+    let mut rows = Vec::new();
+    let mut json_hosts = Vec::new();
+    for h in &report.contexts {
+        let rec = report.host(h.name());
+        let ok = rec.is_some_and(|r| r.status == HostStatus::Ok);
+        let msg = rec.and_then(|r| r.message.clone()).unwrap_or_default();
+        let wrote = h
+            .plan
+            .as_ref()
+            .map(|p| {
+                p.write_certs
+                    .iter()
+                    .map(|c| c.file_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        rows.push(vec![
+            h.name().to_string(),
+            if ok { "ok".into() } else { "FAILED".into() },
+            h.input.cert_serial.clone().unwrap_or_default(),
+            if ok {
+                if wrote.is_empty() {
+                    "already current".into()
+                } else {
+                    format!("wrote {wrote}; nothing restarted")
+                }
+            } else {
+                msg.clone()
+            },
+        ]);
+        json_hosts.push(serde_json::json!({"name": h.name(), "ok": ok, "error": if ok { None } else { Some(msg) },
+            "serial": h.input.cert_serial, "wrote": wrote}));
+    }
+    let failed = rows.iter().filter(|r| r[1] != "ok").count();
+    crate::ops::audit::append(
+        &state,
+        &crate::ops::audit::ControllerAudit {
+            time: crate::ops::deploy::now_rfc3339(),
+            operator: crate::ops::deploy::operator(),
+            operation: "renew-cert",
+            tunnels: renewed.clone(),
+            ok: rows
+                .iter()
+                .filter(|r| r[1] == "ok")
+                .map(|r| r[0].clone())
+                .collect(),
+            failed: rows
+                .iter()
+                .filter(|r| r[1] != "ok")
+                .map(|r| r[0].clone())
+                .collect(),
+            token_fingerprint: None,
+            cert_serial: report
+                .contexts
+                .first()
+                .and_then(|h| h.input.cert_serial.clone()),
+        },
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"tunnels": tunnels_json, "hosts": json_hosts})
+            )
+            .unwrap_or_default()
+        );
+    } else {
+        print!("{}", table(&["HOST", "STATUS", "SERIAL", "DETAIL"], &rows));
+    }
+    Ok(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_HOST_FAILED
+    })
+}
