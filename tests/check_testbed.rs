@@ -107,16 +107,25 @@ fn host_keys_unknown_learned_and_changed() {
             .to_string()
     };
     let (a1, a3) = (addr(0), addr(2));
+    // known_hosts lines name a host by its address (and maybe its name): "ADDR[,NAME] KEY".
+    let names = |l: &str| -> Vec<String> {
+        l.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_string)
+            .collect()
+    };
     let key_of = |a: &str| {
         real.lines()
-            .find(|l| l.split_whitespace().next() == Some(a))
+            .find(|l| names(l).iter().any(|n| n == a))
             .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
             .expect("host line in known_hosts")
     };
     let forged: String = real
         .lines()
         .map(|l| {
-            if l.split_whitespace().next() == Some(a3.as_str()) {
+            if names(l).iter().any(|n| *n == a3) {
                 format!("{a3} {}\n", key_of(&a1))
             } else {
                 format!("{l}\n")
