@@ -99,7 +99,7 @@ fn parse_batch(s: &str) -> Result<BatchSize, String> {
 struct OpRecord {
     op_id: String,
     tunnel: String,
-    new_token_fp: String,
+    new_token_fp: Option<String>,
     hosts: Vec<String>,
     started: String,
 }
@@ -238,12 +238,13 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         if hosts.is_empty() {
             println!(
                 "rotation {} is complete: every host is on token {}",
-                rec.op_id, rec.new_token_fp
+                rec.op_id,
+                rec.new_token_fp.as_deref().unwrap_or("?")
             );
             let _ = std::fs::remove_file(&op_path);
             return Ok(EXIT_OK);
         }
-        (rec.op_id, Some(rec.new_token_fp))
+        (rec.op_id, rec.new_token_fp)
     } else {
         (new_op_id(), None)
     };
@@ -255,6 +256,29 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             t.fingerprint()
         )));
     }
+
+    // Record the operation before any host is touched (locks included), so that a run
+    // killed at any point can be resumed: the resumed run recognises its own locks by op id.
+    let all_hosts: Vec<String> = if args.resume {
+        std::fs::read_to_string(&op_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<OpRecord>(&t).ok())
+            .map(|r| r.hosts)
+            .unwrap_or_default()
+    } else {
+        hosts.iter().map(|h| h.name.clone()).collect()
+    };
+    let mut rec = OpRecord {
+        op_id: op_id.clone(),
+        tunnel: tunnel.clone(),
+        new_token_fp: resume_fp.clone().or(early.as_ref().map(Secret::fingerprint)),
+        hosts: all_hosts,
+        started: crate::ops::deploy::now_rfc3339(),
+    };
+    if let Some(d) = op_path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| CliError::input(format!("{}: {e}", d.display())))?;
+    }
+    write_private(&op_path, &serde_json::to_string_pretty(&rec).unwrap_or_default())?;
 
     let connector = Arc::new(
         Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
@@ -268,10 +292,15 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     )
     .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
     let mut phases: Vec<Phase<StackHost>> = playbook.into_phases();
-    if args.allow_down
-        && let Some(p) = phases.iter_mut().find(|p| p.name == "preflight")
-    {
-        p.max_unavailable = usize::MAX;
+    if let Some(p) = phases.iter_mut().find(|p| p.name == "preflight") {
+        if args.allow_down {
+            p.max_unavailable = usize::MAX;
+        }
+        if args.resume {
+            // A host left mid-rotation may have no ready connector (that is what resuming
+            // fixes): reachable and locked is enough.
+            p.steps.retain(|s| s.name() != "healthy");
+        }
     }
     if let Some(p) = phases.iter_mut().find(|p| p.name == "connectors") {
         let then = args.batch.clone().unwrap_or(if args.in_place {
@@ -385,26 +414,8 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     }
 
     // Journal: what this rotation is, for --resume (fingerprints and names only).
-    if let Some(d) = journal_path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| CliError::input(format!("{}: {e}", d.display())))?;
-    }
-    let rec = OpRecord {
-        op_id: op_id.clone(),
-        tunnel: tunnel.clone(),
-        new_token_fp: new_fp.clone(),
-        hosts: if args.resume {
-            serde_json::from_str::<OpRecord>(&std::fs::read_to_string(&op_path).unwrap_or_default())
-                .map(|r| r.hosts)
-                .unwrap_or_else(|_| names.clone())
-        } else {
-            names.clone()
-        },
-        started: crate::ops::deploy::now_rfc3339(),
-    };
-    write_private(
-        &op_path,
-        &serde_json::to_string_pretty(&rec).unwrap_or_default(),
-    )?;
+    rec.new_token_fp = Some(new_fp.clone());
+    write_private(&op_path, &serde_json::to_string_pretty(&rec).unwrap_or_default())?;
     let journal = Journal::open(&journal_path, &op_id, "rotate-token")
         .map_err(|e| CliError::input(format!("{}: {e}", journal_path.display())))?;
     let mut engine = Engine::new(&progress).with_journal(journal);
