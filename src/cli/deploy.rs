@@ -69,9 +69,10 @@ pub struct DeployArgs {
     /// Print one JSON document on stdout instead of the recap.
     #[arg(long)]
     json: bool,
-    /// How long a host may take to have a ready connector after a change.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    gate_timeout: Duration,
+    /// How long a host may take to have a ready connector after a change (default: the
+    /// playbook's, 60s).
+    #[arg(long, value_parser = parse_duration)]
+    gate_timeout: Option<Duration>,
 }
 
 /// Per-host outcome, for the recap and `--json` (hashes and fingerprints only).

@@ -121,7 +121,7 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
     }
     let (_, inputs) = load_inputs(hosts, None, &args.state_dir, false).await?;
     let mut registry = StepRegistry::new();
-    register_deploy_steps(&mut registry, Duration::from_secs(60));
+    register_deploy_steps(&mut registry, None);
     let playbook = Playbook::from_str(
         RENEW_PLAYBOOK,
         Path::new("playbooks/renew-cert.yaml"),

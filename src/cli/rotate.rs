@@ -65,9 +65,9 @@ pub struct RotateArgs {
     /// Wait this long for another operation's fleet lock.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     lock_wait: Duration,
-    /// How long a new connector may take to become ready.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    gate_timeout: Duration,
+    /// How long a new connector may take to become ready (default: the playbook's, 60s).
+    #[arg(long, value_parser = parse_duration)]
+    gate_timeout: Option<Duration>,
     /// Print one JSON document on stdout instead of the report.
     #[arg(long)]
     json: bool,
@@ -214,6 +214,8 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     }
     let tunnel = tunnels.keys().next().cloned().unwrap_or_default();
     let (journal_path, op_path) = journal_paths(&state_dir, &tunnel);
+    // One rotation per tunnel per controller: the op record and journal are this tunnel's.
+    let _controller_lock = controller_lock(&state_dir, &tunnel, args.lock_wait).await?;
 
     // Resume: the unfinished operation, its token fingerprint, and only its pending hosts.
     let mut hosts = hosts;
@@ -271,14 +273,19 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     let mut rec = OpRecord {
         op_id: op_id.clone(),
         tunnel: tunnel.clone(),
-        new_token_fp: resume_fp.clone().or(early.as_ref().map(Secret::fingerprint)),
+        new_token_fp: resume_fp
+            .clone()
+            .or(early.as_ref().map(Secret::fingerprint)),
         hosts: all_hosts,
         started: crate::ops::deploy::now_rfc3339(),
     };
     if let Some(d) = op_path.parent() {
         std::fs::create_dir_all(d).map_err(|e| CliError::input(format!("{}: {e}", d.display())))?;
     }
-    write_private(&op_path, &serde_json::to_string_pretty(&rec).unwrap_or_default())?;
+    write_private(
+        &op_path,
+        &serde_json::to_string_pretty(&rec).unwrap_or_default(),
+    )?;
 
     let connector = Arc::new(
         Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
@@ -415,7 +422,10 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
 
     // Journal: what this rotation is, for --resume (fingerprints and names only).
     rec.new_token_fp = Some(new_fp.clone());
-    write_private(&op_path, &serde_json::to_string_pretty(&rec).unwrap_or_default())?;
+    write_private(
+        &op_path,
+        &serde_json::to_string_pretty(&rec).unwrap_or_default(),
+    )?;
     let journal = Journal::open(&journal_path, &op_id, "rotate-token")
         .map_err(|e| CliError::input(format!("{}: {e}", journal_path.display())))?;
     let mut engine = Engine::new(&progress).with_journal(journal);
@@ -578,7 +588,7 @@ fn fewest_ready(rows: &[HostReport], total: usize) -> usize {
 fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -590,6 +600,62 @@ fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
         .and_then(|_| f.sync_all())
         .map_err(|e| CliError::input(format!("{}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+}
+
+/// An exclusive `flock` on `<state>/journal/rotate-<tunnel>.lock`, held for the whole run,
+/// naming its holder (pid, time) in the file. Waits up to `wait` for another holder.
+async fn controller_lock(
+    state_dir: &Path,
+    tunnel: &str,
+    wait: Duration,
+) -> Result<std::fs::File, CliError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let dir = state_dir.join("journal");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::input(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("rotate-{tunnel}.lock"));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    let started = Instant::now();
+    loop {
+        // SAFETY: flock on an open descriptor we own; released when the file is closed.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            let _ = f.set_len(0);
+            let _ = f.rewind();
+            let _ = write!(
+                f,
+                "pid {} since {}",
+                std::process::id(),
+                crate::ops::deploy::now_rfc3339()
+            );
+            return Ok(f);
+        }
+        if started.elapsed() >= wait {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            return Err(CliError {
+                code: 3,
+                message: format!(
+                    "another rotate-token for tunnel '{tunnel}' runs on this controller: the lock {} is held by {} \
+                     (wait with --lock-wait 5m, or let it finish)",
+                    path.display(),
+                    if holder.is_empty() {
+                        "another process".to_string()
+                    } else {
+                        holder
+                    }
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A token already loaded, handed to the input loader as a source.

@@ -46,12 +46,7 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> Result<i32, CliError> {
     let op_id = new_op_id();
     let mut registry = StepRegistry::new();
-    register_rotation_steps(
-        &mut registry,
-        &op_id,
-        Duration::ZERO,
-        Duration::from_secs(60),
-    );
+    register_rotation_steps(&mut registry, &op_id, Duration::ZERO, None);
     // Schema errors (file:line:column) before anything else.
     let playbook =
         Playbook::load(&args.playbook, &registry).map_err(|e| CliError::input(e.to_string()))?;

@@ -557,8 +557,9 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The deploy steps, by playbook name.
-pub fn register_deploy_steps(r: &mut StepRegistry<StackHost>, gate_default: Duration) {
+/// The deploy steps, by playbook name. `gate_override` (an operator's flag) wins over a
+/// playbook's `timeout`, which wins over [`DEFAULT_GATE_TIMEOUT`].
+pub fn register_deploy_steps(r: &mut StepRegistry<StackHost>, gate_override: Option<Duration>) {
     r.register("connect", |p| {
         Params::new(p, &[])?;
         Ok(Arc::new(ConnectStep) as Arc<dyn Step<StackHost>>)
@@ -573,7 +574,10 @@ pub fn register_deploy_steps(r: &mut StepRegistry<StackHost>, gate_default: Dura
     });
     r.register("health_gate", move |p| {
         let params = Params::new(p, &["timeout"])?;
-        let timeout = params.duration("timeout")?.unwrap_or(gate_default);
+        let timeout = match gate_override {
+            Some(d) => d,
+            None => params.duration("timeout")?.unwrap_or(DEFAULT_GATE_TIMEOUT),
+        };
         Ok(Arc::new(HealthGateStep { timeout }) as Arc<dyn Step<StackHost>>)
     });
 }

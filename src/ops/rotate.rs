@@ -517,9 +517,9 @@ pub fn register_rotation_steps(
     r: &mut StepRegistry<StackHost>,
     op_id: &str,
     lock_wait: Duration,
-    gate_default: Duration,
+    gate_override: Option<Duration>,
 ) {
-    super::deploy::register_deploy_steps(r, gate_default);
+    super::deploy::register_deploy_steps(r, gate_override);
     r.register("healthy", |p| {
         Params::new(p, &[])?;
         Ok(Arc::new(HealthyStep) as Arc<dyn Step<StackHost>>)
@@ -547,7 +547,12 @@ pub fn register_rotation_steps(
     });
     r.register("wait_connector", move |p| {
         let params = Params::new(p, &["timeout"])?;
-        let timeout = params.duration("timeout")?.unwrap_or(gate_default);
+        let timeout = match gate_override {
+            Some(d) => d,
+            None => params
+                .duration("timeout")?
+                .unwrap_or(super::deploy::DEFAULT_GATE_TIMEOUT),
+        };
         Ok(Arc::new(WaitConnectorStep { timeout }) as Arc<dyn Step<StackHost>>)
     });
     r.register("stop_old", |p| {

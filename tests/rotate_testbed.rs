@@ -1,0 +1,471 @@
+//! Token rotation and certificate renewal against the testbed. Assertions are on what the
+//! stand-in edge saw (its timeline of connectors up and down), not on tunnelfleet's report.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Testbed, describe, json};
+use serde_json::Value;
+
+fn fp(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.trim_end().as_bytes()))[..12].to_string()
+}
+
+struct Fleet {
+    tb: Testbed,
+    state: String,
+}
+
+impl Fleet {
+    /// A testbed with the stack deployed on every host.
+    fn deployed(n: usize) -> Fleet {
+        let tb = Testbed::up(n, &[]);
+        let state = tb.path().join("state").to_string_lossy().into_owned();
+        let out = Command::new(common::tunnelfleet_bin())
+            .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
+            .output()
+            .expect("pki init");
+        assert!(out.status.success(), "{}", describe(&out));
+        let f = Fleet { tb, state };
+        let out = f.tf("deploy", &["--token-file", &f.file("token")]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        f
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.tb.path().join(name).to_string_lossy().into_owned()
+    }
+
+    fn token(&self, name: &str) -> String {
+        std::fs::read_to_string(self.tb.path().join(name)).expect("token file")
+    }
+
+    fn tf(&self, verb: &str, args: &[&str]) -> Output {
+        let mut a = vec!["--state-dir", self.state.as_str()];
+        a.extend(args);
+        self.tb.tf(verb, &a)
+    }
+
+    /// The command line of tunnelfleet VERB, for running it in the background.
+    fn tf_cmd(&self, verb: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(common::tunnelfleet_bin());
+        c.arg(verb)
+            .arg("-i")
+            .arg(self.tb.inventory())
+            .arg("--known-hosts")
+            .arg(self.tb.known_hosts())
+            .args(["--ssh-config", "none", "--state-dir", &self.state])
+            .args(args)
+            .env_remove("SSH_AUTH_SOCK")
+            .env("HOME", self.tb.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn edge(&self) -> Value {
+        let out = self.tb.testbed(&["edge-stats"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice(&out.stdout).expect("edge-stats json")
+    }
+
+    fn rotate_at_edge(&self) -> String {
+        let out = self.tb.testbed(&["edge-rotate"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        // Keep each rotation's token in its own file.
+        let t = self.token("token.next");
+        let name = format!("token.{}", fp(&t));
+        std::fs::write(self.tb.path().join(&name), &t).expect("write token");
+        let mut perm = std::fs::metadata(self.tb.path().join(&name))
+            .expect("stat")
+            .permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o600);
+        std::fs::set_permissions(self.tb.path().join(&name), perm).expect("chmod");
+        name
+    }
+
+    /// Host -> token fingerprints of its connectors up now, per the edge.
+    fn current(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for c in self.edge()["current"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            m.entry(c["host"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .insert(c["token_fp"].as_str().unwrap_or_default().to_string());
+        }
+        m
+    }
+
+    /// Replays the edge's timeline from event `from` on, starting from the connectors up at
+    /// that point, and returns the fewest hosts that had a connector up at any moment.
+    fn fewest_hosts_up(&self, before: &Value, after: &Value) -> usize {
+        let start = before["timeline"].as_array().map(Vec::len).unwrap_or(0);
+        let mut up: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for c in before["current"].as_array().cloned().unwrap_or_default() {
+            up.entry(c["host"].as_str().unwrap_or_default().into())
+                .or_default()
+                .insert(c["connector"].as_str().unwrap_or_default().into());
+        }
+        let hosts =
+            |up: &BTreeMap<String, BTreeSet<String>>| up.values().filter(|s| !s.is_empty()).count();
+        let mut min = hosts(&up);
+        for e in after["timeline"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .skip(start)
+        {
+            let h = e["host"].as_str().unwrap_or_default().to_string();
+            let c = e["connector"].as_str().unwrap_or_default().to_string();
+            if e["event"] == "up" {
+                up.entry(h).or_default().insert(c);
+            } else {
+                up.entry(h).or_default().remove(&c);
+            }
+            min = min.min(hosts(&up));
+        }
+        min
+    }
+}
+
+#[test]
+fn rotation_keeps_every_host_ready_and_ends_on_the_new_token() {
+    let f = Fleet::deployed(5);
+    let old = f.token("token");
+    let before = f.edge();
+    let name = f.rotate_at_edge();
+    let new = f.token(&name);
+    let out = f.tf("rotate-token", &["--token-file", &f.file(&name), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let doc = json(&out);
+    let after = f.edge();
+    // Every host ends with exactly one connector, on the new token.
+    let cur = f.current();
+    for h in f.tb.host_names() {
+        assert_eq!(
+            cur.get(&h),
+            Some(&BTreeSet::from([fp(&new)])),
+            "{h}: {cur:?}"
+        );
+    }
+    assert!(!cur.values().any(|s| s.contains(&fp(&old))));
+    // The edge never saw fewer hosts with a connector than there are hosts.
+    assert_eq!(f.fewest_hosts_up(&before, &after), 5);
+    // The report has the timings and the window; no secret anywhere.
+    assert!(doc["exposure_window_ms"].as_u64().is_some());
+    assert_eq!(doc["fewest_ready_hosts"], 5);
+    for h in doc["hosts"].as_array().expect("hosts") {
+        assert!(
+            h["persisted_ms"].is_u64()
+                && h["new_ready_ms"].is_u64()
+                && h["old_stopped_ms"].is_u64(),
+            "{h}"
+        );
+    }
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let mut haystacks = vec![text, f.tb.recorded_commands()];
+    for entry in walk(&f.tb.path().join("state")) {
+        haystacks.push(std::fs::read_to_string(entry).unwrap_or_default());
+    }
+    for h in f.tb.host_names() {
+        haystacks.push(f.tb.host_exec(&h, "cat /srv/mcp-tunnel/.tunnelfleet/audit.log"));
+    }
+    for hay in &haystacks {
+        assert!(
+            !hay.contains(new.trim()) && !hay.contains(old.trim()),
+            "a token leaked"
+        );
+    }
+    assert!(
+        haystacks.iter().any(|h| h.contains(&fp(&new))),
+        "fingerprints are recorded"
+    );
+
+    // A reboot right after: the host comes back on the new token.
+    f.tb.fault("h2", "reboot");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && f.current().get("h2") != Some(&BTreeSet::from([fp(&new)])) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(f.current().get("h2"), Some(&BTreeSet::from([fp(&new)])));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if !p.ends_with("tls.key") && !p.ends_with("ca.key") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_refused_canary_stops_the_rotation_with_every_old_connector_up() {
+    let f = Fleet::deployed(4);
+    let old = f.token("token");
+    // A well-formed token the edge does not know.
+    let bogus = "eyJhIjoidGVzdGJlZCIsInQiOiJ1bmtub3duIiwicyI6Im5vdC1yZWdpc3RlcmVkIn0=";
+    let path = f.tb.path().join("bogus");
+    std::fs::write(&path, bogus).expect("write");
+    let mut perm = std::fs::metadata(&path).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o600);
+    std::fs::set_permissions(&path, perm).expect("chmod");
+    let out = f.tf(
+        "rotate-token",
+        &["--token-file", &f.file("bogus"), "--gate-timeout", "5s"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("old connector still serves"), "{text}");
+    assert!(text.contains("rotate-token"), "says what to run: {text}");
+    let cur = f.current();
+    for h in f.tb.host_names() {
+        assert_eq!(
+            cur.get(&h),
+            Some(&BTreeSet::from([fp(&old)])),
+            "{h}: {cur:?}"
+        );
+    }
+    // Nothing crash-loops: each host has one connector container again.
+    for h in f.tb.host_names() {
+        let n = f.tb.host_exec(
+            &h,
+            "docker ps -a --filter label=com.docker.compose.service=cloudflared -q | wc -l",
+        );
+        assert_eq!(n.trim(), "1", "{h}");
+    }
+}
+
+#[test]
+fn a_down_host_is_pending_and_resume_completes_only_it() {
+    let f = Fleet::deployed(4);
+    f.tb.fault("h3", "partition");
+    let name = f.rotate_at_edge();
+    let new = f.token(&name);
+    // Without --allow-down: preflight fails and nothing is touched.
+    let env_before =
+        f.tb.host_exec("h1", "sha256sum /srv/mcp-tunnel/shared/.env");
+    let out = f.tf(
+        "rotate-token",
+        &["--token-file", &f.file(&name), "--connect-timeout", "2s"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was changed"));
+    assert_eq!(
+        env_before,
+        f.tb.host_exec("h1", "sha256sum /srv/mcp-tunnel/shared/.env")
+    );
+    // With --allow-down: the others complete; h3 is pending; exit non-zero.
+    let out = f.tf(
+        "rotate-token",
+        &[
+            "--token-file",
+            &f.file(&name),
+            "--allow-down",
+            "--connect-timeout",
+            "2s",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let doc = json(&out);
+    for h in doc["hosts"].as_array().expect("hosts") {
+        if h["name"] == "h3" {
+            assert_eq!(h["status"], "pending", "{h}");
+        } else {
+            assert_eq!(h["ok"], true, "{h}");
+        }
+    }
+    f.tb.fault("h3", "heal");
+    let logs_before: Vec<String> = ["h1", "h2", "h4"]
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(f.tb.path().join(format!("hosts/{h}/commands.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    let out = f.tf(
+        "rotate-token",
+        &["--resume", "--token-file", &f.file(&name)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let logs_after: Vec<String> = ["h1", "h2", "h4"]
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(f.tb.path().join(format!("hosts/{h}/commands.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        logs_before, logs_after,
+        "--resume touched a host that was done"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && f.current().get("h3") != Some(&BTreeSet::from([fp(&new)])) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(f.current().get("h3"), Some(&BTreeSet::from([fp(&new)])));
+}
+
+#[test]
+fn two_controllers_at_once_one_fails_naming_the_holder() {
+    let f = Fleet::deployed(3);
+    let name = f.rotate_at_edge();
+    let a = f
+        .tf_cmd("rotate-token", &["--token-file", &f.file(&name)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a");
+    let b = f
+        .tf_cmd("rotate-token", &["--token-file", &f.file(&name)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn b");
+    let (a, b) = (
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    );
+    let oks = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert!(
+        oks <= 1,
+        "both rotated at once:\n{}\n{}",
+        describe(&a),
+        describe(&b)
+    );
+    for o in [&a, &b] {
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains("held by") && err.contains("rotate-token"),
+                "{err}"
+            );
+        }
+    }
+    // Whatever happened, a later rotation converges.
+    let out = f.tf("rotate-token", &["--token-file", &f.file(&name)]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn killed_controller_always_resumes_and_env_is_never_partial() {
+    let f = Fleet::deployed(3);
+    // Deterministic "random" kill points over the run's span.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..20 {
+        let name = f.rotate_at_edge();
+        let new = f.token(&name);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_millis(x % 2500);
+        let mut child = f
+            .tf_cmd("rotate-token", &["--token-file", &f.file(&name)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let start = Instant::now();
+        while start.elapsed() < delay {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Every .env is complete: exactly the two lines, the token one of the valid shapes.
+        for h in f.tb.host_names() {
+            let env = f.tb.host_exec(&h, "cat /srv/mcp-tunnel/shared/.env");
+            assert!(
+                env.starts_with("TUNNEL_TOKEN=eyJ")
+                    && env.contains("\nTUNNEL_DOMAIN=testbed.example.com\n"),
+                "round {round}, {h}: partial .env ({} bytes)",
+                env.len()
+            );
+        }
+        let out = f.tf(
+            "rotate-token",
+            &["--resume", "--token-file", &f.file(&name)],
+        );
+        if !out.status.success() {
+            // Killed before the operation was recorded: a plain run converges.
+            let out2 = f.tf("rotate-token", &["--token-file", &f.file(&name)]);
+            assert!(
+                out2.status.success(),
+                "round {round} (killed after {delay:?}): resume: {}\nplain: {}",
+                describe(&out),
+                describe(&out2)
+            );
+        }
+        let cur = f.current();
+        for h in f.tb.host_names() {
+            assert_eq!(
+                cur.get(&h),
+                Some(&BTreeSet::from([fp(&new)])),
+                "round {round}: {h}: {cur:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn renew_cert_only_when_due_and_without_restarts() {
+    let f = Fleet::deployed(3);
+    let serial = |h: &str| {
+        f.tb.host_exec(
+            h,
+            "openssl x509 -noout -serial -in /srv/mcp-tunnel/shared/data/tls.crt",
+        )
+    };
+    let before: Vec<String> = f.tb.host_names().iter().map(|h| serial(h)).collect();
+    let events = f.edge()["timeline"].as_array().map(Vec::len);
+    // Far from expiry: nothing to do, nothing touched.
+    let out = f.tf("renew-cert", &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(json(&out)["tunnels"][0]["renewed"], false);
+    let now: Vec<String> = f.tb.host_names().iter().map(|h| serial(h)).collect();
+    assert_eq!(before, now);
+    // Within --renew-before: a new certificate on every host, nothing restarted.
+    let out = f.tf("renew-cert", &["--renew-before", "2400h", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let doc = json(&out);
+    assert_eq!(doc["tunnels"][0]["renewed"], true);
+    let new_serial = doc["tunnels"][0]["serial"]
+        .as_str()
+        .expect("serial")
+        .to_uppercase();
+    for h in f.tb.host_names() {
+        let s = serial(&h);
+        assert!(s.trim().ends_with(&new_serial), "{h}: {s} vs {new_serial}");
+        assert!(!before.contains(&s), "{h}: serial unchanged");
+    }
+    assert_eq!(
+        f.edge()["timeline"].as_array().map(Vec::len),
+        events,
+        "a connector restarted"
+    );
+    // status shows the new serial everywhere.
+    let out = f.tf("status", &["--json"]);
+    for h in json(&out)["hosts"].as_array().expect("hosts") {
+        assert_eq!(
+            h["cert_serial"].as_str().map(str::to_uppercase),
+            Some(new_serial.clone())
+        );
+    }
+}
