@@ -125,7 +125,7 @@ fn host_keys_unknown_learned_and_changed() {
     let forged: String = real
         .lines()
         .map(|l| {
-            if names(l).iter().any(|n| *n == a3) {
+            if names(l).contains(&a3) {
                 format!("{a3} {}\n", key_of(&a1))
             } else {
                 format!("{l}\n")

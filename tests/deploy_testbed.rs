@@ -321,3 +321,79 @@ fn after_a_reboot_a_fresh_login_finds_the_token() {
     }
     assert!(seen, "edge never saw h1 back: {:?}", f.edge_current());
 }
+
+#[test]
+fn config_change_restarts_the_proxy_and_a_cert_change_restarts_nothing() {
+    let f = Fleet::up(3);
+    let token = f.token("token");
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let proxy_id = |h: &str| {
+        f.tb.host_exec(
+            h,
+            "docker ps -q --filter label=com.docker.compose.service=mcp-proxy",
+        )
+    };
+    let before: Vec<String> = f.tb.host_names().iter().map(|h| proxy_id(h)).collect();
+
+    // A new route: the proxy (which does not reload its config) restarts on every host, and
+    // the connector, which shares its network namespace, comes back with it.
+    let inv = std::fs::read_to_string(f.tb.inventory()).expect("inventory");
+    let changed = inv.replacen(
+        "        tunnel_routes:\n",
+        "        tunnel_routes:\n          docs: \"http://10.0.0.7:8000\"\n",
+        1,
+    );
+    assert_ne!(inv, changed);
+    std::fs::write(f.tb.inventory(), changed).expect("write inventory");
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for h in json(&out)["hosts"].as_array().expect("hosts") {
+        assert_eq!(
+            h["plan"]["actions"],
+            serde_json::json!(["restart_proxy"]),
+            "{h}"
+        );
+        assert_eq!(h["plan"]["write_env"], false, "{h}");
+    }
+    for (h, b) in f.tb.host_names().iter().zip(&before) {
+        assert_ne!(&proxy_id(h), b, "{h}: the proxy was not restarted");
+        let cfg =
+            f.tb.host_exec(h, "cat /srv/mcp-tunnel/current/config/mcp-proxy.yaml");
+        assert!(cfg.contains("docs"), "{h}: {cfg}");
+    }
+    let cur = f.edge_current();
+    for h in f.tb.host_names() {
+        assert!(
+            cur.contains(&(h.clone(), fp(&token))),
+            "{h} not back: {cur:?}"
+        );
+    }
+
+    // A new server certificate (the stored one removed, so deploy issues another): written
+    // on every host, nothing restarted.
+    let events = f.timeline_len();
+    let ids: Vec<String> = f.tb.host_names().iter().map(|h| proxy_id(h)).collect();
+    for n in ["tls.crt", "tls.key"] {
+        std::fs::remove_file(std::path::Path::new(&f.state).join("pki/testbed").join(n))
+            .expect("remove stored cert");
+    }
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for h in json(&out)["hosts"].as_array().expect("hosts") {
+        assert_eq!(h["plan"]["actions"], serde_json::json!([]), "{h}");
+        assert!(
+            h["plan"]["write_certs"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty()),
+            "{h}"
+        );
+    }
+    assert_eq!(
+        f.timeline_len(),
+        events,
+        "a connector restarted for a certificate"
+    );
+    let after: Vec<String> = f.tb.host_names().iter().map(|h| proxy_id(h)).collect();
+    assert_eq!(ids, after, "a proxy restarted for a certificate");
+}

@@ -310,7 +310,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         }
     }
     if let Some(p) = phases.iter_mut().find(|p| p.name == "connectors") {
-        let then = args.batch.clone().unwrap_or(if args.in_place {
+        let then = args.batch.unwrap_or(if args.in_place {
             BatchSize::Count(1)
         } else {
             BatchSize::Percent(100)
@@ -569,9 +569,8 @@ fn fewest_ready(rows: &[HostReport], total: usize) -> usize {
             never += 1;
         } else if let Some(from) = r.rotation.unavailable_from_ms {
             events.push((from, -1));
-            match r.rotation.new_ready_ms {
-                Some(to) => events.push((to, 1)),
-                None => {}
+            if let Some(to) = r.rotation.new_ready_ms {
+                events.push((to, 1));
             }
         }
     }

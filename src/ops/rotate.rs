@@ -395,12 +395,12 @@ impl Step<StackHost> for WaitConnectorStep {
                     "the new connector {name} did not become ready within {:?} ({last})",
                     self.timeout
                 ))
-                .with_hint(format!(
+                .with_hint(
                     "the old connector still serves this host on the old token, and the new connector was \
                      removed. The new token is in .env on the hosts it reached; if it is wrong (the edge \
                      refuses it), run rotate-token again with the right token; if the host was only slow, \
                      run rotate-token --resume with the same token"
-                )));
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -174,10 +174,7 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
                 if let (Some(svc), Some(st), Some(name)) = (it.next(), it.next(), it.next()) {
                     // Keep the running one when several containers serve a service.
                     let state = state_of(st);
-                    let keep = match p.containers.get(svc) {
-                        Some((_, ContainerState::Running)) => false,
-                        _ => true,
-                    };
+                    let keep = !matches!(p.containers.get(svc), Some((_, ContainerState::Running)));
                     if keep {
                         p.containers
                             .insert(svc.to_string(), (name.to_string(), state));
