@@ -5,7 +5,10 @@
 //!   (goal, issue 2: 50 hosts in at most 2x the time of 1);
 //! - deploy: a no-op `deploy` on 50 hosts at 20 ms: wall time, and remote commands per host
 //!   counted from the testbed's command log (goal, issue 3: one round trip per host after
-//!   connecting).
+//!   connecting);
+//! - rotate: `rotate-token` on 10 and on 50 hosts at 20 ms: exposure window (new token in
+//!   hand -> last host ready on it), wall time, fewest hosts with a connector per the edge
+//!   (goal, issue 4: the window on 50 hosts at most 1.2x the window on 10).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -82,6 +85,60 @@ fn bench_deploy() {
     println!("  remote commands per host in a no-op deploy: {per_host:.1} (goal: 1)");
 }
 
+fn deployed(hosts: usize) -> (common::Testbed, String) {
+    let tb = common::Testbed::up(hosts, &["--latency-ms", "20"]);
+    let state = tb.path().join("state").to_string_lossy().into_owned();
+    let token = tb.path().join("token").to_string_lossy().into_owned();
+    let out = std::process::Command::new(common::tunnelfleet_bin())
+        .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
+        .output()
+        .expect("pki init");
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let out = tb.tf("deploy", &["--state-dir", &state, "--token-file", &token]);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    (tb, state)
+}
+
+fn rotate_once(hosts: usize) -> (f64, f64, u64) {
+    let (tb, state) = deployed(hosts);
+    let out = tb.testbed(&["edge-rotate"]);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let next = tb.path().join("token.next").to_string_lossy().into_owned();
+    let t = Instant::now();
+    let out = tb.tf(
+        "rotate-token",
+        &["--state-dir", &state, "--token-file", &next, "--json"],
+    );
+    let wall = t.elapsed();
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let window = v["exposure_window_ms"].as_u64().unwrap_or(0) as f64;
+    let fewest = v["fewest_ready_hosts"].as_u64().unwrap_or(0);
+    (window, ms(wall), fewest)
+}
+
+fn bench_rotate() {
+    let mut rows = Vec::new();
+    for hosts in [10usize, 50] {
+        let runs: Vec<(f64, f64, u64)> = (0..3).map(|_| rotate_once(hosts)).collect();
+        let mut w: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        w.sort_by(f64::total_cmp);
+        let mut t: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        t.sort_by(f64::total_cmp);
+        let fewest = runs.iter().map(|r| r.2).min().unwrap_or(0);
+        rows.push((hosts, w[1], t[1], fewest));
+    }
+    println!("rotate-token, 20 ms one-way latency, median of 3 runs:");
+    for (h, w, t, f) in &rows {
+        println!(
+            "  {h:>2} hosts: exposure window {w:>7.0} ms, wall {t:>7.0} ms, fewest ready hosts {f}/{h}"
+        );
+    }
+    if let [(_, w10, ..), (_, w50, ..)] = rows.as_slice() {
+        println!("  window ratio 50/10: {:.2} (goal: <= 1.2)", w50 / w10);
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -93,5 +150,8 @@ fn main() {
     }
     if wants("deploy") {
         bench_deploy();
+    }
+    if wants("rotate") {
+        bench_rotate();
     }
 }

@@ -266,8 +266,8 @@ fn a_full_disk_keeps_the_old_env() {
     // h3's shared/ becomes a tiny, full tmpfs holding the current files.
     f.tb.host_exec(
         "h3",
-        "set -e; cd /srv/mcp-tunnel; cp -a shared /tmp/shared.bak; \
-         mount -t tmpfs -o size=64k,mode=0700 tmpfs shared; cp -a /tmp/shared.bak/. shared/; \
+        "set -e; cd /srv/mcp-tunnel; b=$(mktemp -d); cp -a shared/. \"$b\"/; \
+         mount -t tmpfs -o size=64k,mode=0700 tmpfs shared; cp -a \"$b\"/. shared/; rm -rf \"$b\"; \
          dd if=/dev/zero of=shared/filler bs=1k count=1000 2>/dev/null || true",
     );
     let out = f.tb.testbed(&["edge-rotate"]);

@@ -246,7 +246,7 @@ fn schema_errors_name_line_and_column() {
         // max_unavailable and hosts.
         (
             "name: x\nphases:\n  - name: p\n    max_unavailable: \"2\"\n    hosts: some\n    steps: [write_env]\n",
-            "playbooks/x.yaml:4:22: 'max_unavailable' must be a non-negative integer (failed hosts tolerated), not '2'\n\
+            "playbooks/x.yaml:4:22: 'max_unavailable' must be a non-negative integer (failed hosts tolerated) or `all`, not '2'\n\
              playbooks/x.yaml:5:12: 'hosts' must be passed (hosts that passed earlier phases) or all, not 'some'",
         ),
         // Steps: unknown, malformed, bad and unknown params.
@@ -330,4 +330,16 @@ fn an_unreadable_file_is_named() {
             .is_some_and(|e| e.starts_with("/nonexistent/p.yaml: cannot read playbook:")),
         "{e:?}"
     );
+}
+
+#[test]
+fn max_unavailable_all_tolerates_every_failure() {
+    let reg = registry();
+    let pb = Playbook::from_str(
+        "name: x\nphases:\n  - name: p\n    max_unavailable: all\n    steps: [write_env]\n",
+        Path::new("playbooks/x.yaml"),
+        &reg,
+    )
+    .expect("valid playbook");
+    assert_eq!(pb.phases()[0].max_unavailable, usize::MAX);
 }
