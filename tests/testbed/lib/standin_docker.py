@@ -1143,6 +1143,8 @@ def compose_main(args, v1):
                                    "--status": ("status", "list"), "--filter": ("filter", "list"),
                                    "--no-trunc": "x", "--orphans": "x"})
         cs = pick(p, pos)
+        # v2 lists one-off (`run`) containers of the project too.
+        cs += [c for c in p.containers(oneoff=True) if not pos or c["service"] in pos]
         if not (o.get("all") or v1):
             cs = [c for c in cs if c["status"] in ("running", "restarting")]
         if o.get("status"):
