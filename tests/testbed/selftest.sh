@@ -14,7 +14,12 @@ PHASE2=1
 [ "${1:-}" = "--phase1-only" ] && PHASE2=0
 
 cleanup() {
-    for d in "$A" "$B" "$C"; do "$T" down --dir "$d" >/dev/null 2>&1 || true; done
+    local ok=1
+    for d in "$A" "$B" "$C" "$C-bastion"; do
+        "$T" down --dir "$d" >/dev/null 2>&1 || ok=0
+    done
+    # Files only, once nothing runs from them any more.
+    [ "$ok" = 1 ] && rm -rf "$BASE"
 }
 trap cleanup EXIT
 

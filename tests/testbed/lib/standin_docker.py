@@ -924,17 +924,30 @@ def run_foreground(c):
     """`compose run` without -d: program attached to our stdio, exit code passed on."""
     def mark(x):
         x.update(status="running", started_at=time.time(), desired="running")
+    argv = program_for(c)
+    if argv[0] == "/bin/sh" and "sleep 3600" in argv[-1]:
+        # An image without a stand-in would sleep forever: a one-off run of it
+        # does nothing instead (the testbed never runs a service's command).
+        err(f"testbed: image {c['image']} has no stand-in; `run` did nothing")
+        argv = ["/bin/true"]
     update(c["id"], mark)
-    child = subprocess.Popen(program_for(c), env=program_env(c), cwd="/")
+    # Own process group, so a signal reaches the whole program and nothing is
+    # left holding our stdout (an ssh session would hang on it).
+    child = subprocess.Popen(argv, env=program_env(c), cwd="/", start_new_session=True)
 
     def fwd(signum, frame):
         try:
-            child.send_signal(signum)
+            os.killpg(child.pid, signum)
         except ProcessLookupError:
             pass
     signal.signal(signal.SIGTERM, fwd)
     signal.signal(signal.SIGINT, fwd)
+    signal.signal(signal.SIGHUP, fwd)
     rc = child.wait()
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     code = rc if rc >= 0 else 128 - rc
 
     def done(x):
@@ -1130,6 +1143,8 @@ def compose_main(args, v1):
                                    "--status": ("status", "list"), "--filter": ("filter", "list"),
                                    "--no-trunc": "x", "--orphans": "x"})
         cs = pick(p, pos)
+        # v2 lists one-off (`run`) containers of the project too.
+        cs += [c for c in p.containers(oneoff=True) if not pos or c["service"] in pos]
         if not (o.get("all") or v1):
             cs = [c for c in cs if c["status"] in ("running", "restarting")]
         if o.get("status"):
