@@ -199,9 +199,7 @@ fn summary_line(r: &HostCheck) -> String {
 /// Runs `check`.
 pub async fn run(args: CheckArgs) -> Result<i32, CliError> {
     let (_inv, hosts) = args.conn.select().await?;
-    let connector = Arc::new(
-        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
-    );
+    let connector = args.conn.connector()?;
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let progress = Arc::new(Progress::new("check", &names));
     let mut set = tokio::task::JoinSet::new();

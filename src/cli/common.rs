@@ -39,6 +39,19 @@ pub struct ConnArgs {
     pub ssh_config: String,
 }
 
+/// Where the controller keeps its state: per tunnel the CA, the server certificate, the
+/// rotation journal; and its audit log.
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// The controller's state directory.
+    #[arg(
+        long,
+        env = "TUNNELFLEET_STATE_DIR",
+        default_value = "~/.local/state/tunnelfleet"
+    )]
+    pub state_dir: String,
+}
+
 /// Parses `500ms`, `10s`, `5m`, `720h`, `2d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -78,6 +91,13 @@ impl ConnArgs {
             max_starts: self.max_starts,
             ..SshOptions::default()
         }
+    }
+
+    /// The run's SSH connector (reads known_hosts now).
+    pub fn connector(&self) -> Result<std::sync::Arc<crate::ssh::Connector>, CliError> {
+        crate::ssh::Connector::new(self.ssh_options())
+            .map(std::sync::Arc::new)
+            .map_err(|e| CliError::input(e.to_string()))
     }
 
     /// Loads the inventory and selects hosts; all input errors surface here, before any host

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{ConnArgs, SelectedHost, parse_duration};
+use super::common::{ConnArgs, SelectedHost, StateArgs, parse_duration};
 use super::progress::{Progress, table};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
 use crate::ops::deploy::{
@@ -19,7 +19,6 @@ use crate::ops::health;
 use crate::playbook::{Playbook, StepRegistry};
 use crate::rollout::{Engine, HostCtx, HostRecord, HostStatus};
 use crate::secrets::{Secret, TokenSource};
-use crate::ssh::Connector;
 use crate::stack::{self, Plan, StackSettings};
 
 /// Where the tunnel token comes from (explicit flags; else env TUNNEL_TOKEN; else the
@@ -56,13 +55,8 @@ pub struct DeployArgs {
     conn: ConnArgs,
     #[command(flatten)]
     token: TokenArgs,
-    /// The controller's state directory (CA and server certificate per tunnel).
-    #[arg(
-        long,
-        env = "TUNNELFLEET_STATE_DIR",
-        default_value = "~/.local/state/tunnelfleet"
-    )]
-    state_dir: String,
+    #[command(flatten)]
+    state: StateArgs,
     /// Print each host's plan and touch nothing.
     #[arg(long)]
     check: bool,
@@ -123,6 +117,23 @@ pub async fn load_inputs(
     Ok((tunnels, inputs))
 }
 
+/// The progress display and the host contexts of an engine run over `inputs`.
+pub fn contexts(
+    conn: &ConnArgs,
+    inputs: Vec<HostInput>,
+    operation: &str,
+    check: bool,
+) -> Result<(Progress, Vec<StackHost>), CliError> {
+    let connector = conn.connector()?;
+    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
+    let progress = Progress::new(operation, &names);
+    let ctxs = inputs
+        .into_iter()
+        .map(|i| StackHost::new(i, connector.clone(), operation, check))
+        .collect();
+    Ok((progress, ctxs))
+}
+
 /// Builds a result row from the engine's record and the host's context.
 fn result_of(rec: Option<&HostRecord>, h: &StackHost) -> HostResult {
     let ok = rec.is_some_and(|r| r.status == HostStatus::Ok);
@@ -157,7 +168,7 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
     let (tunnels, inputs) = load_inputs(
         hosts,
         args.token.flag_or_env(),
-        &args.state_dir,
+        &args.state.state_dir,
         !args.check,
     )
     .await?;
@@ -169,15 +180,7 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
         &registry,
     )
     .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
-    let connector = Arc::new(
-        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
-    );
-    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
-    let progress = Progress::new("deploy", &names);
-    let ctxs: Vec<StackHost> = inputs
-        .into_iter()
-        .map(|i| StackHost::new(i, connector.clone(), "deploy", args.check))
-        .collect();
+    let (progress, ctxs) = contexts(&args.conn, inputs, "deploy", args.check)?;
     let engine = Engine::new(&progress);
     let report = engine.run(playbook.into_phases(), ctxs).await;
     let results: Vec<HostResult> = report

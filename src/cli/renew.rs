@@ -2,20 +2,18 @@
 //! current one is close to expiry, written to every host without restarting anything.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::common::{ConnArgs, parse_duration};
+use super::common::{ConnArgs, StateArgs, parse_duration};
 use super::deploy::load_inputs;
-use super::progress::{Progress, table};
+use super::progress::table;
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
-use crate::ops::deploy::{StackHost, register_deploy_steps, tunnel_pki_dir};
+use crate::ops::deploy::{register_deploy_steps, tunnel_pki_dir};
 use crate::pki::{Ca, cert_info};
 use crate::playbook::{Playbook, StepRegistry};
 use crate::rollout::{Engine, HostCtx, HostStatus};
-use crate::ssh::Connector;
 use crate::stack::{self, StackSettings};
 
 /// The built-in renewal playbook (playbooks/renew-cert.yaml, compiled in).
@@ -32,13 +30,8 @@ pub struct RenewArgs {
     /// Make a new server key too (default: keep the key, renew the certificate).
     #[arg(long)]
     rekey: bool,
-    /// The controller's state directory (CA and server certificate per tunnel).
-    #[arg(
-        long,
-        env = "TUNNELFLEET_STATE_DIR",
-        default_value = "~/.local/state/tunnelfleet"
-    )]
-    state_dir: String,
+    #[command(flatten)]
+    state: StateArgs,
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -47,7 +40,7 @@ pub struct RenewArgs {
 /// Runs `renew-cert`.
 pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
     let (_inv, hosts) = args.conn.select().await?;
-    let state = crate::ssh::config::expand_tilde(&args.state_dir);
+    let state = crate::ssh::config::expand_tilde(&args.state.state_dir);
     // Which tunnels, and renew on the controller first (before any host is touched).
     let mut settings = Vec::new();
     for h in &hosts {
@@ -119,7 +112,7 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
         }
         return Ok(EXIT_OK);
     }
-    let (_, inputs) = load_inputs(hosts, None, &args.state_dir, false).await?;
+    let (_, inputs) = load_inputs(hosts, None, &args.state.state_dir, false).await?;
     let mut registry = StepRegistry::new();
     register_deploy_steps(&mut registry, None);
     let playbook = Playbook::from_str(
@@ -128,19 +121,10 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
         &registry,
     )
     .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
-    let connector = Arc::new(
-        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
-    );
-    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
-    let progress = Progress::new("renew-cert", &names);
-    let ctxs: Vec<StackHost> = inputs
-        .into_iter()
-        .map(|i| {
-            let mut c = StackHost::new(i, connector.clone(), "renew-cert", false);
-            c.certs_only = true;
-            c
-        })
-        .collect();
+    let (progress, mut ctxs) = super::deploy::contexts(&args.conn, inputs, "renew-cert", false)?;
+    for c in &mut ctxs {
+        c.certs_only = true;
+    }
     let report = Engine::new(&progress)
         .run(playbook.into_phases(), ctxs)
         .await;

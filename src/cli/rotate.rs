@@ -4,13 +4,12 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{ConnArgs, parse_duration};
+use super::common::{ConnArgs, StateArgs, parse_duration};
 use super::deploy::{TokenArgs, load_inputs};
 use super::progress::{Progress, table};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
@@ -19,7 +18,6 @@ use crate::ops::rotate::{RotationState, register_rotation_steps};
 use crate::playbook::{Playbook, StepRegistry};
 use crate::rollout::{BatchSize, Engine, HostCtx, HostStatus, Journal, Phase, Strategy, new_op_id};
 use crate::secrets::{Secret, TokenSource, validate_tunnel_token};
-use crate::ssh::Connector;
 
 /// The built-in rotation playbook (playbooks/rotate-token.yaml, compiled in).
 pub const ROTATE_PLAYBOOK: &str = include_str!("../../playbooks/rotate-token.yaml");
@@ -40,13 +38,8 @@ pub struct RotateArgs {
     /// File holding the Tunnels API credential (refused when group or others can read it).
     #[arg(long, value_name = "FILE", env = "TUNNELFLEET_API_CREDENTIAL_FILE")]
     api_credential_file: Option<PathBuf>,
-    /// The controller's state directory (CA, journals).
-    #[arg(
-        long,
-        env = "TUNNELFLEET_STATE_DIR",
-        default_value = "~/.local/state/tunnelfleet"
-    )]
-    state_dir: String,
+    #[command(flatten)]
+    state: StateArgs,
     /// After the canary, move this many hosts at a time (N or P%; default all at once, 1
     /// with --in-place).
     #[arg(long, value_parser = parse_batch)]
@@ -184,7 +177,7 @@ fn token_from_tty(tunnel: &str, hosts: usize) -> Result<Secret, CliError> {
 
 /// Runs `rotate-token`.
 pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
-    let state_dir = crate::ssh::config::expand_tilde(&args.state_dir);
+    let state_dir = crate::ssh::config::expand_tilde(&args.state.state_dir);
     let explicit = args.token.flag_or_env();
     if explicit.is_some() && args.api_base.is_some() {
         return Err(CliError::input(
@@ -204,7 +197,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     };
     let (_inv, hosts) = args.conn.select().await?;
     // Inputs without a token (the .env is rendered once the token is known).
-    let (tunnels, _) = load_inputs(hosts.clone(), None, &args.state_dir, false).await?;
+    let (tunnels, _) = load_inputs(hosts.clone(), None, &args.state.state_dir, false).await?;
     if tunnels.len() != 1 {
         let names: Vec<&String> = tunnels.keys().collect();
         return Err(CliError::input(format!(
@@ -287,9 +280,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         &serde_json::to_string_pretty(&rec).unwrap_or_default(),
     )?;
 
-    let connector = Arc::new(
-        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
-    );
+    let connector = args.conn.connector()?;
     let mut registry = StepRegistry::new();
     register_rotation_steps(&mut registry, &op_id, args.lock_wait, args.gate_timeout);
     let playbook = Playbook::from_str(
@@ -346,7 +337,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         .collect();
 
     // Contexts without a token yet (the inputs are rebuilt with it after preflight).
-    let (_, inputs) = load_inputs(hosts.clone(), None, &args.state_dir, false).await?;
+    let (_, inputs) = load_inputs(hosts.clone(), None, &args.state.state_dir, false).await?;
     let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
     let progress = Progress::new("rotate", &names);
     let ctxs: Vec<StackHost> = inputs
@@ -407,7 +398,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     let (_, with_token) = load_inputs(
         hosts.clone(),
         Some(token_source.source()),
-        &args.state_dir,
+        &args.state.state_dir,
         false,
     )
     .await?;

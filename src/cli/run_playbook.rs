@@ -3,20 +3,17 @@
 //! start_connector, recreate_connector, wait_connector, stop_old, audit, unlock).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::common::ConnArgs;
+use super::common::{ConnArgs, StateArgs};
 use super::deploy::{TokenArgs, load_inputs};
-use super::progress::{Progress, table};
+use super::progress::table;
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
-use crate::ops::deploy::StackHost;
 use crate::ops::rotate::register_rotation_steps;
 use crate::playbook::{Playbook, StepRegistry};
 use crate::rollout::{Engine, HostStatus, new_op_id};
-use crate::ssh::Connector;
 
 /// Flags of `run`.
 #[derive(Args, Debug)]
@@ -27,13 +24,8 @@ pub struct RunArgs {
     conn: ConnArgs,
     #[command(flatten)]
     token: TokenArgs,
-    /// The controller's state directory (CA and server certificate per tunnel).
-    #[arg(
-        long,
-        env = "TUNNELFLEET_STATE_DIR",
-        default_value = "~/.local/state/tunnelfleet"
-    )]
-    state_dir: String,
+    #[command(flatten)]
+    state: StateArgs,
     /// Steps that would change a host only report what they would do.
     #[arg(long)]
     check: bool,
@@ -54,19 +46,12 @@ pub async fn run(args: RunArgs) -> Result<i32, CliError> {
     let (_, inputs) = load_inputs(
         hosts,
         args.token.flag_or_env(),
-        &args.state_dir,
+        &args.state.state_dir,
         !args.check,
     )
     .await?;
-    let connector = Arc::new(
-        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
-    );
-    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
-    let progress = Progress::new(playbook.name(), &names);
-    let ctxs: Vec<StackHost> = inputs
-        .into_iter()
-        .map(|i| StackHost::new(i, connector.clone(), playbook.name(), args.check))
-        .collect();
+    let (progress, ctxs) =
+        super::deploy::contexts(&args.conn, inputs, playbook.name(), args.check)?;
     let report = Engine::new(&progress)
         .run(playbook.into_phases(), ctxs)
         .await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Serialize;
 
-use super::common::ConnArgs;
+use super::common::{ConnArgs, StateArgs};
 use super::deploy::{TokenArgs, load_inputs};
 use super::progress::{Progress, table};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
@@ -24,13 +24,8 @@ pub struct StatusArgs {
     conn: ConnArgs,
     #[command(flatten)]
     token: TokenArgs,
-    /// The controller's state directory (CA and server certificate per tunnel).
-    #[arg(
-        long,
-        env = "TUNNELFLEET_STATE_DIR",
-        default_value = "~/.local/state/tunnelfleet"
-    )]
-    state_dir: String,
+    #[command(flatten)]
+    state: StateArgs,
     /// Print one JSON document on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -109,11 +104,14 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
 /// Runs `status`.
 pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
     let (_inv, hosts) = args.conn.select().await?;
-    let (tunnels, inputs) =
-        load_inputs(hosts, args.token.flag_or_env(), &args.state_dir, false).await?;
-    let connector = Arc::new(
-        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
-    );
+    let (tunnels, inputs) = load_inputs(
+        hosts,
+        args.token.flag_or_env(),
+        &args.state.state_dir,
+        false,
+    )
+    .await?;
+    let connector = args.conn.connector()?;
     let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
     let progress = Arc::new(Progress::new("status", &names));
     let futs = inputs.iter().map(|input| {

@@ -1,14 +1,11 @@
 //! `tunnelfleet unlock`: remove the fleet lock on hosts whose holder is known to be dead
 //! (a controller killed mid-operation). Shows what it removes.
 
-use std::sync::Arc;
-
 use clap::Args;
 
 use super::common::ConnArgs;
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
 use crate::remote::{HOLDER_FILE, force_unlock, quote};
-use crate::ssh::Connector;
 use crate::stack::{Layout, scripts};
 
 /// Flags of `unlock`.
@@ -21,9 +18,7 @@ pub struct UnlockArgs {
 /// Runs `unlock`.
 pub async fn run(args: UnlockArgs) -> Result<i32, CliError> {
     let (_inv, hosts) = args.conn.select().await?;
-    let connector = Arc::new(
-        Connector::new(args.conn.ssh_options()).map_err(|e| CliError::input(e.to_string()))?,
-    );
+    let connector = args.conn.connector()?;
     let futs = hosts.iter().map(|h| {
         let c = connector.clone();
         async move {
