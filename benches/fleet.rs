@@ -1,6 +1,8 @@
 //! Fleet benchmarks against the real testbed (needs root). Not tests: they print wall times.
 //!
-//! `cargo bench --bench fleet [check|deploy]`:
+//! `cargo bench --bench fleet [connect|check|deploy|rotate]`:
+//! - connect: connect + one trivial command on 1 and 50 hosts at 20 ms (the controller's own
+//!   parallelism, without the stand-ins' CPU);
 //! - check: `check` on 1 host and on 50 hosts, 20 ms one-way latency, median of 3 runs
 //!   (goal, issue 2: 50 hosts in at most 2x the time of 1);
 //! - deploy: a no-op `deploy` on 50 hosts at 20 ms: wall time, and remote commands per host
@@ -85,6 +87,51 @@ fn bench_deploy() {
     println!("  remote commands per host in a no-op deploy: {per_host:.1} (goal: 1)");
 }
 
+/// Connect to every host and run one trivial command: the controller's own parallelism,
+/// without the stand-ins' CPU (which on this 2-core machine dominates `check` at 50 hosts).
+fn time_connect_exec(hosts: usize, runs: usize) -> Duration {
+    let tb = common::Testbed::up(hosts, &["--latency-ms", "20"]);
+    let args = tunnelfleet::cli::ConnArgs {
+        inventory: tb.inventory(),
+        limit: None,
+        known_hosts: tb.known_hosts().to_string_lossy().into_owned(),
+        accept_new: false,
+        connect_timeout: Duration::from_secs(30),
+        command_timeout: Duration::from_secs(30),
+        max_starts: 10,
+        ssh_config: "none".into(),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        times.push(rt.block_on(async {
+            let (_inv, sel) = args.select().await.expect("select");
+            let connector = args.connector().expect("connector");
+            let t = Instant::now();
+            let futs = sel.iter().map(|h| {
+                let c = connector.clone();
+                async move {
+                    let s = c.connect(&h.target).await.expect("connect");
+                    let out = s.exec("true", b"").await.expect("exec");
+                    assert!(out.success());
+                }
+            });
+            futures::future::join_all(futs).await;
+            t.elapsed()
+        }));
+    }
+    median(times)
+}
+
+fn bench_connect() {
+    let one = time_connect_exec(1, 3);
+    let fifty = time_connect_exec(50, 3);
+    println!("connect + one command, 20 ms one-way latency, median of 3 runs:");
+    println!("  1 host:   {:>8.1} ms", ms(one));
+    println!("  50 hosts: {:>8.1} ms", ms(fifty));
+    println!("  ratio 50/1: {:.2}", ms(fifty) / ms(one));
+}
+
 fn deployed(hosts: usize) -> (common::Testbed, String) {
     let tb = common::Testbed::up(hosts, &["--latency-ms", "20"]);
     let state = tb.path().join("state").to_string_lossy().into_owned();
@@ -145,6 +192,9 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    if wants("connect") {
+        bench_connect();
+    }
     if wants("check") {
         bench_check();
     }

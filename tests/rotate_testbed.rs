@@ -469,3 +469,45 @@ fn renew_cert_only_when_due_and_without_restarts() {
         );
     }
 }
+
+#[test]
+fn rotation_with_the_token_from_the_tunnels_api() {
+    let f = Fleet::deployed(3);
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(f.tb.path().join("state.json")).expect("state.json"),
+    )
+    .expect("state json");
+    let edge = &state["helpers"]["edge"];
+    let base = format!("http://127.0.0.1:{}", edge["api_port"]);
+    let tunnel_id = edge["tunnel_id"].as_str().expect("tunnel id").to_string();
+    let name = f.rotate_at_edge();
+    let new = f.token(&name);
+    let cred = f.file("api-credential");
+    let out = f.tf(
+        "rotate-token",
+        &[
+            "--api-base",
+            &base,
+            "--tunnel-id",
+            &tunnel_id,
+            "--api-credential-file",
+            &cred,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(json(&out)["new_token_fingerprint"], fp(&new));
+    let cur = f.current();
+    for h in f.tb.host_names() {
+        assert_eq!(
+            cur.get(&h),
+            Some(&BTreeSet::from([fp(&new)])),
+            "{h}: {cur:?}"
+        );
+    }
+    let credential = f.token("api-credential");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains(credential.trim()) && !text.contains(new.trim()));
+    assert!(!f.tb.recorded_commands().contains(new.trim()));
+}

@@ -242,18 +242,20 @@ impl Step<StackHost> for StartConnectorStep {
             .find(|c| c.token_fp.as_deref() == Some(fp.as_str()))
         {
             h.rotation.new_container = Some(c.name.clone());
+            h.rotation.new_connector_id = c.connector_id.clone();
             return Ok(StepOutcome::unchanged(format!(
                 "{} already runs on the new token",
                 c.name
             )));
         }
         let count = before.iter().filter(running).count() + 1;
-        let out = run(
-            &session,
-            &scripts::scale_connectors_script(&h.input.layout, compose(h)?, count),
-            b"",
-        )
-        .await?;
+        // Scale up and list the connectors again, in one round trip.
+        let script = format!(
+            "{} || exit 1\n{}",
+            scripts::scale_connectors_script(&h.input.layout, compose(h)?, count).trim_end(),
+            scripts::connectors_script()
+        );
+        let out = run(&session, &script, b"").await?;
         if !out.success() {
             return Err(StepFailure::new(format!(
                 "start a second connector: {}",
@@ -261,7 +263,7 @@ impl Step<StackHost> for StartConnectorStep {
             ))
             .with_hint("the old connector still runs; if this host cannot run two connectors, use --in-place"));
         }
-        let after = containers(&session).await?;
+        let after = scripts::parse_connectors(&out.stdout_text());
         let new = after
             .iter()
             .filter(running)
@@ -271,6 +273,7 @@ impl Step<StackHost> for StartConnectorStep {
                     .with_hint("check that .env holds the new token (tunnelfleet status)")
             })?;
         h.rotation.new_container = Some(new.name.clone());
+        h.rotation.new_connector_id = new.connector_id.clone();
         Ok(StepOutcome::changed(format!("started {}", new.name)))
     }
 }
@@ -344,12 +347,21 @@ impl Step<StackHost> for WaitConnectorStep {
         })?;
         let started = Instant::now();
         let mut last = String::from("no answer yet");
+        // The new connector's id: known from its start, else read from its log (once it has
+        // logged it); after that, polling is only the readiness probes, no docker calls.
+        let mut id = h.rotation.new_connector_id.clone();
         loop {
-            let id = containers(&session)
-                .await?
-                .into_iter()
-                .find(|c| c.name == name)
-                .and_then(|c| c.connector_id);
+            if id.is_none() {
+                let script = format!(
+                    "docker logs {} 2>&1 | sed -n 's/.*Generated Connector ID: *\\([0-9a-fA-F-]*\\).*/\\1/p' | tail -n 1",
+                    remote::quote(&name)
+                );
+                let out = run(&session, &script, b"").await?;
+                let v = out.stdout_text().trim().to_string();
+                if !v.is_empty() {
+                    id = Some(v);
+                }
+            }
             if let Some(id) = &id {
                 let probes = health::connectors(&session).await;
                 if let Some(c) = probes

@@ -12,8 +12,8 @@ pub fn check_script(deploy_dir: &str) -> String {
 dir={dir}
 echo "os=$(. /etc/os-release 2>/dev/null; echo "${{PRETTY_NAME:-$(uname -s)}}")"
 echo "kernel=$(uname -sr)"
-if docker compose version >/dev/null 2>&1; then
-  echo "compose=v2 $(docker compose version --short 2>/dev/null)"
+if v=$(docker compose version --short 2>/dev/null); then
+  echo "compose=v2 $v"
 elif command -v docker-compose >/dev/null 2>&1; then
   echo "compose=v1 $(docker-compose version --short 2>/dev/null)"
 else

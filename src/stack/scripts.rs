@@ -71,20 +71,15 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
         s,
         "if [ -r {env} ]; then echo \"env_token_fp=$(cat {env} | {TOKEN_FP})\"; else echo env_token_fp=-; fi"
     );
-    // Container states and the token the running connector was created with, through the
-    // docker CLI (the same for Compose v1 and v2: both label their containers). The token is
-    // hashed on the host; only its fingerprint comes back.
+    // Container states (one `docker ps`, the same for Compose v1 and v2: both label their
+    // containers), and the token the running connector was created with, hashed on the host:
+    // only its fingerprint comes back.
     let _ = writeln!(
         s,
-        "for tf_s in {PROXY_SERVICE} {CONNECTOR_SERVICE}; do \
-         docker ps -a --filter label=com.docker.compose.project={project} \
-         --filter label=com.docker.compose.service=$tf_s --format '{{{{.State}}}} {{{{.Names}}}}' 2>/dev/null \
-         | while read -r tf_st tf_n; do echo \"svc=$tf_s $tf_st $tf_n\"; done; done"
-    );
-    let _ = writeln!(
-        s,
-        "tf_n=$(docker ps --filter label=com.docker.compose.project={project} \
-         --filter label=com.docker.compose.service={CONNECTOR_SERVICE} --format '{{{{.Names}}}}' 2>/dev/null | head -n 1)\n\
+        "tf_ps=$(docker ps -a --filter label=com.docker.compose.project={project} \
+         --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
+         printf '%s\\n' \"$tf_ps\" | sed -n 's/^./ctr=&/p'\n\
+         tf_n=$(printf '%s\\n' \"$tf_ps\" | grep ' running ' | grep 'com.docker.compose.service={CONNECTOR_SERVICE}' | head -n 1 | cut -d' ' -f1)\n\
          if [ -n \"$tf_n\" ]; then echo \"connector_token_fp=$(docker inspect \"$tf_n\" 2>/dev/null \
          | grep -o '\"TUNNEL_TOKEN=[^\"]*\"' | head -n 1 | sed 's/^\"TUNNEL_TOKEN=//; s/\"$//' | tr -d '\\n' \
          | sha256sum | cut -c1-12)\"; fi"
@@ -169,15 +164,21 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
             "connector_token_fp" if v.len() == 12 && v != EMPTY_FP => {
                 p.facts.connector_token_fingerprint = Some(v.to_string())
             }
-            "svc" => {
-                let mut it = v.split_whitespace();
-                if let (Some(svc), Some(st), Some(name)) = (it.next(), it.next(), it.next()) {
-                    // Keep the running one when several containers serve a service.
-                    let state = state_of(st);
-                    let keep = !matches!(p.containers.get(svc), Some((_, ContainerState::Running)));
-                    if keep {
-                        p.containers
-                            .insert(svc.to_string(), (name.to_string(), state));
+            "ctr" => {
+                let mut it = v.splitn(3, ' ');
+                if let (Some(name), Some(st), Some(labels)) = (it.next(), it.next(), it.next()) {
+                    let svc = labels
+                        .split(',')
+                        .find_map(|l| l.strip_prefix("com.docker.compose.service="));
+                    if let Some(svc) = svc {
+                        // Keep the running one when several containers serve a service.
+                        let state = state_of(st);
+                        let keep =
+                            !matches!(p.containers.get(svc), Some((_, ContainerState::Running)));
+                        if keep {
+                            p.containers
+                                .insert(svc.to_string(), (name.to_string(), state));
+                        }
                     }
                 }
             }
