@@ -22,29 +22,50 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// CPU time (user + system) used so far by this process's finished children: the
+/// tunnelfleet runs, not the testbed hosts (their sshd and stand-ins are not our children).
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills a zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn time_check(hosts: usize, latency_ms: u32, runs: usize) -> Duration {
+fn time_check(hosts: usize, latency_ms: u32, runs: usize) -> (Duration, Duration) {
     let lat = latency_ms.to_string();
     let tb = common::Testbed::up(hosts, &["--latency-ms", &lat]);
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     for _ in 0..runs {
+        let c = children_cpu();
         let t = Instant::now();
         let out = tb.tf("check", &["--json"]);
         times.push(t.elapsed());
+        cpu.push(children_cpu().saturating_sub(c));
         assert!(out.status.success(), "{}", common::describe(&out));
     }
-    median(times)
+    (median(times), median(cpu))
 }
 
 fn bench_check() {
-    let one = time_check(1, 20, 3);
-    let fifty = time_check(50, 20, 3);
-    println!("check, 20 ms one-way latency, median of 3 runs:");
-    println!("  1 host:   {:>8.1} ms", ms(one));
-    println!("  50 hosts: {:>8.1} ms", ms(fifty));
+    let (one, one_cpu) = time_check(1, 20, 3);
+    let (fifty, fifty_cpu) = time_check(50, 20, 3);
+    println!("check, 20 ms one-way latency, median of 3 runs (controller CPU in brackets):");
+    println!(
+        "  1 host:   {:>8.1} ms [{:.0} ms CPU]",
+        ms(one),
+        ms(one_cpu)
+    );
+    println!(
+        "  50 hosts: {:>8.1} ms [{:.0} ms CPU]",
+        ms(fifty),
+        ms(fifty_cpu)
+    );
     println!("  ratio 50/1: {:.2} (goal: <= 2.0)", ms(fifty) / ms(one));
 }
 
@@ -69,12 +90,15 @@ fn bench_deploy() {
     let first = t.elapsed();
     assert!(out.status.success(), "{}", common::describe(&out));
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let mut per_host = 0.0;
     for _ in 0..3 {
         let before = tb.recorded_commands().lines().count();
+        let c = children_cpu();
         let t = Instant::now();
         let out = tb.tf("deploy", &args);
         times.push(t.elapsed());
+        cpu.push(children_cpu().saturating_sub(c));
         assert!(out.status.success(), "{}", common::describe(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         assert_eq!(v["summary"]["changed"], 0, "not a no-op");
@@ -83,7 +107,11 @@ fn bench_deploy() {
     }
     println!("deploy on 50 hosts, 20 ms one-way latency:");
     println!("  first deploy:           {:>8.1} ms", ms(first));
-    println!("  no-op deploy (median 3): {:>8.1} ms", ms(median(times)));
+    println!(
+        "  no-op deploy (median 3): {:>8.1} ms [{:.0} ms controller CPU]",
+        ms(median(times)),
+        ms(median(cpu))
+    );
     println!("  remote commands per host in a no-op deploy: {per_host:.1} (goal: 1)");
 }
 
@@ -98,7 +126,7 @@ fn time_connect_exec(hosts: usize, runs: usize) -> Duration {
         accept_new: false,
         connect_timeout: Duration::from_secs(30),
         command_timeout: Duration::from_secs(30),
-        max_starts: 10,
+        max_starts: 32,
         ssh_config: "none".into(),
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -146,39 +174,43 @@ fn deployed(hosts: usize) -> (common::Testbed, String) {
     (tb, state)
 }
 
-fn rotate_once(hosts: usize) -> (f64, f64, u64) {
+fn rotate_once(hosts: usize) -> (f64, f64, u64, f64) {
     let (tb, state) = deployed(hosts);
     let out = tb.testbed(&["edge-rotate"]);
     assert!(out.status.success(), "{}", common::describe(&out));
     let next = tb.path().join("token.next").to_string_lossy().into_owned();
+    let c = children_cpu();
     let t = Instant::now();
     let out = tb.tf(
         "rotate-token",
         &["--state-dir", &state, "--token-file", &next, "--json"],
     );
     let wall = t.elapsed();
+    let cpu = children_cpu().saturating_sub(c);
     assert!(out.status.success(), "{}", common::describe(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let window = v["exposure_window_ms"].as_u64().unwrap_or(0) as f64;
     let fewest = v["fewest_ready_hosts"].as_u64().unwrap_or(0);
-    (window, ms(wall), fewest)
+    (window, ms(wall), fewest, ms(cpu))
 }
 
 fn bench_rotate() {
     let mut rows = Vec::new();
     for hosts in [10usize, 50] {
-        let runs: Vec<(f64, f64, u64)> = (0..3).map(|_| rotate_once(hosts)).collect();
+        let runs: Vec<(f64, f64, u64, f64)> = (0..3).map(|_| rotate_once(hosts)).collect();
         let mut w: Vec<f64> = runs.iter().map(|r| r.0).collect();
         w.sort_by(f64::total_cmp);
         let mut t: Vec<f64> = runs.iter().map(|r| r.1).collect();
         t.sort_by(f64::total_cmp);
         let fewest = runs.iter().map(|r| r.2).min().unwrap_or(0);
-        rows.push((hosts, w[1], t[1], fewest));
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.3).collect();
+        cpu.sort_by(f64::total_cmp);
+        rows.push((hosts, w[1], t[1], fewest, cpu[1]));
     }
     println!("rotate-token, 20 ms one-way latency, median of 3 runs:");
-    for (h, w, t, f) in &rows {
+    for (h, w, t, f, c) in &rows {
         println!(
-            "  {h:>2} hosts: exposure window {w:>7.0} ms, wall {t:>7.0} ms, fewest ready hosts {f}/{h}"
+            "  {h:>2} hosts: exposure window {w:>7.0} ms, wall {t:>7.0} ms, fewest ready hosts {f}/{h}, controller CPU {c:.0} ms"
         );
     }
     if let [(_, w10, ..), (_, w50, ..)] = rows.as_slice() {

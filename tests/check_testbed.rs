@@ -263,3 +263,125 @@ fn bad_inventory_and_limit_fail_before_touching_hosts() {
     );
     assert_eq!(tb.recorded_commands(), "", "a host was touched");
 }
+
+#[test]
+fn agent_first_and_a_passphrase_key_fails_clearly_without_a_terminal() {
+    let tb = Testbed::up(2, &[]);
+    // A passphrase-protected key, authorized on the hosts (their homes live in the testbed dir).
+    let key = tb.path().join("id_locked");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "secret-pass", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "{}", describe(&out));
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    for h in tb.host_names() {
+        let ak = tb
+            .path()
+            .join(format!("hosts/{h}/home/.ssh/authorized_keys"));
+        let mut text = std::fs::read_to_string(&ak).expect("authorized_keys");
+        text.push_str(&pubkey);
+        std::fs::write(&ak, text).expect("write authorized_keys");
+    }
+    let inv = std::fs::read_to_string(tb.inventory()).expect("inventory");
+    let locked = inv.replace(
+        &tb.path().join("id_ed25519").to_string_lossy().to_string(),
+        &key.to_string_lossy(),
+    );
+    let inv_locked = tb.path().join("locked.yaml");
+    std::fs::write(&inv_locked, locked).expect("write");
+    // No agent, no terminal: a clear error naming the key and the ssh-add remedy.
+    let out = tb.tf_with("check", &inv_locked, &tb.known_hosts(), &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    for h in json(&out)["hosts"].as_array().expect("hosts") {
+        let e = h["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("passphrase-protected") && e.contains("ssh-add"),
+            "{e}"
+        );
+    }
+    // With the key in ssh-agent, the agent is used.
+    let agent = Command::new("ssh-agent")
+        .arg("-s")
+        .output()
+        .expect("ssh-agent");
+    let env = String::from_utf8_lossy(&agent.stdout).into_owned();
+    let var = |name: &str| {
+        env.split(';')
+            .find_map(|p| p.trim().strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+            .expect("agent variable")
+    };
+    let (sock, pid) = (var("SSH_AUTH_SOCK"), var("SSH_AGENT_PID"));
+    let added = Command::new("ssh-add")
+        .arg(tb.path().join("id_ed25519"))
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add");
+    assert!(added.status.success(), "{}", describe(&added));
+    let out = Command::new(common::tunnelfleet_bin())
+        .args(["check", "--json", "--ssh-config", "none", "-i"])
+        .arg(&inv_locked)
+        .arg("--known-hosts")
+        .arg(tb.known_hosts())
+        .env("SSH_AUTH_SOCK", &sock)
+        .env("HOME", tb.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("tunnelfleet");
+    let _ = Command::new("kill").arg(&pid).output();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for h in json(&out)["hosts"].as_array().expect("hosts") {
+        assert!(
+            h["auth"].as_str().unwrap_or_default().starts_with("agent"),
+            "{h}"
+        );
+    }
+}
+
+#[test]
+fn proxy_jump_from_ssh_config() {
+    let tb = Testbed::up(2, &["--bastion"]);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tb.path().join("state.json")).expect("state"),
+    )
+    .expect("state json");
+    let bastion = state["hosts"]["bastion"]["addr"]
+        .as_str()
+        .expect("bastion addr")
+        .to_string();
+    let text = std::fs::read_to_string(tb.inventory()).expect("read inventory");
+    let stripped: String = text
+        .lines()
+        .filter(|l| !l.contains("proxy_jump"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let inv = tb.path().join("no-jump.yaml");
+    std::fs::write(&inv, stripped).expect("write");
+    let cfg = tb.path().join("my_ssh_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host 10.214.*\n  ProxyJump root@{bastion}\n  IdentityFile {}\n",
+            tb.path().join("id_ed25519").display()
+        ),
+    )
+    .expect("write ssh_config");
+    let out = Command::new(common::tunnelfleet_bin())
+        .args(["check", "--json", "--limit", "fleet", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(tb.known_hosts())
+        .arg("--ssh-config")
+        .arg(&cfg)
+        .env_remove("SSH_AUTH_SOCK")
+        .env("HOME", tb.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("tunnelfleet");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for h in json(&out)["hosts"].as_array().expect("hosts") {
+        assert_eq!(h["via"].as_array().map(Vec::len), Some(1), "{h}");
+    }
+}

@@ -31,8 +31,10 @@ pub struct ConnArgs {
     /// Deadline for one remote command.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub command_timeout: Duration,
-    /// At most this many SSH connection starts at once (sshd's MaxStartups defaults to 10).
-    #[arg(long, default_value_t = 10)]
+    /// At most this many SSH connection starts at once. sshd's MaxStartups (10:30:100) counts
+    /// per server, and hosts behind a jump host share one connection to it, so this bounds
+    /// the controller's own burst; lower it for a fleet behind a stateful firewall.
+    #[arg(long, default_value_t = 32)]
     pub max_starts: usize,
     /// ssh_config file for ProxyJump, IdentityFile, User and Port defaults ("none" to ignore).
     #[arg(long, default_value = "~/.ssh/config")]

@@ -154,7 +154,7 @@ impl Default for SshOptions {
             accept_new: false,
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(120),
-            max_starts: 10,
+            max_starts: 32,
             keepalive: Duration::from_secs(15),
         }
     }
