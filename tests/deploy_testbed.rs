@@ -3,14 +3,8 @@
 
 mod common;
 
-use common::{Testbed, describe, json};
+use common::{Testbed, describe, fp, json};
 use serde_json::Value;
-
-/// The first 12 hex of sha256, as the edge and tunnelfleet print token fingerprints.
-fn fp(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.trim_end().as_bytes()))[..12].to_string()
-}
 
 struct Fleet {
     tb: Testbed,

@@ -7,13 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Testbed, describe, json};
+use common::{Testbed, describe, fp, json};
 use serde_json::Value;
-
-fn fp(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.trim_end().as_bytes()))[..12].to_string()
-}
 
 struct Fleet {
     tb: Testbed,

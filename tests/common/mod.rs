@@ -137,3 +137,10 @@ pub fn json(out: &Output) -> serde_json::Value {
 pub fn describe(out: &Output) -> String {
     show(out)
 }
+
+/// The first 12 hex of sha256 of a token (trailing newline ignored), as the edge and
+/// tunnelfleet print token fingerprints.
+pub fn fp(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.trim_end().as_bytes()))[..12].to_string()
+}
