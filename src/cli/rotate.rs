@@ -407,6 +407,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         if let Some(i) = with_token.iter().find(|i| i.host.name == c.name()) {
             c.input.env = i.env.clone();
             c.input.token_fp = i.token_fp.clone();
+            c.input.token = i.token.clone();
         }
         c.rotation.t0 = Some(t0);
     }

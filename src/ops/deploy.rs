@@ -142,6 +142,9 @@ pub struct HostInput {
     pub env: Option<EnvFile>,
     /// Token fingerprint, when a token was given.
     pub token_fp: Option<String>,
+    /// The token itself, only to redact it from any message as a last resort (it is sent
+    /// only inside `env`, on stdin).
+    pub token: Option<Secret>,
     /// Certificates: (file, content, sha256).
     pub certs: Vec<(CertFile, Vec<u8>, String)>,
     /// Serial of the server certificate.
@@ -188,6 +191,7 @@ pub fn host_inputs(
             layout: Layout::new(&settings.deploy_dir),
             release: stack::render_release(&settings),
             token_fp: t.token.as_ref().map(Secret::fingerprint),
+            token: t.token.clone(),
             host,
             settings,
             env,
@@ -318,6 +322,15 @@ impl StackHost {
             gate_ms: None,
             rotation: Default::default(),
             certs_only: false,
+        }
+    }
+
+    /// `text` with the token (if any) replaced by its fingerprint: a last-resort guard for
+    /// messages that carry a host's stderr.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.input.token {
+            Some(t) => crate::secrets::redact(text, &[t]),
+            None => text.to_string(),
         }
     }
 
@@ -492,10 +505,10 @@ impl Step<StackHost> for ApplyStep {
                 )));
             }
             Some(CHANGED_EXIT) => {
-                return Err(StepFailure::new(out.stderr_text()).with_hint("rerun"));
+                return Err(StepFailure::new(h.redact(&out.stderr_text())).with_hint("rerun"));
             }
             _ => {
-                return Err(StepFailure::new(last_line(&out.stderr_text())).with_hint(
+                return Err(StepFailure::new(h.redact(&last_line(&out.stderr_text()))).with_hint(
                     "files are replaced only once all are complete, so nothing was \
                      half-written; fix the cause and rerun",
                 ));

@@ -259,7 +259,7 @@ impl Step<StackHost> for StartConnectorStep {
         if !out.success() {
             return Err(StepFailure::new(format!(
                 "start a second connector: {}",
-                out.stderr_text()
+                h.redact(&out.stderr_text())
             ))
             .with_hint("the old connector still runs; if this host cannot run two connectors, use --in-place"));
         }
