@@ -508,10 +508,12 @@ impl Step<StackHost> for ApplyStep {
                 return Err(StepFailure::new(h.redact(&out.stderr_text())).with_hint("rerun"));
             }
             _ => {
-                return Err(StepFailure::new(h.redact(&last_line(&out.stderr_text()))).with_hint(
-                    "files are replaced only once all are complete, so nothing was \
+                return Err(
+                    StepFailure::new(h.redact(&last_line(&out.stderr_text()))).with_hint(
+                        "files are replaced only once all are complete, so nothing was \
                      half-written; fix the cause and rerun",
-                ));
+                    ),
+                );
             }
         }
         h.restarted = !plan.actions.is_empty();
