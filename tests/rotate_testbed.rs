@@ -506,3 +506,79 @@ fn rotation_with_the_token_from_the_tunnels_api() {
     assert!(!text.contains(credential.trim()) && !text.contains(new.trim()));
     assert!(!f.tb.recorded_commands().contains(new.trim()));
 }
+
+#[test]
+fn guided_rotation_asks_for_the_token_after_preflight_on_a_terminal() {
+    use std::io::{Read, Write};
+    let f = Fleet::deployed(2);
+    let name = f.rotate_at_edge();
+    let new = f.token(&name);
+    // Run under a pseudo-terminal (util-linux `script`), with no token source given.
+    let inner = format!(
+        "{} rotate-token -i {} --known-hosts {} --ssh-config none --state-dir {}",
+        common::tunnelfleet_bin().display(),
+        f.tb.inventory().display(),
+        f.tb.known_hosts().display(),
+        f.state
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &inner, "/dev/null"])
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("TUNNEL_TOKEN")
+        .env("HOME", f.tb.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&seen).contains("New tunnel token") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no prompt: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        if let Ok(chunk) = rx.recv_timeout(left) {
+            seen.extend(chunk);
+        }
+    }
+    // Preflight ran first: every host is locked before the operator is asked.
+    for h in f.tb.host_names() {
+        let lock = f.tb.host_exec(
+            &h,
+            "ls /srv/mcp-tunnel/.tunnelfleet/lock/ 2>/dev/null; true",
+        );
+        assert!(lock.contains("holder.json"), "{h} not locked at the prompt");
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{}\r", new.trim()).as_bytes())
+        .expect("type the token");
+    let status = child.wait().expect("wait");
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.extend(chunk);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(status.success(), "{text}");
+    assert!(!text.contains(new.trim()), "the pasted token was echoed");
+    let cur = f.current();
+    for h in f.tb.host_names() {
+        assert_eq!(
+            cur.get(&h),
+            Some(&BTreeSet::from([fp(&new)])),
+            "{h}: {cur:?}"
+        );
+    }
+}
