@@ -391,3 +391,54 @@ fn config_change_restarts_the_proxy_and_a_cert_change_restarts_nothing() {
     let after: Vec<String> = f.tb.host_names().iter().map(|h| proxy_id(h)).collect();
     assert_eq!(ids, after, "a proxy restarted for a certificate");
 }
+
+#[test]
+fn a_host_with_only_docker_compose_v1_is_deployed_with_it() {
+    let f = Fleet::up(2);
+    // On h2 only (its own mount namespace), `docker compose` is not there: as on a host with
+    // the docker CLI and the old docker-compose 1.x, but no Compose v2 plugin.
+    let dir = f.tb.path().display().to_string();
+    let wrapper = f.tb.path().join("docker-without-compose");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = compose ]; then echo \"docker: 'compose' is not a docker command.\" >&2; exit 1; fi\nexec /usr/bin/python3 {dir}/lib/standin_docker.py docker \"$@\"\n"
+        ),
+    )
+    .expect("write wrapper");
+    let mut perm = std::fs::metadata(&wrapper).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&wrapper, perm).expect("chmod");
+    f.tb.host_exec(
+        "h2",
+        &format!("mount --bind {} {dir}/bin/docker", wrapper.display()),
+    );
+    assert!(
+        f.tb.host_exec("h2", "docker compose version 2>&1 || true")
+            .contains("not a docker command")
+    );
+
+    let out = f.tb.tf("check", &["--json"]);
+    let doc = json(&out);
+    let kinds: Vec<&str> = doc["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["compose"]["kind"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kinds, ["v2", "v1"], "{doc}");
+
+    let token = f.token("token");
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let cur = f.edge_current();
+    for h in f.tb.host_names() {
+        assert!(cur.contains(&(h.clone(), fp(&token))), "{h}: {cur:?}");
+    }
+    // h2's stack was started by docker-compose (v1 names its containers project_service_N).
+    let names = f.tb.host_exec("h2", "docker ps --format '{{.Names}}'");
+    assert!(names.contains("mcp-tunnel_cloudflared_1"), "{names}");
+    // And a second deploy is a no-op there too.
+    let out = f.deploy_token("token", &[]);
+    assert_eq!(json(&out)["summary"]["changed"], 0, "{}", describe(&out));
+}
