@@ -23,7 +23,6 @@ enum Mode {
 /// Reports progress for a set of hosts.
 pub struct Progress {
     mode: Mutex<Mode>,
-    total: usize,
 }
 
 impl Progress {
@@ -68,7 +67,6 @@ impl Progress {
         };
         Progress {
             mode: Mutex::new(mode),
-            total: hosts.len(),
         }
     }
 
@@ -120,7 +118,6 @@ impl Progress {
             }
             Mode::Summary { bar } => bar.finish_and_clear(),
         }
-        let _ = self.total;
     }
 }
 
