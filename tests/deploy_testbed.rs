@@ -243,10 +243,23 @@ fn a_down_host_fails_alone_and_the_next_deploy_completes_it() {
     assert!(!cur.iter().any(|(h, _)| h == "h2"));
     assert_eq!(cur.len(), 4, "{cur:?}");
     f.tb.fault("h2", "resume");
+    let others = ["h1", "h3", "h4", "h5"];
+    let before: Vec<usize> = others
+        .iter()
+        .map(|h| f.tb.host_commands(h).lines().count())
+        .collect();
     let out = f.deploy_token("token", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let doc = json(&out);
     assert_eq!(doc["summary"]["changed"], 1, "only h2 changes: {doc}");
+    // On the hosts that were done, the second deploy only read facts: one command each.
+    let after: Vec<usize> = others
+        .iter()
+        .map(|h| f.tb.host_commands(h).lines().count())
+        .collect();
+    for ((h, b), a) in others.iter().zip(&before).zip(&after) {
+        assert_eq!(a - b, 1, "{h} got more than the facts command");
+    }
     assert!(f.edge_current().iter().any(|(h, _)| h == "h2"));
 }
 

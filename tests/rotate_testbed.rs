@@ -288,10 +288,7 @@ fn a_down_host_is_pending_and_resume_completes_only_it() {
     f.tb.fault("h3", "heal");
     let logs_before: Vec<String> = ["h1", "h2", "h4"]
         .iter()
-        .map(|h| {
-            std::fs::read_to_string(f.tb.path().join(format!("hosts/{h}/commands.log")))
-                .unwrap_or_default()
-        })
+        .map(|h| f.tb.host_commands(h))
         .collect();
     let out = f.tf(
         "rotate-token",
@@ -300,10 +297,7 @@ fn a_down_host_is_pending_and_resume_completes_only_it() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let logs_after: Vec<String> = ["h1", "h2", "h4"]
         .iter()
-        .map(|h| {
-            std::fs::read_to_string(f.tb.path().join(format!("hosts/{h}/commands.log")))
-                .unwrap_or_default()
-        })
+        .map(|h| f.tb.host_commands(h))
         .collect();
     assert_eq!(
         logs_before, logs_after,

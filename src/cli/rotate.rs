@@ -196,8 +196,8 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         None => None,
     };
     let (_inv, hosts) = args.conn.select().await?;
-    // Inputs without a token (the .env is rendered once the token is known).
-    let (tunnels, _) = load_inputs(hosts.clone(), None, &args.state.state_dir, false).await?;
+    // Inputs without a token yet: each host's .env is rendered once the token is in hand.
+    let (tunnels, mut inputs) = load_inputs(hosts, None, &args.state.state_dir, false).await?;
     if tunnels.len() != 1 {
         let names: Vec<&String> = tunnels.keys().collect();
         return Err(CliError::input(format!(
@@ -211,8 +211,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     let _controller_lock = controller_lock(&state_dir, &tunnel, args.lock_wait).await?;
 
     // Resume: the unfinished operation, its token fingerprint, and only its pending hosts.
-    let mut hosts = hosts;
-    let (op_id, resume_fp) = if args.resume {
+    let (op_id, resume_fp, all_hosts) = if args.resume {
         let text = std::fs::read_to_string(&op_path).map_err(|_| {
             CliError::input(format!(
                 "no rotation to resume for tunnel '{tunnel}' (no {})",
@@ -229,8 +228,8 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             .filter(|h| !log.is_done(&rec.op_id, h, "retire", "stop_old"))
             .cloned()
             .collect();
-        hosts.retain(|h| pending.contains(&h.name));
-        if hosts.is_empty() {
+        inputs.retain(|i| pending.contains(&i.host.name));
+        if inputs.is_empty() {
             println!(
                 "rotation {} is complete: every host is on token {}",
                 rec.op_id,
@@ -239,9 +238,10 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             let _ = std::fs::remove_file(&op_path);
             return Ok(EXIT_OK);
         }
-        (rec.op_id, rec.new_token_fp)
+        (rec.op_id, rec.new_token_fp, rec.hosts)
     } else {
-        (new_op_id(), None)
+        let names = inputs.iter().map(|i| i.host.name.clone()).collect();
+        (new_op_id(), None, names)
     };
     if let (Some(fp), Some(t)) = (&resume_fp, &early)
         && &t.fingerprint() != fp
@@ -254,15 +254,6 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
 
     // Record the operation before any host is touched (locks included), so that a run
     // killed at any point can be resumed: the resumed run recognises its own locks by op id.
-    let all_hosts: Vec<String> = if args.resume {
-        std::fs::read_to_string(&op_path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<OpRecord>(&t).ok())
-            .map(|r| r.hosts)
-            .unwrap_or_default()
-    } else {
-        hosts.iter().map(|h| h.name.clone()).collect()
-    };
     let mut rec = OpRecord {
         op_id: op_id.clone(),
         tunnel: tunnel.clone(),
@@ -336,8 +327,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         .filter(|p| p.name != "preflight")
         .collect();
 
-    // Contexts without a token yet (the inputs are rebuilt with it after preflight).
-    let (_, inputs) = load_inputs(hosts.clone(), None, &args.state.state_dir, false).await?;
+    // Contexts without a token yet (it is set on each after preflight).
     let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
     let progress = Progress::new("rotate", &names);
     let ctxs: Vec<StackHost> = inputs
@@ -394,21 +384,9 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     let new_fp = token.fingerprint();
 
     // Give every context the new token's .env (rendered per host).
-    let token_source = TempToken(token);
-    let (_, with_token) = load_inputs(
-        hosts.clone(),
-        Some(token_source.source()),
-        &args.state.state_dir,
-        false,
-    )
-    .await?;
     let mut ctxs = pre.contexts;
     for c in &mut ctxs {
-        if let Some(i) = with_token.iter().find(|i| i.host.name == c.name()) {
-            c.input.env = i.env.clone();
-            c.input.token_fp = i.token_fp.clone();
-            c.input.token = i.token.clone();
-        }
+        c.input.set_token(&token).map_err(CliError::input)?;
         c.rotation.t0 = Some(t0);
     }
 
@@ -646,14 +624,5 @@ async fn controller_lock(
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A token already loaded, handed to the input loader as a source.
-struct TempToken(Secret);
-
-impl TempToken {
-    fn source(&self) -> TokenSource {
-        TokenSource::Value(self.0.clone())
     }
 }

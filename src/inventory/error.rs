@@ -43,9 +43,11 @@ pub enum InventoryError {
     Many(Vec<InventoryError>),
 }
 
-struct ManyDisplay<'a>(&'a [InventoryError]);
+/// Displays several errors, one per line (shared by the inventory's and the playbooks'
+/// located errors).
+pub(crate) struct ManyDisplay<'a, E>(pub(crate) &'a [E]);
 
-impl fmt::Display for ManyDisplay<'_> {
+impl<E: fmt::Display> fmt::Display for ManyDisplay<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, e) in self.0.iter().enumerate() {
             if i > 0 {

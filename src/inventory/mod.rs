@@ -13,7 +13,7 @@
 
 mod build;
 mod connection;
-mod error;
+pub(crate) mod error;
 mod limit;
 mod list;
 /// The located YAML reader, shared with the playbook loader (`crate::playbook`) so its

@@ -151,6 +151,18 @@ pub struct HostInput {
     pub cert_serial: Option<String>,
 }
 
+impl HostInput {
+    /// Sets the token this host gets: its `.env` rendered with it, and its fingerprint.
+    pub fn set_token(&mut self, token: &Secret) -> Result<(), String> {
+        let env = stack::render_env(&self.settings, token.expose())
+            .map_err(|e| format!("{}: {e}", self.host.name))?;
+        self.env = Some(env);
+        self.token_fp = Some(token.fingerprint());
+        self.token = Some(token.clone());
+        Ok(())
+    }
+}
+
 /// Builds each host's input from its settings and its tunnel's input.
 pub fn host_inputs(
     hosts: Vec<(FleetHost, StackSettings)>,
@@ -164,13 +176,6 @@ pub fn host_inputs(
                 host.name, settings.tunnel_name
             )
         })?;
-        let env = match &t.token {
-            Some(tok) => Some(
-                stack::render_env(&settings, tok.expose())
-                    .map_err(|e| format!("{}: {e}", host.name))?,
-            ),
-            None => None,
-        };
         let mut certs = Vec::new();
         let mut cert_serial = None;
         if let Some((server, ca_pem)) = &t.certs {
@@ -187,17 +192,21 @@ pub fn host_inputs(
             }
             cert_serial = cert_info(&server.cert_pem).ok().map(|i| i.serial);
         }
-        out.push(HostInput {
+        let mut input = HostInput {
             layout: Layout::new(&settings.deploy_dir),
             release: stack::render_release(&settings),
-            token_fp: t.token.as_ref().map(Secret::fingerprint),
-            token: t.token.clone(),
+            token_fp: None,
+            token: None,
             host,
             settings,
-            env,
+            env: None,
             certs,
             cert_serial,
-        });
+        };
+        if let Some(tok) = &t.token {
+            input.set_token(tok)?;
+        }
+        out.push(input);
     }
     Ok(out)
 }

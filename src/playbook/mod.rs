@@ -173,20 +173,6 @@ pub enum PlaybookError {
         message: String,
     },
     /// Several problems, in file order, one per line.
-    #[error("{}", ManyDisplay(.0))]
+    #[error("{}", crate::inventory::error::ManyDisplay(.0))]
     Many(Vec<PlaybookError>),
-}
-
-struct ManyDisplay<'a>(&'a [PlaybookError]);
-
-impl fmt::Display for ManyDisplay<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
 }

@@ -37,8 +37,6 @@ pub enum TokenSource {
     /// A command run on the controller with `sh -c`; its stdout is the token. It gets no stdin
     /// and is killed after [`COMMAND_TIMEOUT`].
     Command(String),
-    /// A token already loaded (e.g. from the Tunnels API or a prompt).
-    Value(Secret),
 }
 
 impl fmt::Display for TokenSource {
@@ -49,7 +47,6 @@ impl fmt::Display for TokenSource {
             TokenSource::Stdin => write!(f, "stdin"),
             TokenSource::File(p) => write!(f, "file {}", p.display()),
             TokenSource::Env(v) => write!(f, "environment variable {v}"),
-            TokenSource::Value(_) => write!(f, "a value already loaded"),
             TokenSource::Command(c) => {
                 let first = c.split_whitespace().next().unwrap_or("");
                 if c.split_whitespace().nth(1).is_some() {
@@ -208,13 +205,6 @@ impl TokenSource {
                 let bytes = run_command(&origin, cmd, COMMAND_TIMEOUT).await?;
                 finish(&origin, bytes, true)
             }
-            TokenSource::Value(s) => {
-                validate_tunnel_token(s.expose()).map_err(|err| SecretError::Invalid {
-                    origin: origin.clone(),
-                    err,
-                })?;
-                Ok(s.clone())
-            }
         }
     }
 
@@ -233,7 +223,6 @@ impl TokenSource {
                 Some(v) => Zeroizing::new(v.into_encoded_bytes()),
             },
             TokenSource::Command(cmd) => run_command(&origin, cmd, COMMAND_TIMEOUT).await?,
-            TokenSource::Value(s) => return Ok(s.clone()),
         };
         let text = std::str::from_utf8(&bytes).map_err(|_| SecretError::NotUtf8 {
             origin: origin.clone(),

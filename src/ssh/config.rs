@@ -36,11 +36,6 @@ pub fn expand_tilde(p: &str) -> PathBuf {
     }
 }
 
-/// The default ssh_config path (`~/.ssh/config`).
-pub fn default_path() -> PathBuf {
-    home().join(".ssh/config")
-}
-
 fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -230,18 +230,19 @@ impl Client {
             }
             Verdict::Unknown if self.accept_new => {
                 let (p, h, port, k) = (path.clone(), self.host.clone(), self.port, key.clone());
-                let learned =
-                    tokio::task::spawn_blocking(move || known_hosts::learn(&p, &h, port, &k)).await;
+                // File I/O off the async runtime: learn, then re-read what is now recorded.
+                let learned = tokio::task::spawn_blocking(move || {
+                    known_hosts::learn(&p, &h, port, &k).map(|v| (v, KnownHosts::load(&p).ok()))
+                })
+                .await;
                 match learned {
-                    Ok(Ok(Verdict::Known | Verdict::Unknown)) => {
-                        if let (Ok(fresh), Ok(mut kh)) =
-                            (KnownHosts::load(&path), self.known.lock())
-                        {
+                    Ok(Ok((Verdict::Known | Verdict::Unknown, fresh))) => {
+                        if let (Some(fresh), Ok(mut kh)) = (fresh, self.known.lock()) {
                             *kh = fresh;
                         }
                         KeyOutcome::Accepted { fingerprint }
                     }
-                    Ok(Ok(_)) => KeyOutcome::Refused(SshError::new(
+                    Ok(Ok((_, _))) => KeyOutcome::Refused(SshError::new(
                         ErrorKind::HostKey,
                         format!(
                             "host key of {name} changed while learning it ({fingerprint}): \

@@ -100,6 +100,12 @@ impl Testbed {
         std::fs::read_to_string(self.path().join("commands.log")).unwrap_or_default()
     }
 
+    /// The command lines recorded on one host.
+    pub fn host_commands(&self, host: &str) -> String {
+        std::fs::read_to_string(self.path().join(format!("hosts/{host}/commands.log")))
+            .unwrap_or_default()
+    }
+
     /// Runs tunnelfleet VERB with the testbed's inventory and known_hosts, then `args`.
     pub fn tf(&self, verb: &str, args: &[&str]) -> Output {
         self.tf_with(verb, &self.inventory(), &self.known_hosts(), args)
