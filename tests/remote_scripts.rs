@@ -499,3 +499,115 @@ fn audit_line_reports_unwritable_log() {
         );
     }
 }
+
+/// A fake `docker` for the setup scripts: records its arguments and whether the identity
+/// token reached it through the environment, then plays the setup component (writes
+/// data/tunnel-token) or fails when FAKE_FAIL is set.
+fn fake_docker(bin: &Path, log: &Path, data: &Path) {
+    std::fs::create_dir_all(bin).expect("bin dir");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{log}'\n\
+         printf 'env=%s\\n' \"${{ANTHROPIC_IDENTITY_TOKEN:-unset}}\" >> '{log}.env'\n\
+         if [ -n \"${{FAKE_FAIL:-}}\" ]; then echo 'setup: token version unchanged' >&2; exit 1; fi\n\
+         for a in \"$@\"; do case $a in --token-version=*) v=${{a#--token-version=}};; esac; done\n\
+         printf 'eyJ-token-v%s' \"$v\" > '{data}/tunnel-token'\n",
+        log = log.display(),
+        data = data.display()
+    );
+    let path = bin.join("docker");
+    std::fs::write(&path, script).expect("write fake docker");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[test]
+fn setup_token_script_bumps_the_version_and_keeps_the_identity_token_off_argv() {
+    use tunnelfleet::stack::scripts::{
+        SETUP_FAILED_EXIT, parse_setup_token, setup_read_token_script, setup_token_script,
+        setup_version_file,
+    };
+    use tunnelfleet::stack::{ComposeCli, Layout};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let deploy = tmp.path().join("stack");
+    let data = deploy.join("shared/data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let bin = tmp.path().join("bin");
+    let log = tmp.path().join("docker.log");
+    fake_docker(&bin, &log, &data);
+    let layout = Layout::new(deploy.to_str().expect("utf-8 path"));
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let identity = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ2bSJ9.c2lnbmF0dXJl";
+    let run_script = |script: &str, stdin: &[u8], fail: bool| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]).env("PATH", &path);
+        if fail {
+            cmd.env("FAKE_FAIL", "1");
+        }
+        let out = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().expect("stdin").write_all(stdin)?;
+                c.wait_with_output()
+            })
+            .expect("run script");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let line = format!("{identity}\n");
+    for (floor, expect) in [(1u32, 2u32), (1, 3), (7, 8)] {
+        let script = setup_token_script(&layout, ComposeCli::V2, floor);
+        assert!(!script.contains(identity));
+        let (code, stdout, stderr) = run_script(&script, line.as_bytes(), false);
+        assert_eq!(code, 0, "{stderr}");
+        let got = parse_setup_token(&stdout).expect("token in output");
+        assert_eq!(got.version, Some(expect));
+        assert_eq!(got.token, format!("eyJ-token-v{expect}"));
+        let recorded = std::fs::read_to_string(setup_version_file(&layout)).expect("version");
+        assert_eq!(recorded.trim(), expect.to_string());
+    }
+    let argv = std::fs::read_to_string(&log).expect("docker log");
+    assert!(
+        argv.lines()
+            .all(|l| l.contains(" run --rm -T setup --token-version=") && !l.contains(identity)),
+        "{argv}"
+    );
+    let envs = std::fs::read_to_string(format!("{}.env", log.display())).expect("env log");
+    assert!(
+        envs.lines().all(|l| l == format!("env={identity}")),
+        "{envs}"
+    );
+
+    // A failing component: its message, our exit code, the recorded version unchanged.
+    let (code, _, stderr) = run_script(
+        &setup_token_script(&layout, ComposeCli::V2, 1),
+        line.as_bytes(),
+        true,
+    );
+    assert_eq!(code, SETUP_FAILED_EXIT);
+    assert!(stderr.contains("token version unchanged"), "{stderr}");
+    assert!(stderr.contains("--token-version=9"), "{stderr}");
+    let recorded = std::fs::read_to_string(setup_version_file(&layout)).expect("version");
+    assert_eq!(recorded.trim(), "8");
+
+    // No identity token on stdin: refused before the component runs.
+    let before = std::fs::read_to_string(&log).expect("docker log").len();
+    let (code, _, stderr) = run_script(&setup_token_script(&layout, ComposeCli::V2, 1), b"", false);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&log).expect("log").len(), before);
+
+    // Read back (a resumed rotation): the last token and version, the component not run.
+    let (code, stdout, stderr) = run_script(&setup_read_token_script(&layout), b"", false);
+    assert_eq!(code, 0, "{stderr}");
+    let got = parse_setup_token(&stdout).expect("token");
+    assert_eq!((got.version, got.token.as_str()), (Some(8), "eyJ-token-v8"));
+    assert_eq!(std::fs::read_to_string(&log).expect("log").len(), before);
+}

@@ -15,7 +15,9 @@ mod token;
 pub use source::{
     COMMAND_STDERR_CAP, COMMAND_TIMEOUT, DEFAULT_TOKEN_ENV, SecretError, TokenSource,
 };
-pub use token::{TokenError, strip_one_trailing_newline, validate_tunnel_token};
+pub use token::{
+    TokenError, strip_one_trailing_newline, validate_identity_token, validate_tunnel_token,
+};
 
 use sha2::{Digest, Sha256};
 use std::fmt;

@@ -153,6 +153,38 @@ pub fn validate_tunnel_token(token: &str) -> Result<(), TokenError> {
     Ok(())
 }
 
+/// Checks that `token` looks like an OIDC identity token (a JWT): three base64url parts
+/// joined by dots, the first a JSON object. Errors show only the length and fingerprint.
+///
+/// This is the token the setup component exchanges through Workload Identity Federation; a
+/// wrong value would only fail on the host, after the fleet is locked, so it is checked here.
+pub fn validate_identity_token(token: &str) -> Result<(), String> {
+    let len = token.len();
+    let fp = super::fingerprint(token.as_bytes());
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "not a JWT (expected three dot-separated parts; {len} bytes, fingerprint {fp})"
+        ));
+    }
+    let url = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    if parts.iter().any(|p| url.decode(p).is_err()) {
+        return Err(format!(
+            "not a JWT (a part is not base64url; {len} bytes, fingerprint {fp})"
+        ));
+    }
+    let header = url.decode(parts[0]).unwrap_or_default();
+    match serde_json::from_slice::<serde_json::Value>(&header) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        _ => Err(format!(
+            "not a JWT (its header is not a JSON object; {len} bytes, fingerprint {fp})"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +269,16 @@ mod tests {
         assert_eq!(strip_one_trailing_newline("abc\r\n"), "abc");
         assert_eq!(strip_one_trailing_newline("abc\n\n"), "abc\n");
         assert_eq!(strip_one_trailing_newline("abc"), "abc");
+    }
+
+    #[test]
+    fn identity_tokens() {
+        let jwt = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ2bSJ9.c2ln";
+        assert!(validate_identity_token(jwt).is_ok());
+        for bad in ["", "a.b", "a..c", "abc.def.g h", "bm90IGpzb24.eyJ9.c2ln"] {
+            let e = validate_identity_token(bad).unwrap_err();
+            assert!(e.contains("not a JWT"), "{bad}: {e}");
+            assert!(bad.is_empty() || !e.contains(bad), "{e}");
+        }
     }
 }

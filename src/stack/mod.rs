@@ -25,5 +25,5 @@ pub use render::{
 };
 pub use settings::{
     DEFAULT_CLOUDFLARED_IMAGE, DEFAULT_DEPLOY_DIR, DEFAULT_MCP_PROXY_IMAGE, SAMPLE_ROUTE,
-    SAMPLE_UPSTREAM, StackSettings, TunnelGroup, group_by_tunnel,
+    SAMPLE_UPSTREAM, SetupSettings, StackSettings, TunnelGroup, group_by_tunnel,
 };

@@ -284,6 +284,11 @@ pub fn render_compose(settings: &StackSettings) -> String {
     );
     out.push_str(HARDENING);
 
+    if let Some(setup) = &settings.setup {
+        out.push('\n');
+        out.push_str(&render_setup_service(settings, setup));
+    }
+
     if settings.sample_server {
         out.push('\n');
         out.push_str(
@@ -303,6 +308,48 @@ pub fn render_compose(settings: &StackSettings) -> String {
         ));
         out.push_str("    restart: unless-stopped\n");
     }
+    out
+}
+
+/// The setup component's service: only `docker compose run --rm setup ...` starts it (its
+/// profile keeps `up` away from it). Its ids are plain values; the OIDC identity token has no
+/// value here, so it is taken from the environment of whoever runs it (tunnelfleet exports it
+/// from stdin, never on a command line). tunnelfleet passes `--token-version` on each rotating
+/// run and records the version used in `.tunnelfleet/setup-token-version`.
+fn render_setup_service(settings: &StackSettings, setup: &super::SetupSettings) -> String {
+    let mut out = String::from(
+        "  # The setup component (programmatic access): run by `docker compose run --rm setup`.\n\
+         \x20 setup:\n",
+    );
+    out.push_str(&format!(
+        "    image: {}\n",
+        quote(&settings.mcp_proxy_image)
+    ));
+    out.push_str(&format!("    entrypoint: {}\n", flow_list(&["setup"])));
+    out.push_str(&format!(
+        "    command: {}\n",
+        flow_list(&["--output=dir:/data"])
+    ));
+    out.push_str("    environment:\n");
+    let mut env = vec![
+        format!("TUNNEL_ID={}", setup.tunnel_id),
+        format!("ANTHROPIC_FEDERATION_RULE_ID={}", setup.federation_rule_id),
+        format!("ANTHROPIC_ORGANIZATION_ID={}", setup.organization_id),
+    ];
+    if let Some(w) = &setup.workspace_id {
+        env.push(format!("ANTHROPIC_WORKSPACE_ID={w}"));
+    }
+    for e in &env {
+        out.push_str(&format!("      - {}\n", quote(e)));
+    }
+    out.push_str(
+        "      # No value: a fresh OIDC token from the environment of the run.\n\
+         \x20     - ANTHROPIC_IDENTITY_TOKEN\n\
+         \x20   volumes:\n\
+         \x20     - \"./data:/data\"\n\
+         \x20   profiles: [\"setup\"]\n\
+         \x20   restart: \"no\"\n",
+    );
     out
 }
 
@@ -501,6 +548,29 @@ mod tests {
         assert_eq!(Layout::current_target("abc"), "releases/abc");
         assert_eq!(l.env_file(), "/srv/mcp-tunnel/shared/.env");
         assert_eq!(l.data_dir(), "/srv/mcp-tunnel/shared/data");
+    }
+
+    #[test]
+    fn setup_service_only_with_setup_vars() {
+        assert!(!render_compose(&settings(json!({}))).contains("  setup:\n"));
+        let text = render_compose(&settings(json!({
+            "setup_tunnel_id": "tnl_01ab",
+            "setup_federation_rule_id": "fdrl_02cd",
+            "setup_organization_id": "00000000-0000-4000-8000-000000000000",
+        })));
+        let setup = &text[text.find("  setup:\n").expect("setup service")..];
+        for line in [
+            "    entrypoint: [\"setup\"]\n",
+            "    command: [\"--output=dir:/data\"]\n",
+            "      - \"TUNNEL_ID=tnl_01ab\"\n",
+            "      - \"ANTHROPIC_FEDERATION_RULE_ID=fdrl_02cd\"\n",
+            "      - ANTHROPIC_IDENTITY_TOKEN\n",
+            "      - \"./data:/data\"\n",
+            "    profiles: [\"setup\"]\n",
+        ] {
+            assert!(setup.contains(line), "{line:?} missing in:\n{setup}");
+        }
+        assert!(!setup.contains("WORKSPACE"));
     }
 
     #[test]

@@ -436,3 +436,148 @@ pub fn stop_connectors_script(
     s.push_str(&scale_connectors_script(layout, compose, 1));
     s
 }
+
+/// The setup component's service name in the compose file.
+pub const SETUP_SERVICE: &str = "setup";
+
+/// Where tunnelfleet records, on a host, the last `--token-version` the setup component ran
+/// with (the component refuses to rotate when the value has not changed).
+pub fn setup_version_file(layout: &Layout) -> String {
+    format!("{}/.tunnelfleet/setup-token-version", layout.deploy_dir())
+}
+
+/// The file the setup component writes the tunnel token to (root-only).
+pub fn setup_token_file(layout: &Layout) -> String {
+    format!("{}/tunnel-token", layout.data_dir())
+}
+
+/// Exit code of the setup scripts when the component itself failed (its message on stderr).
+pub const SETUP_FAILED_EXIT: i32 = 5;
+
+/// Rotates the token through the setup component on this host, as the guide does by hand:
+/// `docker compose run --rm setup` with `--token-version` one above both `floor` and the
+/// version this host last recorded. The OIDC identity token comes on stdin (one line) and
+/// reaches the component through the environment, never a command line. On success the
+/// version is recorded on the host and stdout carries `setup_version=N` and
+/// `token=<data/tunnel-token>`; the component's own output goes to stderr.
+pub fn setup_token_script(layout: &Layout, compose: ComposeCli, floor: u32) -> String {
+    let vf = quote(&setup_version_file(layout));
+    let tf = quote(&setup_token_file(layout));
+    let run = compose.command(layout, &["run", "--rm", "-T", SETUP_SERVICE]);
+    format!(
+        "# tunnelfleet: setup token\n\
+         IFS= read -r ANTHROPIC_IDENTITY_TOKEN || true\n\
+         if [ -z \"$ANTHROPIC_IDENTITY_TOKEN\" ]; then echo 'no identity token on stdin' >&2; exit 2; fi\n\
+         export ANTHROPIC_IDENTITY_TOKEN\n\
+         tf_last=$(cat {vf} 2>/dev/null | tr -dc 0-9)\n\
+         tf_v={floor}\n\
+         if [ -n \"$tf_last\" ] && [ \"$tf_last\" -gt \"$tf_v\" ]; then tf_v=$tf_last; fi\n\
+         tf_v=$((tf_v + 1))\n\
+         {run} \"--token-version=$tf_v\" --output=dir:/data >&2 || {{ tf_rc=$?; echo \"setup (--token-version=$tf_v) failed with exit $tf_rc\" >&2; exit {SETUP_FAILED_EXIT}; }}\n\
+         unset ANTHROPIC_IDENTITY_TOKEN\n\
+         mkdir -p \"$(dirname {vf})\" && printf '%s\\n' \"$tf_v\" > {vf}.tmp && mv -f {vf}.tmp {vf} \
+         || echo 'record the token version: failed' >&2\n\
+         {read}",
+        read = setup_read_token_body(&tf, "$tf_v"),
+    )
+}
+
+/// Reads back the token the setup component wrote earlier (a resumed rotation: the component
+/// is not run again). Same output as [`setup_token_script`].
+pub fn setup_read_token_script(layout: &Layout) -> String {
+    let vf = quote(&setup_version_file(layout));
+    let tf = quote(&setup_token_file(layout));
+    format!(
+        "# tunnelfleet: setup token (read back)\n\
+         tf_v=$(cat {vf} 2>/dev/null | tr -dc 0-9)\n{}",
+        setup_read_token_body(&tf, "${tf_v:--}")
+    )
+}
+
+fn setup_read_token_body(token_file: &str, version: &str) -> String {
+    format!(
+        "if [ ! -s {token_file} ]; then echo 'the setup component left no token in data/tunnel-token' >&2; exit 6; fi\n\
+         echo \"setup_version={version}\"\n\
+         printf 'token='; cat {token_file}; echo\n"
+    )
+}
+
+/// What a setup token script printed: the version used and the token (secret).
+pub struct SetupTokenOutput {
+    /// The `--token-version` the component ran with (None when the host never recorded one).
+    pub version: Option<u32>,
+    /// The token as read from `data/tunnel-token`, trimmed.
+    pub token: String,
+}
+
+/// Parses [`setup_token_script`] / [`setup_read_token_script`] output.
+pub fn parse_setup_token(out: &str) -> Option<SetupTokenOutput> {
+    let mut version = None;
+    let mut token = None;
+    for line in out.lines() {
+        if let Some(v) = line.strip_prefix("setup_version=") {
+            version = v.trim().parse().ok();
+        } else if let Some(t) = line.strip_prefix("token=") {
+            token = Some(t.trim().to_string());
+        }
+    }
+    token.map(|token| SetupTokenOutput { version, token })
+}
+
+/// A Go-style duration (`720h`, `90m`, `45s`), as the setup component's flags take.
+pub fn go_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Renews the server certificate through the setup component on this host
+/// (`docker compose run --rm setup renew-cert --output=dir:/data [--renew-before=D]`) under
+/// the fleet lock (exit 3 with the holder on stdout when held), then prints the served
+/// certificate between markers, as the facts script does. Nothing is restarted: the proxy
+/// polls its certificate file.
+pub fn setup_renew_cert_script(
+    layout: &Layout,
+    compose: ComposeCli,
+    renew_before: Option<std::time::Duration>,
+    holder_json: &str,
+) -> Result<String, ScriptError> {
+    let lock = lock_dir(layout);
+    let take = remote::mkdir_lock(&lock, holder_json)?;
+    let release = remote::unlock(&lock, holder_json)?;
+    let mut args = vec![
+        "run".to_string(),
+        "--rm".into(),
+        "-T".into(),
+        SETUP_SERVICE.into(),
+        "renew-cert".into(),
+        "--output=dir:/data".into(),
+    ];
+    if let Some(d) = renew_before {
+        args.push(format!("--renew-before={}", go_duration(d)));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = compose.command(layout, &refs);
+    Ok(format!(
+        "# tunnelfleet: setup renew-cert\n\
+         ( {take} ) || exit $?\n\
+         {run} >&2; tf_rc=$?\n\
+         ( {release} ) >/dev/null\n\
+         if [ $tf_rc -ne 0 ]; then echo \"setup renew-cert failed with exit $tf_rc\" >&2; exit {SETUP_FAILED_EXIT}; fi\n\
+         echo {CERT_BEGIN}; cat {crt} 2>/dev/null; echo {CERT_END}\n",
+        crt = quote(&cert_path(layout, CertFile::TlsCrt)),
+    ))
+}
+
+/// The certificate printed between the facts markers, if any.
+pub fn parse_cert_block(out: &str) -> Option<String> {
+    let start = out.find(CERT_BEGIN)? + CERT_BEGIN.len();
+    let end = out[start..].find(CERT_END)? + start;
+    let pem = out[start..end].trim();
+    (!pem.is_empty()).then(|| format!("{pem}\n"))
+}

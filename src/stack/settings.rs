@@ -57,6 +57,35 @@ pub struct StackSettings {
     pub log_level: String,
     /// Whether the guide's sample MCP server (`hello-mcp`) is deployed and routed.
     pub sample_server: bool,
+    /// The setup component (programmatic access through Workload Identity Federation), when
+    /// `setup_tunnel_id` is set.
+    pub setup: Option<SetupSettings>,
+}
+
+/// The setup component's settings: the `setup_*` vars.
+///
+/// None of these is a secret. The OIDC identity token the component authenticates with is
+/// one: it comes from the controller (`--identity-token-file`, `ANTHROPIC_IDENTITY_TOKEN`, or
+/// the command in `setup_identity_token_command`) and travels on stdin only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupSettings {
+    /// The tunnel's id (`setup_tunnel_id`, `tnl_...`): the component's TUNNEL_ID.
+    pub tunnel_id: String,
+    /// The federation rule (`setup_federation_rule_id`, `fdrl_...`).
+    pub federation_rule_id: String,
+    /// The organization id (`setup_organization_id`, a UUID).
+    pub organization_id: String,
+    /// The workspace (`setup_workspace_id`, `wrkspc_...`) when the rule is workspace-scoped.
+    pub workspace_id: Option<String>,
+    /// Controller-side command that prints a fresh OIDC identity token, if configured.
+    pub identity_token_command: Option<String>,
+    /// The token version the fleet was set up with (`setup_token_version`, default 1): a
+    /// rotation asks for at least one more than this.
+    pub token_version: u32,
+    /// Whether the server certificate comes from the setup component (`setup_certificates`):
+    /// then deploy leaves data/ca.crt, tls.crt and tls.key alone and renew-cert runs the
+    /// component's `renew-cert` on each host.
+    pub certificates: bool,
 }
 
 /// The hosts serving one tunnel, in inventory order, with identical tunnel-level settings.
@@ -133,6 +162,7 @@ impl StackSettings {
         )?;
 
         let upstream_allowed_ips = r.cidrs("upstream_allowed_ips")?;
+        let setup = r.setup()?;
 
         let log_level = match r.string("log_level")? {
             Some(level) if LOG_LEVELS.contains(&level.as_str()) => level,
@@ -161,6 +191,7 @@ impl StackSettings {
             upstream_allowed_ips,
             log_level,
             sample_server,
+            setup,
         })
     }
 }
@@ -270,6 +301,32 @@ fn check_same_tunnel(first: &StackSettings, other: &StackSettings) -> Result<(),
             "values differ".to_string(),
         ));
     }
+    let setup_shown = |s: &Option<SetupSettings>| {
+        s.as_ref().map(|s| {
+            (
+                s.tunnel_id.clone(),
+                s.federation_rule_id.clone(),
+                s.organization_id.clone(),
+                s.workspace_id.clone(),
+                s.token_version,
+                s.certificates,
+            )
+        })
+    };
+    if setup_shown(&first.setup) != setup_shown(&other.setup) {
+        return Err(disagree(
+            "setup_*",
+            both(&setup_shown(&first.setup), &setup_shown(&other.setup)),
+        ));
+    }
+    if first.setup.as_ref().map(|s| &s.identity_token_command)
+        != other.setup.as_ref().map(|s| &s.identity_token_command)
+    {
+        return Err(disagree(
+            "setup_identity_token_command",
+            "values differ".to_string(),
+        ));
+    }
     Ok(())
 }
 
@@ -322,6 +379,91 @@ impl Reader<'_> {
                 Ok(image)
             }
         }
+    }
+
+    /// The `setup_*` vars: none without `setup_tunnel_id` (then any other `setup_*` var is
+    /// a mistake worth naming).
+    fn setup(&self) -> Result<Option<SetupSettings>, StackError> {
+        const OTHERS: [&str; 6] = [
+            "setup_federation_rule_id",
+            "setup_organization_id",
+            "setup_workspace_id",
+            "setup_identity_token_command",
+            "setup_token_version",
+            "setup_certificates",
+        ];
+        let Some(tunnel_id) = self.string("setup_tunnel_id")? else {
+            if let Some(var) = OTHERS.iter().find(|v| self.get(v).is_some()) {
+                return Err(self.err(
+                    var,
+                    "needs setup_tunnel_id (the tunnel's tnl_... id) to use the setup component"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        check_prefixed_id(&tunnel_id, "tnl_").map_err(|p| self.err("setup_tunnel_id", p))?;
+        let required = |var: &str, what: &str| -> Result<String, StackError> {
+            self.string(var)?
+                .ok_or_else(|| self.err(var, format!("required with setup_tunnel_id: {what}")))
+        };
+        let federation_rule_id = required(
+            "setup_federation_rule_id",
+            "the federation rule id (fdrl_...) from the Console",
+        )?;
+        check_prefixed_id(&federation_rule_id, "fdrl_")
+            .map_err(|p| self.err("setup_federation_rule_id", p))?;
+        let organization_id = required(
+            "setup_organization_id",
+            "your organization id (a UUID) from the Console",
+        )?;
+        check_uuid(&organization_id).map_err(|p| self.err("setup_organization_id", p))?;
+        let workspace_id = match self.string("setup_workspace_id")? {
+            Some(w) => {
+                check_prefixed_id(&w, "wrkspc_").map_err(|p| self.err("setup_workspace_id", p))?;
+                Some(w)
+            }
+            None => None,
+        };
+        let identity_token_command = match self.string("setup_identity_token_command")? {
+            Some(c) if c.trim().is_empty() || c.contains('\0') => {
+                return Err(self.err(
+                    "setup_identity_token_command",
+                    "is empty or holds a NUL byte: give a command that prints a fresh OIDC token"
+                        .into(),
+                ));
+            }
+            other => other,
+        };
+        let token_version = match self.get("setup_token_version") {
+            None => 1,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .filter(|v| (1..=u64::from(u32::MAX)).contains(v))
+                .map(|v| v as u32)
+                .ok_or_else(|| {
+                    self.err(
+                        "setup_token_version",
+                        format!("`{n}` is not a token version: a whole number from 1"),
+                    )
+                })?,
+            Some(other) => {
+                return Err(self.err(
+                    "setup_token_version",
+                    format!("expected a whole number, got {}", type_name(other)),
+                ));
+            }
+        };
+        let certificates = self.boolean("setup_certificates")?.unwrap_or(false);
+        Ok(Some(SetupSettings {
+            tunnel_id,
+            federation_rule_id,
+            organization_id,
+            workspace_id,
+            identity_token_command,
+            token_version,
+            certificates,
+        }))
     }
 
     fn cidrs(&self, var: &str) -> Result<Option<Vec<String>>, StackError> {
@@ -680,6 +822,44 @@ fn check_cidr(cidr: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An API object id: `prefix` followed by letters, digits and `_`/`-` (they go into the
+/// compose file and the component's environment verbatim).
+fn check_prefixed_id(id: &str, prefix: &str) -> Result<(), String> {
+    let rest = id
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("{} does not start with {prefix}", shown(id)))?;
+    if rest.is_empty()
+        || rest.len() > 100
+        || !rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "{}: expected {prefix} followed by letters and digits",
+            shown(id)
+        ));
+    }
+    Ok(())
+}
+
+/// A UUID in its usual 8-4-4-4-12 hex spelling.
+fn check_uuid(id: &str) -> Result<(), String> {
+    let groups: Vec<&str> = id.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    if groups.len() != 5
+        || groups
+            .iter()
+            .zip(lens)
+            .any(|(g, n)| g.len() != n || !g.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(format!(
+            "{} is not a UUID (e.g. 00000000-0000-0000-0000-000000000000)",
+            shown(id)
+        ));
+    }
+    Ok(())
+}
+
 fn normalize_deploy_dir(dir: &str) -> Result<String, String> {
     let d = shown(dir);
     if !dir.starts_with('/') {
@@ -969,6 +1149,68 @@ mod tests {
         );
         assert!(err_of(&with("tunnel_token_command", json!("  "))).contains("is empty"));
         assert!(err_of(&with("tunnel_name", json!("my tunnel"))).contains("not a valid name"));
+    }
+
+    fn setup_vars(extra: Value) -> IndexMap<String, Value> {
+        let mut v = with("setup_tunnel_id", json!("tnl_01ab"));
+        v.insert("setup_federation_rule_id".into(), json!("fdrl_02cd"));
+        v.insert(
+            "setup_organization_id".into(),
+            json!("00000000-0000-4000-8000-000000000000"),
+        );
+        if let Value::Object(m) = extra {
+            for (k, x) in m {
+                v.insert(k, x);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn setup_vars_read_and_checked() {
+        let s = StackSettings::from_vars("h1", &setup_vars(json!({})))
+            .expect("valid")
+            .setup
+            .expect("setup on");
+        assert_eq!(s.tunnel_id, "tnl_01ab");
+        assert_eq!(s.token_version, 1);
+        assert!(!s.certificates);
+        assert_eq!(s.workspace_id, None);
+        let s = StackSettings::from_vars(
+            "h1",
+            &setup_vars(json!({"setup_token_version": 4, "setup_certificates": true,
+                "setup_workspace_id": "wrkspc_9"})),
+        )
+        .expect("valid")
+        .setup
+        .expect("setup on");
+        assert_eq!(
+            (s.token_version, s.certificates, s.workspace_id.as_deref()),
+            (4, true, Some("wrkspc_9"))
+        );
+        assert_eq!(
+            err_of(&with("setup_certificates", json!(true))),
+            "h1: setup_certificates: needs setup_tunnel_id (the tunnel's tnl_... id) to use the setup component"
+        );
+        assert_eq!(
+            err_of(&with("setup_tunnel_id", json!("tnl_01ab"))),
+            "h1: setup_federation_rule_id: required with setup_tunnel_id: the federation rule id (fdrl_...) from the Console"
+        );
+        assert!(
+            err_of(&setup_vars(json!({"setup_tunnel_id": "abc"})))
+                .contains("does not start with tnl_")
+        );
+        assert!(
+            err_of(&setup_vars(json!({"setup_organization_id": "org-1"}))).contains("not a UUID")
+        );
+        assert!(
+            err_of(&setup_vars(json!({"setup_token_version": 0})))
+                .contains("a whole number from 1")
+        );
+        assert!(
+            err_of(&setup_vars(json!({"setup_tunnel_id": "tnl_a b"})))
+                .contains("followed by letters and digits")
+        );
     }
 
     fn host(name: &str, extra: Value) -> StackSettings {
