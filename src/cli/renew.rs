@@ -19,6 +19,10 @@ use crate::stack::{self, StackSettings};
 /// The built-in renewal playbook (playbooks/renew-cert.yaml, compiled in).
 pub const RENEW_PLAYBOOK: &str = include_str!("../../playbooks/renew-cert.yaml");
 
+/// The renewal playbook for certificates from the setup component
+/// (playbooks/renew-cert-setup.yaml, compiled in).
+pub const RENEW_SETUP_PLAYBOOK: &str = include_str!("../../playbooks/renew-cert-setup.yaml");
+
 /// Flags of `renew-cert`.
 #[derive(Args, Debug)]
 pub struct RenewArgs {
@@ -50,9 +54,27 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
         );
     }
     let groups = stack::group_by_tunnel(&settings).map_err(|e| CliError::input(e.to_string()))?;
+    // Tunnels whose certificates come from the setup component renew on each host.
+    let setup_tunnels: Vec<String> = groups
+        .iter()
+        .filter(|g| {
+            g.members
+                .first()
+                .and_then(|m| m.setup.as_ref())
+                .is_some_and(|s| s.certificates)
+        })
+        .map(|g| g.name.clone())
+        .collect();
+    if args.rekey && !setup_tunnels.is_empty() {
+        return Err(CliError::input(format!(
+            "--rekey: the certificates of {} come from the setup component, whose renew-cert keeps \
+             its key; leave out --rekey (or --limit to the other tunnels)",
+            setup_tunnels.join(", ")
+        )));
+    }
     let mut renewed = Vec::new();
     let mut tunnels_json = Vec::new();
-    for g in &groups {
+    for g in groups.iter().filter(|g| !setup_tunnels.contains(&g.name)) {
         let dir = tunnel_pki_dir(&state, &g.name).map_err(CliError::input)?;
         let ca =
             Ca::load(&dir).map_err(|e| CliError::input(format!("tunnel '{}': {e}", g.name)))?;
@@ -97,13 +119,17 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
                 "serial": i.serial, "not_after": i.not_after}));
         }
     }
-    let hosts: Vec<_> = hosts
+    for t in &setup_tunnels {
+        tunnels_json.push(serde_json::json!({"tunnel": t, "setup_component": true}));
+    }
+    let (hosts, setup_hosts): (Vec<_>, Vec<_>) = hosts
         .into_iter()
         .zip(settings.iter())
-        .filter(|(_, s)| renewed.contains(&s.tunnel_name))
-        .map(|(h, _)| h)
-        .collect();
-    if hosts.is_empty() {
+        .filter(|(_, s)| renewed.contains(&s.tunnel_name) || setup_tunnels.contains(&s.tunnel_name))
+        .partition(|(_, s)| !setup_tunnels.contains(&s.tunnel_name));
+    let hosts: Vec<_> = hosts.into_iter().map(|(h, _)| h).collect();
+    let setup_hosts: Vec<_> = setup_hosts.into_iter().map(|(h, _)| h).collect();
+    if hosts.is_empty() && setup_hosts.is_empty() {
         if args.json {
             println!(
                 "{}",
@@ -112,27 +138,41 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
         }
         return Ok(EXIT_OK);
     }
-    let (_, inputs) = load_inputs(hosts, None, &args.state.state_dir, false).await?;
     let mut registry = StepRegistry::new();
     register_deploy_steps(&mut registry, None);
-    let playbook = Playbook::from_str(
-        RENEW_PLAYBOOK,
-        Path::new("playbooks/renew-cert.yaml"),
-        &registry,
-    )
-    .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
-    let (progress, mut ctxs) = super::deploy::contexts(&args.conn, inputs, "renew-cert", false)?;
-    for c in &mut ctxs {
-        c.certs_only = true;
+    crate::ops::setup::register_setup_steps(&mut registry, Some(args.renew_before));
+    let mut contexts = Vec::new();
+    let mut records = Vec::new();
+    for (selected, text, path) in [
+        (hosts, RENEW_PLAYBOOK, "playbooks/renew-cert.yaml"),
+        (
+            setup_hosts,
+            RENEW_SETUP_PLAYBOOK,
+            "playbooks/renew-cert-setup.yaml",
+        ),
+    ] {
+        if selected.is_empty() {
+            continue;
+        }
+        let playbook = Playbook::from_str(text, Path::new(path), &registry)
+            .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
+        let (_, inputs) = load_inputs(selected, None, &args.state.state_dir, false).await?;
+        let (progress, mut ctxs) =
+            super::deploy::contexts(&args.conn, inputs, "renew-cert", false)?;
+        for c in &mut ctxs {
+            c.certs_only = true;
+        }
+        let report = Engine::new(&progress)
+            .run(playbook.into_phases(), ctxs)
+            .await;
+        progress.finish();
+        records.extend(report.hosts);
+        contexts.extend(report.contexts);
     }
-    let report = Engine::new(&progress)
-        .run(playbook.into_phases(), ctxs)
-        .await;
-    progress.finish();
     let mut rows = Vec::new();
     let mut json_hosts = Vec::new();
-    for h in &report.contexts {
-        let rec = report.host(h.name());
+    for h in &contexts {
+        let rec = records.iter().find(|r| r.host == h.name());
         let ok = rec.is_some_and(|r| r.status == HostStatus::Ok);
         let msg = rec.and_then(|r| r.message.clone()).unwrap_or_default();
         let wrote = h
@@ -150,7 +190,13 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
             h.name().to_string(),
             if ok { "ok".into() } else { "FAILED".into() },
             h.input.cert_serial.clone().unwrap_or_default(),
-            if ok {
+            if ok && setup_tunnels.contains(&h.input.settings.tunnel_name) {
+                if rec.is_some_and(|r| r.changed) {
+                    "renewed by the setup component; nothing restarted".into()
+                } else {
+                    "setup component: nothing to do (more than --renew-before left)".into()
+                }
+            } else if ok {
                 if wrote.is_empty() {
                     "already current".into()
                 } else {
@@ -161,7 +207,8 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
             },
         ]);
         json_hosts.push(serde_json::json!({"name": h.name(), "ok": ok, "error": if ok { None } else { Some(msg) },
-            "serial": h.input.cert_serial, "wrote": wrote}));
+            "serial": h.input.cert_serial, "wrote": wrote,
+            "renewed": ok && rec.is_some_and(|r| r.changed)}));
     }
     let failed = rows.iter().filter(|r| r[1] != "ok").count();
     crate::ops::audit::append(
@@ -170,7 +217,7 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
             time: crate::ops::deploy::now_rfc3339(),
             operator: crate::ops::deploy::operator(),
             operation: "renew-cert",
-            tunnels: renewed.clone(),
+            tunnels: renewed.iter().chain(&setup_tunnels).cloned().collect(),
             ok: rows
                 .iter()
                 .filter(|r| r[1] == "ok")
@@ -182,10 +229,7 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
                 .map(|r| r[0].clone())
                 .collect(),
             token_fingerprint: None,
-            cert_serial: report
-                .contexts
-                .first()
-                .and_then(|h| h.input.cert_serial.clone()),
+            cert_serial: contexts.first().and_then(|h| h.input.cert_serial.clone()),
         },
     );
     if args.json {

@@ -38,6 +38,17 @@ pub struct RotateArgs {
     /// File holding the Tunnels API credential (refused when group or others can read it).
     #[arg(long, value_name = "FILE", env = "TUNNELFLEET_API_CREDENTIAL_FILE")]
     api_credential_file: Option<PathBuf>,
+    /// Get the new token from the setup component: `docker compose run --rm setup` with
+    /// --token-version bumped on one host, data/tunnel-token read back and sent to the others.
+    #[arg(long, conflicts_with_all = ["api_base", "token_file", "token_stdin"])]
+    from_setup: bool,
+    /// The host that runs the setup component (default: the first host that passed preflight).
+    #[arg(long, value_name = "HOST", requires = "from_setup")]
+    setup_host: Option<String>,
+    /// File holding a fresh OIDC identity token for the setup component (else
+    /// ANTHROPIC_IDENTITY_TOKEN, else the inventory's setup_identity_token_command).
+    #[arg(long, value_name = "FILE", requires = "from_setup")]
+    identity_token_file: Option<PathBuf>,
     #[command(flatten)]
     state: StateArgs,
     /// After the canary, move this many hosts at a time (N or P%; default all at once, 1
@@ -95,6 +106,12 @@ struct OpRecord {
     new_token_fp: Option<String>,
     hosts: Vec<String>,
     started: String,
+    /// The host whose setup component produced the new token, and the version it ran with
+    /// (a resumed run reads the token back there instead of rotating again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    setup_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    setup_version: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,6 +180,90 @@ async fn token_from_api(args: &RotateArgs) -> Result<Secret, CliError> {
     Ok(Secret::new(token.to_string()))
 }
 
+/// The OIDC identity token for the setup component: --identity-token-file, else
+/// ANTHROPIC_IDENTITY_TOKEN, else the inventory's setup_identity_token_command.
+async fn identity_token(
+    args: &RotateArgs,
+    setup: &crate::stack::SetupSettings,
+) -> Result<Secret, CliError> {
+    let source = if let Some(f) = &args.identity_token_file {
+        TokenSource::File(f.clone())
+    } else if std::env::var_os("ANTHROPIC_IDENTITY_TOKEN").is_some() {
+        TokenSource::Env("ANTHROPIC_IDENTITY_TOKEN".into())
+    } else if let Some(c) = &setup.identity_token_command {
+        TokenSource::Command(c.clone())
+    } else {
+        return Err(CliError::input(
+            "--from-setup needs a fresh OIDC identity token for the setup component: \
+             --identity-token-file F, ANTHROPIC_IDENTITY_TOKEN, or setup_identity_token_command in the inventory",
+        ));
+    };
+    let t = source
+        .load_raw()
+        .await
+        .map_err(|e| CliError::input(format!("identity token from {source}: {e}")))?;
+    crate::secrets::validate_identity_token(t.expose())
+        .map_err(|e| CliError::input(format!("identity token from {source}: {e}")))?;
+    Ok(t)
+}
+
+/// The new token from the setup component: run it (bumped --token-version) on the chosen
+/// host, or, resuming, read back what it wrote. Returns the token, the host and the version.
+async fn token_from_setup(
+    args: &RotateArgs,
+    pre: &crate::rollout::RolloutReport<StackHost>,
+    identity: Option<&Secret>,
+    resume: Option<&(String, Option<u32>)>,
+    reader: Option<crate::ops::deploy::HostInput>,
+    connector: &std::sync::Arc<crate::ssh::Connector>,
+) -> Result<(Secret, String, Option<u32>), String> {
+    let passed = |name: &str| {
+        pre.hosts
+            .iter()
+            .any(|h| h.host == name && h.status == HostStatus::Ok)
+    };
+    if let Some((host, _)) = resume {
+        let got = if let Some(input) = reader {
+            // The setup host finished its own rotation: a connection just to read the token.
+            let session = connector
+                .connect(&input.host.target)
+                .await
+                .map_err(|e| format!("{host}: {}", e.message))?;
+            let mut ctx = StackHost::new(input, connector.clone(), "rotate-token", false);
+            ctx.session = Some(std::sync::Arc::new(session));
+            crate::ops::setup::read_token(&ctx).await?
+        } else {
+            let ctx = pre
+                .contexts
+                .iter()
+                .find(|c| c.name() == host && passed(host))
+                .ok_or_else(|| {
+                    format!(
+                        "{host}: the setup component made this rotation's token there, and the host \
+                         is not reachable now; bring it back and resume again"
+                    )
+                })?;
+            crate::ops::setup::read_token(ctx).await?
+        };
+        return Ok((got.token, host.clone(), got.version));
+    }
+    let ctx = match &args.setup_host {
+        Some(name) => pre
+            .contexts
+            .iter()
+            .find(|c| c.name() == name && passed(name))
+            .ok_or_else(|| format!("--setup-host {name}: the host did not pass preflight"))?,
+        None => pre
+            .contexts
+            .iter()
+            .find(|c| passed(c.name()))
+            .ok_or_else(|| "no host passed preflight to run the setup component".to_string())?,
+    };
+    let identity = identity.ok_or_else(|| "no identity token (internal)".to_string())?;
+    let got = crate::ops::setup::rotate_token(ctx, identity).await?;
+    Ok((got.token, ctx.name().to_string(), got.version))
+}
+
 fn token_from_tty(tunnel: &str, hosts: usize) -> Result<Secret, CliError> {
     eprintln!(
         "Preflight passed on {hosts} host(s), all locked. Rotate the token of tunnel '{tunnel}' \
@@ -179,9 +280,9 @@ fn token_from_tty(tunnel: &str, hosts: usize) -> Result<Secret, CliError> {
 pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     let state_dir = crate::ssh::config::expand_tilde(&args.state.state_dir);
     let explicit = args.token.flag_or_env();
-    if explicit.is_some() && args.api_base.is_some() {
+    if explicit.is_some() && (args.api_base.is_some() || args.from_setup) {
         return Err(CliError::input(
-            "give the new token one way: --token-file/--token-stdin/TUNNEL_TOKEN or --api-base",
+            "give the new token one way: --token-file/--token-stdin/TUNNEL_TOKEN, --api-base, or --from-setup",
         ));
     }
     // Load the token before touching anything when it is already at hand (file, stdin,
@@ -206,11 +307,27 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         )));
     }
     let tunnel = tunnels.keys().next().cloned().unwrap_or_default();
+    let setup_settings = inputs.first().and_then(|i| i.settings.setup.clone());
+    if args.from_setup && setup_settings.is_none() {
+        return Err(CliError::input(format!(
+            "--from-setup: tunnel '{tunnel}' has no setup component configured (set setup_tunnel_id, \
+             setup_federation_rule_id and setup_organization_id in the inventory, then deploy)"
+        )));
+    }
+    if let Some(name) = &args.setup_host
+        && !inputs.iter().any(|i| &i.host.name == name)
+    {
+        return Err(CliError::input(format!(
+            "--setup-host {name}: not one of the selected hosts of tunnel '{tunnel}'"
+        )));
+    }
     let (journal_path, op_path) = journal_paths(&state_dir, &tunnel);
     // One rotation per tunnel per controller: the op record and journal are this tunnel's.
     let _controller_lock = controller_lock(&state_dir, &tunnel, args.lock_wait).await?;
 
     // Resume: the unfinished operation, its token fingerprint, and only its pending hosts.
+    let mut resume_setup: Option<(String, Option<u32>)> = None;
+    let mut setup_reader: Option<crate::ops::deploy::HostInput> = None;
     let (op_id, resume_fp, all_hosts) = if args.resume {
         let text = std::fs::read_to_string(&op_path).map_err(|_| {
             CliError::input(format!(
@@ -228,6 +345,14 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             .filter(|h| !log.is_done(&rec.op_id, h, "retire", "stop_old"))
             .cloned()
             .collect();
+        if let (Some(host), Some(_)) = (&rec.setup_host, rec.setup_version) {
+            // The setup component already made the new token there: read it back, even when
+            // that host itself is done.
+            resume_setup = Some((host.clone(), rec.setup_version));
+            if !pending.contains(host) {
+                setup_reader = inputs.iter().position(|i| &i.host.name == host).map(|p| inputs.remove(p));
+            }
+        }
         inputs.retain(|i| pending.contains(&i.host.name));
         if inputs.is_empty() {
             println!(
@@ -242,6 +367,13 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     } else {
         let names = inputs.iter().map(|i| i.host.name.clone()).collect();
         (new_op_id(), None, names)
+    };
+    // The identity token for the setup component, checked before any host is touched.
+    let identity = match &setup_settings {
+        Some(setup) if args.from_setup && resume_setup.is_none() => {
+            Some(identity_token(&args, setup).await?)
+        }
+        _ => None,
     };
     if let (Some(fp), Some(t)) = (&resume_fp, &early)
         && &t.fingerprint() != fp
@@ -262,6 +394,8 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             .or(early.as_ref().map(Secret::fingerprint)),
         hosts: all_hosts,
         started: crate::ops::deploy::now_rfc3339(),
+        setup_host: resume_setup.as_ref().map(|(h, _)| h.clone()),
+        setup_version: resume_setup.as_ref().and_then(|(_, v)| *v),
     };
     if let Some(d) = op_path.parent() {
         std::fs::create_dir_all(d).map_err(|e| CliError::input(format!("{}: {e}", d.display())))?;
@@ -357,16 +491,51 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     }
 
     // b. The new token, now.
+    let from_setup = args.from_setup || resume_setup.is_some();
     let token = match early {
         Some(t) => t,
+        None if from_setup => {
+            match token_from_setup(
+                &args,
+                &pre,
+                identity.as_ref(),
+                resume_setup.as_ref(),
+                setup_reader.take(),
+                &connector,
+            )
+            .await
+            {
+                Ok((t, host, version)) => {
+                    rec.setup_host = Some(host.clone());
+                    rec.setup_version = version;
+                    eprintln!(
+                        "setup component on {host}: token {} (token version {})",
+                        t.fingerprint(),
+                        version.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+                    );
+                    t
+                }
+                Err(e) => {
+                    let cleanup = Engine::new(&progress);
+                    let _ = cleanup.run(release, pre.contexts).await;
+                    progress.finish();
+                    return Err(CliError {
+                        code: EXIT_HOST_FAILED,
+                        message: format!(
+                            "{e}\nnothing was changed on any host (locks released); the old token is still the fleet's"
+                        ),
+                    });
+                }
+            }
+        }
         None if args.api_base.is_some() => token_from_api(&args).await?,
         None if std::io::stdin().is_terminal() => token_from_tty(&tunnel, names.len())?,
         None => {
             let cleanup = Engine::new(&progress);
             let _ = cleanup.run(release, pre.contexts).await;
             return Err(CliError::input(
-                "no new token: give --token-file F, --token-stdin, TUNNEL_TOKEN, or --api-base with \
-                 --tunnel-id, or run on a terminal to paste it",
+                "no new token: give --token-file F, --token-stdin, TUNNEL_TOKEN, --api-base with \
+                 --tunnel-id, or --from-setup, or run on a terminal to paste it",
             ));
         }
     };

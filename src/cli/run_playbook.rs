@@ -1,6 +1,7 @@
 //! `tunnelfleet run PLAYBOOK`: an operator's own playbook, with the same typed steps as the
 //! built-in verbs (connect, facts, apply, health_gate, healthy, lock, persist_token,
-//! start_connector, recreate_connector, wait_connector, stop_old, audit, unlock).
+//! start_connector, recreate_connector, wait_connector, stop_old, audit, unlock,
+//! setup_renew_cert).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +40,7 @@ pub async fn run(args: RunArgs) -> Result<i32, CliError> {
     let op_id = new_op_id();
     let mut registry = StepRegistry::new();
     register_rotation_steps(&mut registry, &op_id, Duration::ZERO, None);
+    crate::ops::setup::register_setup_steps(&mut registry, None);
     // Schema errors (file:line:column) before anything else.
     let playbook =
         Playbook::load(&args.playbook, &registry).map_err(|e| CliError::input(e.to_string()))?;

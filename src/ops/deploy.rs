@@ -80,6 +80,25 @@ pub async fn tunnel_inputs(
             ),
             None => None,
         };
+        if g
+            .members
+            .first()
+            .and_then(|m| m.setup.as_ref())
+            .is_some_and(|s| s.certificates)
+        {
+            // The setup component issues and renews the certificates on each host: they are
+            // not tunnelfleet's to write (and there is no controller CA to load).
+            out.insert(
+                g.name.clone(),
+                TunnelInput {
+                    name: g.name.clone(),
+                    token,
+                    certs: None,
+                    cert_issued: false,
+                },
+            );
+            continue;
+        }
         let dir = tunnel_pki_dir(state_dir, &g.name)?;
         let ca = Ca::load(&dir).map_err(|e| {
             format!(

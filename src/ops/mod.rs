@@ -7,3 +7,4 @@ pub mod fleet;
 pub mod health;
 pub mod http;
 pub mod rotate;
+pub mod setup;
