@@ -125,6 +125,20 @@ struct HostReport {
     rotation: RotationState,
 }
 
+/// Where the controller keeps the last `--token-version` its setup runs used for a tunnel
+/// (hosts keep their own record too; the highest wins).
+fn setup_version_path(state_dir: &Path, tunnel: &str) -> PathBuf {
+    state_dir
+        .join("journal")
+        .join(format!("setup-{tunnel}.token-version"))
+}
+
+fn read_setup_version(state_dir: &Path, tunnel: &str) -> Option<u32> {
+    std::fs::read_to_string(setup_version_path(state_dir, tunnel))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
 fn journal_paths(state_dir: &Path, tunnel: &str) -> (PathBuf, PathBuf) {
     let dir = state_dir.join("journal");
     (
@@ -216,6 +230,7 @@ async fn token_from_setup(
     resume: Option<&(String, Option<u32>)>,
     reader: Option<crate::ops::deploy::HostInput>,
     connector: &std::sync::Arc<crate::ssh::Connector>,
+    known_version: Option<u32>,
 ) -> Result<(Secret, String, Option<u32>), String> {
     let passed = |name: &str| {
         pre.hosts
@@ -260,7 +275,7 @@ async fn token_from_setup(
             .ok_or_else(|| "no host passed preflight to run the setup component".to_string())?,
     };
     let identity = identity.ok_or_else(|| "no identity token (internal)".to_string())?;
-    let got = crate::ops::setup::rotate_token(ctx, identity).await?;
+    let got = crate::ops::setup::rotate_token(ctx, identity, known_version).await?;
     Ok((got.token, ctx.name().to_string(), got.version))
 }
 
@@ -350,7 +365,10 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             // that host itself is done.
             resume_setup = Some((host.clone(), rec.setup_version));
             if !pending.contains(host) {
-                setup_reader = inputs.iter().position(|i| &i.host.name == host).map(|p| inputs.remove(p));
+                setup_reader = inputs
+                    .iter()
+                    .position(|i| &i.host.name == host)
+                    .map(|p| inputs.remove(p));
             }
         }
         inputs.retain(|i| pending.contains(&i.host.name));
@@ -502,12 +520,16 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
                 resume_setup.as_ref(),
                 setup_reader.take(),
                 &connector,
+                read_setup_version(&state_dir, &tunnel),
             )
             .await
             {
                 Ok((t, host, version)) => {
                     rec.setup_host = Some(host.clone());
                     rec.setup_version = version;
+                    if let Some(v) = version {
+                        write_private(&setup_version_path(&state_dir, &tunnel), &format!("{v}\n"))?;
+                    }
                     eprintln!(
                         "setup component on {host}: token {} (token version {})",
                         t.fingerprint(),

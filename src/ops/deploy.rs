@@ -80,8 +80,7 @@ pub async fn tunnel_inputs(
             ),
             None => None,
         };
-        if g
-            .members
+        if g.members
             .first()
             .and_then(|m| m.setup.as_ref())
             .is_some_and(|s| s.certificates)

@@ -78,10 +78,15 @@ fn finish(
     })
 }
 
-/// Runs the setup component on `h` with `--token-version` bumped (past both the inventory's
-/// `setup_token_version` and the host's record) and reads back the token it wrote.
-pub async fn rotate_token(h: &StackHost, identity: &Secret) -> Result<SetupToken, String> {
-    let floor = setup_floor(h)?;
+/// Runs the setup component on `h` with `--token-version` bumped past the inventory's
+/// `setup_token_version`, `known` (the last version this controller used), and the host's
+/// own record, and reads back the token it wrote.
+pub async fn rotate_token(
+    h: &StackHost,
+    identity: &Secret,
+    known: Option<u32>,
+) -> Result<SetupToken, String> {
+    let floor = setup_floor(h)?.max(known.unwrap_or(0));
     let session = h.session().map_err(|e| e.message)?;
     let script = scripts::setup_token_script(&h.input.layout, compose(h)?, floor);
     let stdin = format!("{}\n", identity.expose());
@@ -165,9 +170,8 @@ impl Step<StackHost> for SetupRenewCertStep {
                 )));
             }
         }
-        let pem = scripts::parse_cert_block(&out.stdout_text()).ok_or_else(|| {
-            StepFailure::new("setup renew-cert left no data/tls.crt on the host")
-        })?;
+        let pem = scripts::parse_cert_block(&out.stdout_text())
+            .ok_or_else(|| StepFailure::new("setup renew-cert left no data/tls.crt on the host"))?;
         let info = cert_info(&pem).map_err(|e| StepFailure::new(format!("data/tls.crt: {e}")))?;
         let renewed = before.as_deref() != Some(info.serial.as_str());
         h.input.cert_serial = Some(info.serial.clone());

@@ -527,9 +527,9 @@ pub fn parse_setup_token(out: &str) -> Option<SetupTokenOutput> {
 /// A Go-style duration (`720h`, `90m`, `45s`), as the setup component's flags take.
 pub fn go_duration(d: std::time::Duration) -> String {
     let s = d.as_secs();
-    if s > 0 && s % 3600 == 0 {
+    if s > 0 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s > 0 && s % 60 == 0 {
+    } else if s > 0 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -580,4 +580,47 @@ pub fn parse_cert_block(out: &str) -> Option<String> {
     let end = out[start..].find(CERT_END)? + start;
     let pem = out[start..end].trim();
     (!pem.is_empty()).then(|| format!("{pem}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration(Duration::from_secs(720 * 3600)), "720h");
+        assert_eq!(go_duration(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(go_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn setup_renew_script_locks_runs_and_prints_the_certificate() {
+        let l = Layout::new("/srv/mcp-tunnel");
+        let s = setup_renew_cert_script(
+            &l,
+            ComposeCli::V1,
+            Some(Duration::from_secs(720 * 3600)),
+            "{}",
+        )
+        .expect("script");
+        let lock = s.find("mkdir").expect("takes the lock");
+        let run = s
+            .find("docker-compose -p mcp-tunnel --project-directory /srv/mcp-tunnel/current -f /srv/mcp-tunnel/current/docker-compose.yaml run --rm -T setup renew-cert --output=dir:/data --renew-before=720h")
+            .expect("runs the component");
+        assert!(lock < run);
+        assert!(s.contains(CERT_BEGIN) && s.contains("/srv/mcp-tunnel/shared/data/tls.crt"));
+        let out = format!(
+            "{CERT_BEGIN}\n-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n{CERT_END}\n"
+        );
+        assert_eq!(
+            parse_cert_block(&out).as_deref(),
+            Some("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n")
+        );
+        assert_eq!(
+            parse_cert_block(&format!("{CERT_BEGIN}\n{CERT_END}\n")),
+            None
+        );
+    }
 }
