@@ -607,7 +607,7 @@ mod tests {
         .expect("script");
         let lock = s.find("mkdir").expect("takes the lock");
         let run = s
-            .find("docker-compose -p mcp-tunnel --project-directory /srv/mcp-tunnel/current -f /srv/mcp-tunnel/current/docker-compose.yaml run --rm -T setup renew-cert --output=dir:/data --renew-before=720h")
+            .find("docker-compose -p mcp-tunnel --project-directory /srv/mcp-tunnel/current -f /srv/mcp-tunnel/current/docker-compose.yaml run --rm -T setup renew-cert '--output=dir:/data' '--renew-before=720h'")
             .expect("runs the component");
         assert!(lock < run);
         assert!(s.contains(CERT_BEGIN) && s.contains("/srv/mcp-tunnel/shared/data/tls.crt"));
