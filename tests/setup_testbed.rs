@@ -39,6 +39,21 @@ impl Fleet {
         f.write_inventory(false);
         let out = f.tf("deploy", &["--token-file", &f.file("token")]);
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        // The guide's install step, by hand on one host: the component's first run (token
+        // version 1) reveals the tunnel's token. The identity token is read from its file
+        // inside the host's shell, never put on a command line.
+        let out = f.tb.host_exec(
+            "h1",
+            &format!(
+                "cd /srv/mcp-tunnel/current && ANTHROPIC_IDENTITY_TOKEN=$(cat '{}') && \
+                 export ANTHROPIC_IDENTITY_TOKEN && \
+                 docker compose -p mcp-tunnel run --rm -T setup --token-version=1 --output=dir:/data 2>&1 && \
+                 [ \"$(cat /srv/mcp-tunnel/shared/data/tunnel-token)\" = \"$(cat '{}')\" ] && echo same-token",
+                f.file("identity-token"),
+                f.file("token")
+            ),
+        );
+        assert!(out.contains("same-token"), "install run of setup: {out}");
         if certificates {
             let key = format!("{}/pki/testbed/ca.key", f.state);
             for h in f.tb.host_names() {
