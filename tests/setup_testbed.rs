@@ -115,24 +115,11 @@ impl Fleet {
     }
 
     fn edge(&self) -> Value {
-        let out = self.tb.testbed(&["edge-stats"]);
-        assert!(out.status.success(), "{}", describe(&out));
-        serde_json::from_slice(&out.stdout).expect("edge-stats json")
+        self.tb.edge_stats()
     }
 
-    /// Host -> token fingerprints of its connectors up now, per the edge.
     fn current(&self) -> BTreeMap<String, BTreeSet<String>> {
-        let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for c in self.edge()["current"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            m.entry(c["host"].as_str().unwrap_or_default().to_string())
-                .or_default()
-                .insert(c["token_fp"].as_str().unwrap_or_default().to_string());
-        }
-        m
+        self.tb.edge_current()
     }
 
     /// The hosts whose recorded command lines ran the setup component, with those lines.

@@ -106,6 +106,31 @@ impl Testbed {
             .unwrap_or_default()
     }
 
+    /// The stand-in edge's statistics (`testbed edge-stats`): connectors up now, timeline.
+    pub fn edge_stats(&self) -> serde_json::Value {
+        let out = self.testbed(&["edge-stats"]);
+        assert!(out.status.success(), "edge-stats: {}", show(&out));
+        serde_json::from_slice(&out.stdout).expect("edge-stats json")
+    }
+
+    /// Host -> token fingerprints of its connectors up now, per the edge.
+    pub fn edge_current(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut m: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            Default::default();
+        for c in self.edge_stats()["current"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            m.entry(c["host"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .insert(c["token_fp"].as_str().unwrap_or_default().to_string());
+        }
+        m
+    }
+
     /// Runs tunnelfleet VERB with the testbed's inventory and known_hosts, then `args`.
     pub fn tf(&self, verb: &str, args: &[&str]) -> Output {
         self.tf_with(verb, &self.inventory(), &self.known_hosts(), args)
