@@ -5,7 +5,9 @@ Invoked through DIR/bin/docker (`standin_docker.py docker ARGS...`) and
 DIR/bin/docker-compose (`standin_docker.py compose-v1 ARGS...`). A "container"
 is a real process on the host running a stand-in program chosen by image name:
   image contains "cloudflared" -> standin_cloudflared.py COMMAND...
-  image contains "mcp-proxy"   -> standin_mcp_proxy.py COMMAND...
+  image contains "mcp-proxy"   -> standin_mcp_proxy.py COMMAND..., or, when the
+                                  entrypoint (else the command) is `setup`,
+                                  standin_setup.py with the remaining words
   anything else                -> a sleep loop (the command is NOT run)
 No filesystem or network isolation: every container of a host shares the
 host's (namespaced) filesystem and loopback, so `network_mode: service:X` is
@@ -202,8 +204,9 @@ def program_for(c):
             args = cmd
         return [PY, os.path.join(LIB, "standin_cloudflared.py"), *args]
     if "mcp-proxy" in image:
-        if cmd[:1] == ["setup"] or (c.get("entrypoint") or [""])[0].endswith("setup"):
-            return ["/bin/sh", "-c", "echo 'testbed: the setup component has no stand-in' >&2; exit 2"]
+        # The setup component ships in the same image (binary `setup`).
+        if cmd[:1] and os.path.basename(cmd[0]) == "setup":
+            return [PY, os.path.join(LIB, "standin_setup.py"), *cmd[1:]]
         return [PY, os.path.join(LIB, "standin_mcp_proxy.py"), *(c.get("command") or [])]
     # Unknown image: keep a process alive; the command is not run on the host.
     return ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
@@ -219,6 +222,9 @@ def program_env(c):
     edge = (cfg.get("edge_by_host") or {}).get(host) or cfg.get("edge")
     if edge:
         env["TESTBED_EDGE"] = edge
+    api = (cfg.get("api_url_by_host") or {}).get(host) or cfg.get("api_url")
+    if api:
+        env["TESTBED_API"] = api
     for k, ck in (("TESTBED_REGISTER_MS", "register_ms"), ("TESTBED_GRACE_MS", "grace_ms"),
                   ("TESTBED_CERT_POLL_MS", "cert_poll_ms")):
         if ck in cfg:
