@@ -15,11 +15,23 @@ Usage: edge.py DIR CONTROLLER_ADDR
   replaces the set with the new token but keeps connections already up.
 - HTTP API on 127.0.0.1:P and CONTROLLER_ADDR:P (P chosen free at start):
     POST /v1/organizations/tunnels/{tunnel_id}/reveal_token   (Tunnels API stand-in)
+    POST /v1/organizations/tunnels/{tunnel_id}/setup_token    (what the setup
+         component calls: Workload Identity Federation exchange + rotate/reveal)
     GET  /testbed/stats, POST /testbed/rotate                  (127.0.0.1 only)
+- setup_token: JSON body {federation_rule_id, organization_id, workspace_id
+  (string or null), identity_token, token_version}; the first three must be
+  the store's (else 401). The store keeps setup_token_version: the first call
+  reveals the current token and records the version; a higher version rotates
+  (exactly as /testbed/rotate); the same or a lower one is refused (409), as
+  the real setup refuses an unchanged --token-version. Answers {"id",
+  "tunnel_token", "type": "tunnel_token", "token_version"}.
 - State (the edge's own token store, 0600) in DIR/edge/store.json; timeline in
   DIR/edge/timeline.jsonl (fingerprints only). DIR/edge/ready.json announces
-  the ports once listening. Tokens are written only to DIR/token (at first
-  start) and DIR/token.next (on rotate), mode 0600.
+  the ports once listening. Secrets are written only to DIR/token (at first
+  start), DIR/token.next (on rotate), DIR/api-credential and
+  DIR/identity-token (the OIDC JWT the setup component presents), mode 0600.
+  DIR/setup.json (0644, no secrets) has tunnel_id, federation_rule_id and
+  organization_id for the setup service's environment.
 """
 import base64
 import hashlib
@@ -46,7 +58,9 @@ STORE = os.path.join(EDGE_DIR, "store.json")
 TIMELINE = os.path.join(EDGE_DIR, "timeline.jsonl")
 
 lock = threading.Lock()
-store = {}        # account, tunnel_id, tokens: [{token, id, valid}], credential
+store = {}        # account, tunnel_id, tokens: [{token, id, valid}], credential,
+                  # federation_rule_id, organization_id, identity_token,
+                  # setup_token_version (absent until setup_token is first called)
 current = {}      # key -> {host, connector, token_fp, addr, since, sock}
 timeline = []
 refused = []
@@ -85,6 +99,37 @@ def new_token():
     return base64.b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
 
 
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def new_identity_token():
+    """An OIDC-shaped JWT (header.payload.signature, base64url) as a workload
+    identity provider would mint for the setup component. Only compared
+    byte for byte here: the signature is random, exp is informative."""
+    now = int(time.time())
+    header = {"alg": "RS256", "typ": "JWT", "kid": secrets.token_hex(8)}
+    payload = {"iss": "https://oidc.testbed.invalid", "sub": "system:serviceaccount:mcp-tunnel:setup",
+               "aud": "anthropic-wif-testbed", "iat": now, "exp": now + 7 * 86400,
+               "jti": str(uuid.uuid4())}
+    return ".".join([b64url(json.dumps(header, separators=(",", ":")).encode()),
+                     b64url(json.dumps(payload, separators=(",", ":")).encode()),
+                     b64url(secrets.token_bytes(256))])
+
+
+def write_setup_files():
+    """DIR/identity-token (0600) and DIR/setup.json (0644, no secrets)."""
+    write_secret(os.path.join(DIR, "identity-token"), store["identity_token"])
+    info = {"tunnel_id": store["tunnel_id"], "federation_rule_id": store["federation_rule_id"],
+            "organization_id": store["organization_id"]}
+    tmp = os.path.join(DIR, "setup.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=1)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, os.path.join(DIR, "setup.json"))
+
+
 def load_or_init():
     global store
     os.makedirs(EDGE_DIR, mode=0o700, exist_ok=True)
@@ -99,6 +144,13 @@ def load_or_init():
         save_store()
         write_secret(os.path.join(DIR, "token"), store["tokens"][-1]["token"])
         write_secret(os.path.join(DIR, "api-credential"), store["credential"])
+    if "identity_token" not in store:
+        # Workload Identity Federation inputs of the setup component (a store
+        # from before the setup stand-in gets them added).
+        store.update(federation_rule_id="fdrl_" + secrets.token_hex(12),
+                     organization_id=str(uuid.uuid4()), identity_token=new_identity_token())
+        save_store()
+    write_setup_files()
     if os.path.exists(TIMELINE):
         for line in open(TIMELINE):
             timeline.append(json.loads(line))
@@ -116,16 +168,69 @@ def valid_tokens():
     return [t["token"] for t in store["tokens"] if t["valid"]]
 
 
+def rotate_locked(why):
+    """Caller holds lock. New token valid alone for new registrations;
+    connections already up stay (the edge keeps them)."""
+    for t in store["tokens"]:
+        t["valid"] = False
+    tok = {"token": new_token(), "id": "ttkn_" + secrets.token_hex(12), "valid": True}
+    store["tokens"].append(tok)
+    save_store()
+    write_secret(os.path.join(DIR, "token.next"), tok["token"])
+    log(f"rotated ({why}): new token {fp(tok['token'])}, old tokens refused for new connections")
+    return tok
+
+
 def rotate():
     with lock:
-        for t in store["tokens"]:
-            t["valid"] = False
-        tok = {"token": new_token(), "id": "ttkn_" + secrets.token_hex(12), "valid": True}
-        store["tokens"].append(tok)
-        save_store()
-        write_secret(os.path.join(DIR, "token.next"), tok["token"])
-        log(f"rotated: new token {fp(tok['token'])}, old tokens refused for new connections")
-        return fp(tok["token"])
+        return fp(rotate_locked("testbed/rotate")["token"])
+
+
+class ApiError(Exception):
+    def __init__(self, code, typ, message):
+        super().__init__(message)
+        self.code, self.typ, self.message = code, typ, message
+
+
+def setup_token(tunnel_id, body):
+    """The setup component's call: authenticate the WIF inputs, then reveal
+    (first version) or rotate (higher version) the tunnel token."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request_error", "request body must be a JSON object")
+    for k in ("federation_rule_id", "organization_id", "identity_token"):
+        if not isinstance(body.get(k), str) or not body[k]:
+            raise ApiError(400, "invalid_request_error", f"{k}: field required")
+    ws = body.get("workspace_id")
+    if ws is not None and not isinstance(ws, str):
+        raise ApiError(400, "invalid_request_error", "workspace_id: must be a string or null")
+    ok = all(secrets.compare_digest(body[k].encode(), store[k].encode())
+             for k in ("identity_token", "federation_rule_id", "organization_id"))
+    if not ok:
+        raise ApiError(401, "authentication_error",
+                       "workload identity federation failed: the identity token, federation "
+                       "rule or organization is not valid for this rule")
+    if tunnel_id != store["tunnel_id"]:
+        raise ApiError(404, "not_found_error", "tunnel not found")
+    v = body.get("token_version")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ApiError(400, "invalid_request_error",
+                       "token_version: must be an integer greater than or equal to 1")
+    with lock:
+        last = store.get("setup_token_version")
+        if last is not None and v <= last:
+            raise ApiError(409, "conflict_error",
+                           f"token version {v} is unchanged (last used {last}): "
+                           "increment --token-version to rotate")
+        if last is None:
+            tok = [t for t in store["tokens"] if t["valid"]][-1]
+            store["setup_token_version"] = v
+            save_store()
+            log(f"setup_token: version {v} recorded, token {fp(tok['token'])} revealed")
+        else:
+            store["setup_token_version"] = v
+            tok = rotate_locked(f"setup_token version {last} -> {v}")
+    return {"id": tok["id"], "tunnel_token": tok["token"], "type": "tunnel_token",
+            "token_version": v}
 
 
 def stats():
@@ -137,6 +242,7 @@ def stats():
                         for c in current.values()],
             "timeline": list(timeline),
             "refused": list(refused),
+            "setup_token_version": store.get("setup_token_version"),
         }
 
 
@@ -239,14 +345,36 @@ class ApiHandler(BaseHTTPRequestHandler):
         else:
             self.api_error(404, "not_found_error", "Not found")
 
+    def api_headers_ok(self):
+        if self.headers.get("anthropic-version") != API_VERSION:
+            self.api_error(400, "invalid_request_error", "anthropic-version header is required")
+            return False
+        if API_BETA not in (self.headers.get("anthropic-beta") or "").split(","):
+            self.api_error(400, "invalid_request_error",
+                           f"this endpoint requires anthropic-beta: {API_BETA}")
+            return False
+        return True
+
     def do_POST(self):
         n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            self.rfile.read(n)
+        raw = self.rfile.read(n) if n else b""
         if self.path == "/testbed/rotate" and self.local():
             self.reply(200, {"token_fp": rotate()})
             return
         parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) == 5 and parts[:3] == ["v1", "organizations", "tunnels"] \
+                and parts[4] == "setup_token":
+            # Authenticated by the body (Workload Identity Federation), no Bearer.
+            if not self.api_headers_ok():
+                return
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                return self.api_error(400, "invalid_request_error", "request body is not JSON")
+            try:
+                return self.reply(200, setup_token(parts[3], body))
+            except ApiError as e:
+                return self.api_error(e.code, e.typ, e.message)
         if len(parts) == 5 and parts[:3] == ["v1", "organizations", "tunnels"] \
                 and parts[4] == "reveal_token":
             auth = self.headers.get("Authorization", "")

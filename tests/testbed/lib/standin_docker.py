@@ -5,7 +5,9 @@ Invoked through DIR/bin/docker (`standin_docker.py docker ARGS...`) and
 DIR/bin/docker-compose (`standin_docker.py compose-v1 ARGS...`). A "container"
 is a real process on the host running a stand-in program chosen by image name:
   image contains "cloudflared" -> standin_cloudflared.py COMMAND...
-  image contains "mcp-proxy"   -> standin_mcp_proxy.py COMMAND...
+  image contains "mcp-proxy"   -> standin_mcp_proxy.py COMMAND..., or, when the
+                                  entrypoint (else the command) is `setup`,
+                                  standin_setup.py with the remaining words
   anything else                -> a sleep loop (the command is NOT run)
 No filesystem or network isolation: every container of a host shares the
 host's (namespaced) filesystem and loopback, so `network_mode: service:X` is
@@ -32,7 +34,11 @@ overrides .env; ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}, ${VAR?e}, $VAR, $$;
 `env_file:`. Values are taken at container creation. `up -d` recreates a
 container only when its resolved service config changed (hash over the
 resolved service minus scale/replicas/depends_on/build), else leaves it
-running; `restart` keeps the container's stored environment.
+running; `restart` keeps the container's stored environment. `profiles:`: a
+service with profiles is left out of `up` (with or without service names)
+unless one of its profiles is enabled (--profile P, else COMPOSE_PROFILES;
+`*` enables all) or it is named on the command line; `run` works for it
+regardless; its containers are never orphans.
 """
 import hashlib
 import json
@@ -198,8 +204,9 @@ def program_for(c):
             args = cmd
         return [PY, os.path.join(LIB, "standin_cloudflared.py"), *args]
     if "mcp-proxy" in image:
-        if cmd[:1] == ["setup"] or (c.get("entrypoint") or [""])[0].endswith("setup"):
-            return ["/bin/sh", "-c", "echo 'testbed: the setup component has no stand-in' >&2; exit 2"]
+        # The setup component ships in the same image (binary `setup`).
+        if cmd[:1] and os.path.basename(cmd[0]) == "setup":
+            return [PY, os.path.join(LIB, "standin_setup.py"), *cmd[1:]]
         return [PY, os.path.join(LIB, "standin_mcp_proxy.py"), *(c.get("command") or [])]
     # Unknown image: keep a process alive; the command is not run on the host.
     return ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
@@ -215,6 +222,9 @@ def program_env(c):
     edge = (cfg.get("edge_by_host") or {}).get(host) or cfg.get("edge")
     if edge:
         env["TESTBED_EDGE"] = edge
+    api = (cfg.get("api_url_by_host") or {}).get(host) or cfg.get("api_url")
+    if api:
+        env["TESTBED_API"] = api
     for k, ck in (("TESTBED_REGISTER_MS", "register_ms"), ("TESTBED_GRACE_MS", "grace_ms"),
                   ("TESTBED_CERT_POLL_MS", "cert_poll_ms")):
         if ck in cfg:
@@ -577,6 +587,15 @@ class Project:
         self.services = {}
         for sname, s in (model.get("services") or {}).items():
             self.services[sname] = self.resolve_service(sname, s or {})
+        # Enabled profiles: --profile (repeatable), else COMPOSE_PROFILES
+        # (shell or .env, comma-separated).
+        profs = g.get("profiles") or (self.env.get("COMPOSE_PROFILES") or "").split(",")
+        self.profiles = {x.strip() for x in profs if x.strip()}
+
+    def enabled(self, sname):
+        """A service without profiles, or with one of the enabled profiles."""
+        ps = self.services[sname]["profiles"]
+        return not ps or "*" in self.profiles or bool(self.profiles & set(ps))
 
     def resolve_service(self, name, s):
         if not s.get("image"):
@@ -656,6 +675,9 @@ class Project:
         hashed = dict(svc, other=rest)
         svc["config_hash"] = hashlib.sha256(
             json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
+        # After the hash: a service's hash does not depend on other services.
+        profiles = s.get("profiles") or []
+        svc["profiles"] = [str(x) for x in ([profiles] if isinstance(profiles, str) else profiles)]
         svc["depends_on"] = deps
         svc["scale"] = int(scale) if scale is not None else 1
         return svc
@@ -726,7 +748,8 @@ def progress(p, name, what):
 
 
 def compose_up(p, services, opts):
-    targets = services or list(p.services)
+    # Named services run whatever their profiles; otherwise the enabled ones.
+    targets = services or [n for n in p.services if p.enabled(n)]
     order = targets if opts["no_deps"] else p.order(targets)
     for n in targets:
         if n not in p.services:
@@ -1001,7 +1024,8 @@ def parse_opts(args, spec):
 
 
 def compose_main(args, v1):
-    g = {"files": [], "project_directory": None, "project_name": None, "env_file": None}
+    g = {"files": [], "project_directory": None, "project_name": None, "env_file": None,
+         "profiles": []}
     i = 0
     while i < len(args):
         a = args[i]
@@ -1023,7 +1047,9 @@ def compose_main(args, v1):
             g["project_name"] = value()
         elif key == "--env-file":
             g["env_file"] = value()
-        elif key in ("--ansi", "--progress", "--profile", "--parallel", "-H", "--host",
+        elif key == "--profile":
+            g["profiles"].append(value())
+        elif key in ("--ansi", "--progress", "--parallel", "-H", "--host",
                      "--log-level"):
             value()
         elif key in ("--no-ansi", "--compatibility", "--dry-run", "--verbose"):
@@ -1051,7 +1077,7 @@ def compose_main(args, v1):
         o, pos = parse_opts(rest, {"--services": "services", "-q": "quiet", "--quiet": "quiet",
                                    "--hash": ("hash", "one")})
         if o.get("services"):
-            print("\n".join(p.services))
+            print("\n".join(n for n in p.services if p.enabled(n)))
         elif o.get("hash"):
             for s in (p.services if o["hash"] == "*" else o["hash"].split(",")):
                 print(f"{s} {p.services[s]['config_hash']}")
