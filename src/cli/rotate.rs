@@ -510,6 +510,8 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
 
     // b. The new token, now.
     let from_setup = args.from_setup || resume_setup.is_some();
+    // The setup component invalidates the old token while it runs: the window starts there.
+    let setup_started = (from_setup && resume_setup.is_none()).then(Instant::now);
     let token = match early {
         Some(t) => t,
         None if from_setup => {
@@ -571,7 +573,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             token.fingerprint()
         )));
     }
-    let t0 = Instant::now();
+    let t0 = setup_started.unwrap_or_else(Instant::now);
     let new_fp = token.fingerprint();
 
     // Give every context the new token's .env (rendered per host).
@@ -657,6 +659,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         "tunnel": tunnel,
         "new_token_fingerprint": new_fp,
         "exposure_window_ms": window_ms,
+        "window_from": if setup_started.is_some() { "setup_started" } else { "token_in_hand" },
         "fewest_ready_hosts": fewest_ready,
         "hosts": rows,
         "complete": all_done,
@@ -702,8 +705,13 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             )
         );
         println!(
-            "token {new_fp}: exposure window {} (new token in hand -> last host on it); fewest ready hosts {fewest_ready}/{}",
+            "token {new_fp}: exposure window {} ({} -> last host on it); fewest ready hosts {fewest_ready}/{}",
             ms(window_ms),
+            if setup_started.is_some() {
+                "setup component started"
+            } else {
+                "new token in hand"
+            },
             names.len()
         );
         if let Some(h) = &report.summary.halted {
