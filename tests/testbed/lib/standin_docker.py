@@ -34,19 +34,34 @@ container only when its resolved service config changed (hash over the
 resolved service minus scale/replicas/depends_on/build), else leaves it
 running; `restart` keeps the container's stored environment.
 """
-import hashlib
 import json
 import os
 import re
-import secrets
 import shlex
 import signal
-import socket
-import subprocess
 import sys
 import time
 
 import fcntl
+
+
+class _Lazy:
+    """A module imported on first use: most commands (ps, inspect, logs) never
+    need these, and importing them costs more CPU than the command itself."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        mod = __import__(self._name)
+        globals()[self._name] = mod
+        return getattr(mod, attr)
+
+
+hashlib = _Lazy("hashlib")
+secrets = _Lazy("secrets")
+socket = _Lazy("socket")
+subprocess = _Lazy("subprocess")
 
 ROOT = "/var/lib/standin-docker"
 CDIR = os.path.join(ROOT, "containers")
@@ -231,7 +246,8 @@ def program_env(c):
 def spawn_shim(cid):
     """Start the supervisor of container cid, detached from the caller's
     session (so an ssh command returns), and wait until it runs the program."""
-    p = subprocess.Popen([PY, os.path.realpath(__file__), "__shim", cid],
+    # Through the launcher (cached bytecode, site on demand), like DIR/bin/docker.
+    p = subprocess.Popen([PY, "-S", os.path.join(LIB, "standin_run.py"), "standin_docker", "__shim", cid],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + 10
