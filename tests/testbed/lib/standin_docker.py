@@ -40,19 +40,34 @@ unless one of its profiles is enabled (--profile P, else COMPOSE_PROFILES;
 `*` enables all) or it is named on the command line; `run` works for it
 regardless; its containers are never orphans.
 """
-import hashlib
 import json
 import os
 import re
-import secrets
 import shlex
 import signal
-import socket
-import subprocess
 import sys
 import time
 
 import fcntl
+
+
+class _Lazy:
+    """A module imported on first use: most commands (ps, inspect, logs) never
+    need these, and importing them costs more CPU than the command itself."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        mod = __import__(self._name)
+        globals()[self._name] = mod
+        return getattr(mod, attr)
+
+
+hashlib = _Lazy("hashlib")
+secrets = _Lazy("secrets")
+socket = _Lazy("socket")
+subprocess = _Lazy("subprocess")
 
 ROOT = "/var/lib/standin-docker"
 CDIR = os.path.join(ROOT, "containers")
@@ -241,25 +256,42 @@ def program_env(c):
 def spawn_shim(cid):
     """Start the supervisor of container cid, detached from the caller's
     session (so an ssh command returns), and wait until it runs the program."""
-    p = subprocess.Popen([PY, os.path.realpath(__file__), "__shim", cid],
+    import select
+    # The shim writes a byte to `notify` once it has recorded the program as
+    # running (EOF if it exits first): no polling of the state file, which cost
+    # more CPU than the start itself on a busy machine.
+    notify, notify_w = os.pipe()
+    # Through the launcher (cached bytecode, site on demand), like DIR/bin/docker.
+    p = subprocess.Popen([PY, "-S", os.path.join(LIB, "standin_run.py"), "standin_docker", "__shim", cid,
+                          str(notify_w)], pass_fds=(notify_w,),
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    os.close(notify_w)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        c = load(cid)
-        if c and c.get("shim_pid") == p.pid and c["status"] in ("running", "restarting", "exited") \
-                and c.get("started_at", 0) >= c.get("spawn_requested", 0):
-            return c
-        if p.poll() is not None:
-            break
-        time.sleep(0.01)
+    eof = False
+    try:
+        while time.monotonic() < deadline:
+            c = load(cid)
+            if c and c.get("shim_pid") == p.pid and c["status"] in ("running", "restarting", "exited") \
+                    and c.get("started_at", 0) >= c.get("spawn_requested", 0):
+                return c
+            if p.poll() is not None:
+                break
+            if eof:
+                time.sleep(0.01)
+            elif select.select([notify], [], [], max(0.0, min(0.5, deadline - time.monotonic())))[0]:
+                eof = not os.read(notify, 64)
+    finally:
+        os.close(notify)
     c = load(cid)
     if p.poll() is not None and c and c["status"] != "exited":
         raise UserError(f"Error response from daemon: failed to start container {c['name']}")
     return c
 
 
-def shim_main(cid):
+def shim_main(cid, notify_fd=None):
+    """Supervise container cid; write to notify_fd (then close it) once the
+    program first runs (spawn_shim waits on it)."""
     c = load(cid)
     if c is None:
         return
@@ -318,6 +350,13 @@ def shim_main(cid):
             if not first:
                 x["restart_count"] = x.get("restart_count", 0) + 1
         update(cid, running)
+        if notify_fd is not None:
+            try:
+                os.write(notify_fd, b"1")
+                os.close(notify_fd)
+            except OSError:
+                pass
+            notify_fd = None
         if stopping["flag"]:          # stop arrived before the child existed
             on_term(signal.SIGTERM, None)
         first = False
@@ -1461,7 +1500,7 @@ def main():
     mode, args = sys.argv[1], sys.argv[2:]
     try:
         if mode == "__shim":
-            shim_main(args[0])
+            shim_main(args[0], int(args[1]) if len(args) > 1 else None)
             return 0
         if mode == "__boot":
             return boot_main()
