@@ -48,6 +48,10 @@ pub struct RotationState {
     /// When the new token was in hand (the clock of the times above).
     #[serde(skip)]
     pub t0: Option<Instant>,
+    /// The connector containers listed during preflight (the fleet lock has been held
+    /// since), so the window does not pay for listing them again.
+    #[serde(skip)]
+    pub listed: Option<Vec<ConnectorContainer>>,
 }
 
 impl RotationState {
@@ -98,11 +102,12 @@ impl Step<StackHost> for HealthyStep {
     }
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
         let session = h.session()?;
-        let ready: Vec<health::ConnectorReady> = health::connectors(&session)
-            .await
-            .into_iter()
-            .filter(|c| c.is_ready())
-            .collect();
+        // The readiness probes and the container listing at once: start_connector uses the
+        // listing instead of taking a round trip for it after the token is in hand.
+        let (probes, listed) = tokio::join!(health::connectors(&session), containers(&session));
+        h.rotation.listed = listed.ok();
+        let ready: Vec<health::ConnectorReady> =
+            probes.into_iter().filter(|c| c.is_ready()).collect();
         if ready.is_empty() {
             return Err(
                 StepFailure::new("no ready connector on the host").with_hint(
@@ -229,7 +234,10 @@ impl Step<StackHost> for StartConnectorStep {
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
         let session = h.session()?;
         let fp = new_fp(h)?;
-        let before = containers(&session).await?;
+        let before = match h.rotation.listed.take() {
+            Some(listed) => listed,
+            None => containers(&session).await?,
+        };
         let running = |c: &&ConnectorContainer| c.state == "running";
         h.rotation.old_containers = before
             .iter()
@@ -249,11 +257,12 @@ impl Step<StackHost> for StartConnectorStep {
             )));
         }
         let count = before.iter().filter(running).count() + 1;
-        // Scale up and list the connectors again, in one round trip.
+        // Scale up and describe the container that appeared, in one round trip.
+        let known: Vec<String> = before.iter().map(|c| c.name.clone()).collect();
         let script = format!(
             "{} || exit 1\n{}",
             scripts::scale_connectors_script(&h.input.layout, compose(h)?, count).trim_end(),
-            scripts::connectors_script()
+            scripts::new_connectors_script(&known)
         );
         let out = run(&session, &script, b"").await?;
         if !out.success() {

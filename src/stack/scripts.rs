@@ -369,11 +369,25 @@ pub struct ConnectorContainer {
 /// Lists the stack's cloudflared containers with their state, token fingerprint and
 /// connector id, one `conn=NAME STATE FP ID` line each (`-` for unknown). Read-only.
 pub fn connectors_script() -> String {
+    describe_connectors(true, &[])
+}
+
+/// Like [`connectors_script`], but describes only the running connectors whose names are not
+/// in `known` (one `docker ps`, then `inspect` and `logs` of the new ones only).
+pub fn new_connectors_script(known: &[String]) -> String {
+    describe_connectors(false, known)
+}
+
+fn describe_connectors(all: bool, known: &[String]) -> String {
     let project = quote(PROJECT_NAME);
+    let known = quote(&format!(" {} ", known.join(" ")));
+    let all = if all { " -a" } else { "" };
     format!(
-        "docker ps -a --filter label=com.docker.compose.project={project} \
+        "tf_known={known}\n\
+         docker ps{all} --filter label=com.docker.compose.project={project} \
          --filter label=com.docker.compose.service={CONNECTOR_SERVICE} --format '{{{{.Names}}}} {{{{.State}}}}' 2>/dev/null \
          | while read -r tf_n tf_st; do \
+         case \"$tf_known\" in *\" $tf_n \"*) continue;; esac; \
          tf_fp=$(docker inspect \"$tf_n\" 2>/dev/null | grep -o '\"TUNNEL_TOKEN=[^\"]*\"' | head -n 1 \
          | sed 's/^\"TUNNEL_TOKEN=//; s/\"$//' | tr -d '\\n' | sha256sum | cut -c1-12); \
          tf_id=$(docker logs \"$tf_n\" 2>&1 | sed -n 's/.*Generated Connector ID: *\\([0-9a-fA-F-]*\\).*/\\1/p' | tail -n 1); \
