@@ -9,7 +9,9 @@
 //!   counted from the testbed's command log (goal, issue 3: one round trip per host after
 //!   connecting);
 //! - rotate: `rotate-token` on 10 and on 50 hosts at 20 ms: exposure window (new token in
-//!   hand -> last host ready on it), wall time, fewest hosts with a connector per the edge
+//!   hand -> last host ready on it), wall time, fewest hosts with a connector per the edge's
+//!   timeline, when the canary and the median host were ready, and the CPU of the controller
+//!   and of the whole machine during the run (the simulated hosts share its 2 cores)
 //!   (goal, issue 4: the window on 50 hosts at most 1.2x the window on 10).
 
 #[path = "../tests/common/mod.rs"]
@@ -30,6 +32,25 @@ fn children_cpu() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Busy CPU time of the whole machine so far (all cores: user, nice, system, irq, softirq,
+/// steal from /proc/stat), to show what the simulated hosts cost beside the controller.
+fn machine_busy() -> Duration {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        .filter(|(i, _)| [0, 1, 2, 5, 6, 7].contains(i))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -174,43 +195,86 @@ fn deployed(hosts: usize) -> (common::Testbed, String) {
     (tb, state)
 }
 
-fn rotate_once(hosts: usize) -> (f64, f64, u64, f64) {
+/// One rotation on a fresh fleet: (window, wall, fewest hosts up per the edge, controller
+/// CPU, canary ready, median host ready), times in ms.
+struct RotateRun {
+    window: f64,
+    wall: f64,
+    fewest: usize,
+    cpu: f64,
+    canary: f64,
+    median_ready: f64,
+    machine_cpu: f64,
+}
+
+fn rotate_once(hosts: usize) -> RotateRun {
     let (tb, state) = deployed(hosts);
     let out = tb.testbed(&["edge-rotate"]);
     assert!(out.status.success(), "{}", common::describe(&out));
     let next = tb.path().join("token.next").to_string_lossy().into_owned();
+    let before = tb.edge_stats();
     let c = children_cpu();
+    let busy = machine_busy();
     let t = Instant::now();
     let out = tb.tf(
         "rotate-token",
         &["--state-dir", &state, "--token-file", &next, "--json"],
     );
     let wall = t.elapsed();
+    let machine_cpu = machine_busy().saturating_sub(busy);
     let cpu = children_cpu().saturating_sub(c);
     assert!(out.status.success(), "{}", common::describe(&out));
+    let after = tb.edge_stats();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let window = v["exposure_window_ms"].as_u64().unwrap_or(0) as f64;
-    let fewest = v["fewest_ready_hosts"].as_u64().unwrap_or(0);
-    (window, ms(wall), fewest, ms(cpu))
+    let mut ready: Vec<f64> = v["hosts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| h["new_ready_ms"].as_u64())
+                .map(|x| x as f64)
+                .collect()
+        })
+        .unwrap_or_default();
+    ready.sort_by(f64::total_cmp);
+    RotateRun {
+        window: v["exposure_window_ms"].as_u64().unwrap_or(0) as f64,
+        wall: ms(wall),
+        fewest: common::fewest_hosts_up(&before, &after),
+        cpu: ms(cpu),
+        canary: ready.first().copied().unwrap_or(0.0),
+        median_ready: ready.get(ready.len() / 2).copied().unwrap_or(0.0),
+        machine_cpu: ms(machine_cpu),
+    }
 }
 
 fn bench_rotate() {
     let mut rows = Vec::new();
     for hosts in [10usize, 50] {
-        let runs: Vec<(f64, f64, u64, f64)> = (0..3).map(|_| rotate_once(hosts)).collect();
-        let mut w: Vec<f64> = runs.iter().map(|r| r.0).collect();
-        w.sort_by(f64::total_cmp);
-        let mut t: Vec<f64> = runs.iter().map(|r| r.1).collect();
-        t.sort_by(f64::total_cmp);
-        let fewest = runs.iter().map(|r| r.2).min().unwrap_or(0);
-        let mut cpu: Vec<f64> = runs.iter().map(|r| r.3).collect();
-        cpu.sort_by(f64::total_cmp);
-        rows.push((hosts, w[1], t[1], fewest, cpu[1]));
+        let runs: Vec<RotateRun> = (0..3).map(|_| rotate_once(hosts)).collect();
+        let med = |f: &dyn Fn(&RotateRun) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let fewest = runs.iter().map(|r| r.fewest).min().unwrap_or(0);
+        rows.push((
+            hosts,
+            med(&|r| r.window),
+            med(&|r| r.wall),
+            fewest,
+            med(&|r| r.cpu),
+            med(&|r| r.canary),
+            med(&|r| r.median_ready),
+            med(&|r| r.machine_cpu),
+        ));
     }
     println!("rotate-token, 20 ms one-way latency, median of 3 runs:");
-    for (h, w, t, f, c) in &rows {
+    for (h, w, t, f, c, canary, mid, all) in &rows {
         println!(
-            "  {h:>2} hosts: exposure window {w:>7.0} ms, wall {t:>7.0} ms, fewest ready hosts {f}/{h}, controller CPU {c:.0} ms"
+            "  {h:>2} hosts: exposure window {w:>7.0} ms, wall {t:>7.0} ms, fewest hosts up (edge) {f}/{h}; \
+             canary ready at {canary:.0} ms, median host at {mid:.0} ms; CPU: controller {c:.0} ms, \
+             whole machine {all:.0} ms ({:.0} ms per simulated host)",
+            (all - c) / *h as f64
         );
     }
     if let [(_, w10, ..), (_, w50, ..)] = rows.as_slice() {

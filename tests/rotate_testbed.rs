@@ -84,38 +84,6 @@ impl Fleet {
     fn current(&self) -> BTreeMap<String, BTreeSet<String>> {
         self.tb.edge_current()
     }
-
-    /// Replays the edge's timeline from event `from` on, starting from the connectors up at
-    /// that point, and returns the fewest hosts that had a connector up at any moment.
-    fn fewest_hosts_up(&self, before: &Value, after: &Value) -> usize {
-        let start = before["timeline"].as_array().map(Vec::len).unwrap_or(0);
-        let mut up: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for c in before["current"].as_array().cloned().unwrap_or_default() {
-            up.entry(c["host"].as_str().unwrap_or_default().into())
-                .or_default()
-                .insert(c["connector"].as_str().unwrap_or_default().into());
-        }
-        let hosts =
-            |up: &BTreeMap<String, BTreeSet<String>>| up.values().filter(|s| !s.is_empty()).count();
-        let mut min = hosts(&up);
-        for e in after["timeline"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .skip(start)
-        {
-            let h = e["host"].as_str().unwrap_or_default().to_string();
-            let c = e["connector"].as_str().unwrap_or_default().to_string();
-            if e["event"] == "up" {
-                up.entry(h).or_default().insert(c);
-            } else {
-                up.entry(h).or_default().remove(&c);
-            }
-            min = min.min(hosts(&up));
-        }
-        min
-    }
 }
 
 #[test]
@@ -140,7 +108,7 @@ fn rotation_keeps_every_host_ready_and_ends_on_the_new_token() {
     }
     assert!(!cur.values().any(|s| s.contains(&fp(&old))));
     // The edge never saw fewer hosts with a connector than there are hosts.
-    assert_eq!(f.fewest_hosts_up(&before, &after), 5);
+    assert_eq!(common::fewest_hosts_up(&before, &after), 5);
     // The report has the timings and the window; no secret anywhere.
     assert!(doc["exposure_window_ms"].as_u64().is_some());
     assert_eq!(doc["fewest_ready_hosts"], 5);

@@ -175,3 +175,37 @@ pub fn fp(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.trim_end().as_bytes()))[..12].to_string()
 }
+
+/// Replays the edge's timeline from event `from` on, starting from the connectors up at
+/// that point, and returns the fewest hosts that had a connector up at any moment.
+pub fn fewest_hosts_up(before: &serde_json::Value, after: &serde_json::Value) -> usize {
+    let start = before["timeline"].as_array().map(Vec::len).unwrap_or(0);
+    let mut up: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for c in before["current"].as_array().cloned().unwrap_or_default() {
+        up.entry(c["host"].as_str().unwrap_or_default().into())
+            .or_default()
+            .insert(c["connector"].as_str().unwrap_or_default().into());
+    }
+    let hosts = |up: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>| {
+        up.values().filter(|s| !s.is_empty()).count()
+    };
+    let mut min = hosts(&up);
+    for e in after["timeline"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .skip(start)
+    {
+        let h = e["host"].as_str().unwrap_or_default().to_string();
+        let c = e["connector"].as_str().unwrap_or_default().to_string();
+        if e["event"] == "up" {
+            up.entry(h).or_default().insert(c);
+        } else {
+            up.entry(h).or_default().remove(&c);
+        }
+        min = min.min(hosts(&up));
+    }
+    min
+}
