@@ -89,7 +89,7 @@ pub async fn rotate_token(
     let floor = setup_floor(h)?.max(known.unwrap_or(0));
     let session = h.session().map_err(|e| e.message)?;
     let script = scripts::setup_token_script(&h.input.layout, compose(h)?, floor);
-    let stdin = format!("{}\n", identity.expose());
+    let stdin = zeroize::Zeroizing::new(format!("{}\n", identity.expose()));
     let out = session
         .exec(&script, stdin.as_bytes())
         .await
