@@ -92,13 +92,8 @@ fn bench_check() {
 
 fn bench_deploy() {
     let tb = common::Testbed::up(50, &["--latency-ms", "20"]);
-    let state = tb.path().join("state").to_string_lossy().into_owned();
+    let state = tb.state_with_ca();
     let token = tb.path().join("token").to_string_lossy().into_owned();
-    let out = std::process::Command::new(common::tunnelfleet_bin())
-        .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
-        .output()
-        .expect("pki init");
-    assert!(out.status.success(), "{}", common::describe(&out));
     let args = [
         "--state-dir",
         state.as_str(),
@@ -183,13 +178,8 @@ fn bench_connect() {
 
 fn deployed(hosts: usize) -> (common::Testbed, String) {
     let tb = common::Testbed::up(hosts, &["--latency-ms", "20"]);
-    let state = tb.path().join("state").to_string_lossy().into_owned();
+    let state = tb.state_with_ca();
     let token = tb.path().join("token").to_string_lossy().into_owned();
-    let out = std::process::Command::new(common::tunnelfleet_bin())
-        .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
-        .output()
-        .expect("pki init");
-    assert!(out.status.success(), "{}", common::describe(&out));
     let out = tb.tf("deploy", &["--state-dir", &state, "--token-file", &token]);
     assert!(out.status.success(), "{}", common::describe(&out));
     (tb, state)

@@ -19,12 +19,7 @@ impl Fleet {
     /// A testbed with the stack deployed on every host.
     fn deployed(n: usize) -> Fleet {
         let tb = Testbed::up(n, &[]);
-        let state = tb.path().join("state").to_string_lossy().into_owned();
-        let out = Command::new(common::tunnelfleet_bin())
-            .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
-            .output()
-            .expect("pki init");
-        assert!(out.status.success(), "{}", describe(&out));
+        let state = tb.state_with_ca();
         let f = Fleet { tb, state };
         let out = f.tf("deploy", &["--token-file", &f.file("token")]);
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));

@@ -37,12 +37,7 @@ impl Fleet {
     /// A testbed with the stack deployed on every host by `tunnelfleet deploy`.
     fn deployed(n: usize) -> Fleet {
         let tb = Testbed::up(n, &[]);
-        let state = tb.path().join("state").to_string_lossy().into_owned();
-        let out = Command::new(common::tunnelfleet_bin())
-            .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
-            .output()
-            .expect("pki init");
-        assert!(out.status.success(), "{}", describe(&out));
+        let state = tb.state_with_ca();
         let token = tb.path().join("token").to_string_lossy().into_owned();
         let out = tb.tf("deploy", &["--state-dir", &state, "--token-file", &token]);
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{Testbed, describe, fp, json};
 use serde_json::Value;
@@ -22,12 +22,7 @@ impl Fleet {
     /// stand-in), with the stack deployed on every host.
     fn deployed(n: usize, certificates: bool) -> Fleet {
         let tb = Testbed::up(n, &[]);
-        let state = tb.path().join("state").to_string_lossy().into_owned();
-        let out = Command::new(common::tunnelfleet_bin())
-            .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
-            .output()
-            .expect("pki init");
-        assert!(out.status.success(), "{}", describe(&out));
+        let state = tb.state_with_ca();
         let inventory = tb.path().join("inventory-setup.yaml");
         let f = Fleet {
             inventory: inventory.to_string_lossy().into_owned(),

@@ -106,6 +106,17 @@ impl Testbed {
             .unwrap_or_default()
     }
 
+    /// A controller state dir (DIR/state) with a CA for the testbed's tunnel (`pki init`).
+    pub fn state_with_ca(&self) -> String {
+        let state = self.path().join("state").to_string_lossy().into_owned();
+        let out = Command::new(tunnelfleet_bin())
+            .args(["pki", "init", "--state-dir", &state, "--tunnel", "testbed"])
+            .output()
+            .expect("pki init");
+        assert!(out.status.success(), "pki init: {}", show(&out));
+        state
+    }
+
     /// The stand-in edge's statistics (`testbed edge-stats`): connectors up now, timeline.
     pub fn edge_stats(&self) -> serde_json::Value {
         let out = self.testbed(&["edge-stats"]);
