@@ -59,6 +59,10 @@ fn finish(
         let code = out.status.map(|s| s as i32);
         let err = clean(out.stderr_text().trim().to_string());
         let hint = match code {
+            Some(scripts::SETUP_FAILED_EXIT) if err.contains("no such service") => {
+                "the host's compose file has no setup service: run tunnelfleet deploy after setting \
+                 the setup_* vars"
+            }
             Some(scripts::SETUP_FAILED_EXIT) => {
                 "check the identity token (a fresh OIDC token: they expire), the setup_* ids, and \
                  the host's outbound access to the API"
