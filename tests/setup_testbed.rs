@@ -407,3 +407,39 @@ fn renew_cert_runs_the_setup_component_on_every_host_without_restarts() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert_eq!(f.tb.recorded_commands().len(), commands);
 }
+
+#[test]
+fn a_host_without_the_setup_service_is_told_to_deploy_first() {
+    // Deployed before the setup_* vars were set: no setup service in the compose file.
+    let tb = Testbed::up(2, &[]);
+    let state = tb.state_with_ca();
+    let token = tb.path().join("token").to_string_lossy().into_owned();
+    let out = tb.tf("deploy", &["--state-dir", &state, "--token-file", &token]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let f = Fleet {
+        inventory: tb
+            .path()
+            .join("inventory-setup.yaml")
+            .to_string_lossy()
+            .into_owned(),
+        tb,
+        state,
+    };
+    f.write_inventory(false);
+    let before = f.current();
+    let out = f.tf(
+        "rotate-token",
+        &[
+            "--from-setup",
+            "--identity-token-file",
+            &f.file("identity-token"),
+        ],
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no setup service"), "{err}");
+    assert!(err.contains("tunnelfleet deploy"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(f.current(), before);
+    assert_eq!(f.edge()["setup_token_version"], Value::Null);
+}
