@@ -527,3 +527,54 @@ fn guided_rotation_asks_for_the_token_after_preflight_on_a_terminal() {
         );
     }
 }
+
+#[test]
+fn resume_gives_a_new_connector_to_a_host_whose_old_one_is_not_running() {
+    // A host away during the rotation comes back with its connector not running (stopped
+    // here; crash-looping on the old token in real life: the old token no longer registers).
+    // The resumed rotation must still start a connector on the new token there.
+    let f = Fleet::deployed(3);
+    f.tb.fault("h3", "partition");
+    let name = f.rotate_at_edge();
+    let new = f.token(&name);
+    let out = f.tf(
+        "rotate-token",
+        &[
+            "--token-file",
+            &f.file(&name),
+            "--allow-down",
+            "--connect-timeout",
+            "2s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    f.tb.fault("h3", "heal");
+    let stopped = f.tb.host_exec(
+        "h3",
+        "for n in $(docker ps -a --filter label=com.docker.compose.service=cloudflared --format '{{.Names}}'); \
+         do docker stop -t 0 \"$n\" >/dev/null; done; \
+         docker ps -a --filter label=com.docker.compose.service=cloudflared --format '{{.Names}} {{.State}}'",
+    );
+    assert!(
+        !stopped.trim().is_empty() && !stopped.contains("running"),
+        "{stopped}"
+    );
+    let out = f.tf(
+        "rotate-token",
+        &["--resume", "--token-file", &f.file(&name)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let cur = f.current();
+    for h in f.tb.host_names() {
+        assert_eq!(
+            cur.get(&h),
+            Some(&BTreeSet::from([fp(&new)])),
+            "{h}: {cur:?}"
+        );
+    }
+    let left = f.tb.host_exec(
+        "h3",
+        "docker ps -a --filter label=com.docker.compose.service=cloudflared --format '{{.Names}} {{.State}}'",
+    );
+    assert_eq!(left.trim().lines().count(), 1, "{left}");
+}

@@ -256,7 +256,11 @@ impl Step<StackHost> for StartConnectorStep {
                 c.name
             )));
         }
-        let count = before.iter().filter(running).count() + 1;
+        // One more than every connector container there is, running or not: a connector
+        // crash-looping on the old token (it lost the edge while the host was away, and the
+        // old token no longer registers) still holds its place in the scale, so counting only
+        // the running ones would ask Compose for what it already has.
+        let count = before.len() + 1;
         // Scale up and describe the container that appeared, in one round trip.
         let known: Vec<String> = before.iter().map(|c| c.name.clone()).collect();
         let script = format!(
@@ -272,10 +276,11 @@ impl Step<StackHost> for StartConnectorStep {
             ))
             .with_hint("the old connector still runs; if this host cannot run two connectors, use --in-place"));
         }
+        // The container that appeared, whatever its state this instant: wait_connector waits
+        // for it to be ready (and removes it if it never is).
         let after = scripts::parse_connectors(&out.stdout_text());
         let new = after
             .iter()
-            .filter(running)
             .find(|c| c.token_fp.as_deref() == Some(fp.as_str()))
             .ok_or_else(|| {
                 StepFailure::new("Compose started no connector on the new token")

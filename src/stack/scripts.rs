@@ -369,22 +369,21 @@ pub struct ConnectorContainer {
 /// Lists the stack's cloudflared containers with their state, token fingerprint and
 /// connector id, one `conn=NAME STATE FP ID` line each (`-` for unknown). Read-only.
 pub fn connectors_script() -> String {
-    describe_connectors(true, &[])
+    describe_connectors(&[])
 }
 
-/// Like [`connectors_script`], but describes only the running connectors whose names are not
-/// in `known` (one `docker ps`, then `inspect` and `logs` of the new ones only).
+/// Like [`connectors_script`], but describes only the connectors whose names are not in
+/// `known` (one `docker ps -a`, then `inspect` and `logs` of the new ones only).
 pub fn new_connectors_script(known: &[String]) -> String {
-    describe_connectors(false, known)
+    describe_connectors(known)
 }
 
-fn describe_connectors(all: bool, known: &[String]) -> String {
+fn describe_connectors(known: &[String]) -> String {
     let project = quote(PROJECT_NAME);
     let known = quote(&format!(" {} ", known.join(" ")));
-    let all = if all { " -a" } else { "" };
     format!(
         "tf_known={known}\n\
-         docker ps{all} --filter label=com.docker.compose.project={project} \
+         docker ps -a --filter label=com.docker.compose.project={project} \
          --filter label=com.docker.compose.service={CONNECTOR_SERVICE} --format '{{{{.Names}}}} {{{{.State}}}}' 2>/dev/null \
          | while read -r tf_n tf_st; do \
          case \"$tf_known\" in *\" $tf_n \"*) continue;; esac; \
