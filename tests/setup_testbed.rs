@@ -443,3 +443,42 @@ fn a_host_without_the_setup_service_is_told_to_deploy_first() {
     assert_eq!(f.current(), before);
     assert_eq!(f.edge()["setup_token_version"], Value::Null);
 }
+
+#[test]
+fn resume_from_setup_refuses_a_rotation_that_used_another_token() {
+    let f = Fleet::deployed(2, false);
+    f.tb.fault("h2", "partition");
+    let out = f.tb.testbed(&["edge-rotate"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = f.tf(
+        "rotate-token",
+        &[
+            "--token-file",
+            &f.file("token.next"),
+            "--allow-down",
+            "--connect-timeout",
+            "2s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    f.tb.fault("h2", "heal");
+    let version = f.edge()["setup_token_version"].clone();
+    let commands = f.tb.recorded_commands().len();
+    let out = f.tf(
+        "rotate-token",
+        &[
+            "--resume",
+            "--from-setup",
+            "--identity-token-file",
+            &f.file("identity-token"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not come from the setup component"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(f.edge()["setup_token_version"], version);
+    assert_eq!(f.tb.recorded_commands().len(), commands);
+}

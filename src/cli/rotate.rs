@@ -370,6 +370,16 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
                     .position(|i| &i.host.name == host)
                     .map(|p| inputs.remove(p));
             }
+        } else if args.from_setup && rec.new_token_fp.is_some() {
+            // Running the component now would rotate the token again under a rotation that
+            // is halfway to another one.
+            return Err(CliError::input(format!(
+                "--resume --from-setup: rotation {} moves to token {} which did not come from the \
+                 setup component; resume it with the token it started with (--token-file, \
+                 --token-stdin, TUNNEL_TOKEN or --api-base)",
+                rec.op_id,
+                rec.new_token_fp.as_deref().unwrap_or("?")
+            )));
         }
         inputs.retain(|i| pending.contains(&i.host.name));
         if inputs.is_empty() {
