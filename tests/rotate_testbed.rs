@@ -93,14 +93,8 @@ fn rotation_keeps_every_host_ready_and_ends_on_the_new_token() {
     let doc = json(&out);
     let after = f.edge();
     // Every host ends with exactly one connector, on the new token.
+    f.tb.assert_every_host_on(&new);
     let cur = f.current();
-    for h in f.tb.host_names() {
-        assert_eq!(
-            cur.get(&h),
-            Some(&BTreeSet::from([fp(&new)])),
-            "{h}: {cur:?}"
-        );
-    }
     assert!(!cur.values().any(|s| s.contains(&fp(&old))));
     // The edge never saw fewer hosts with a connector than there are hosts.
     assert_eq!(common::fewest_hosts_up(&before, &after), 5);
@@ -178,14 +172,7 @@ fn a_refused_canary_stops_the_rotation_with_every_old_connector_up() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("old connector still serves"), "{text}");
     assert!(text.contains("rotate-token"), "says what to run: {text}");
-    let cur = f.current();
-    for h in f.tb.host_names() {
-        assert_eq!(
-            cur.get(&h),
-            Some(&BTreeSet::from([fp(&old)])),
-            "{h}: {cur:?}"
-        );
-    }
+    f.tb.assert_every_host_on(&old);
     // Nothing crash-loops: each host has one connector container again.
     for h in f.tb.host_names() {
         let n = f.tb.host_exec(
@@ -437,14 +424,7 @@ fn rotation_with_the_token_from_the_tunnels_api() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(json(&out)["new_token_fingerprint"], fp(&new));
-    let cur = f.current();
-    for h in f.tb.host_names() {
-        assert_eq!(
-            cur.get(&h),
-            Some(&BTreeSet::from([fp(&new)])),
-            "{h}: {cur:?}"
-        );
-    }
+    f.tb.assert_every_host_on(&new);
     let credential = f.token("api-credential");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -518,14 +498,7 @@ fn guided_rotation_asks_for_the_token_after_preflight_on_a_terminal() {
     let text = String::from_utf8_lossy(&seen);
     assert!(status.success(), "{text}");
     assert!(!text.contains(new.trim()), "the pasted token was echoed");
-    let cur = f.current();
-    for h in f.tb.host_names() {
-        assert_eq!(
-            cur.get(&h),
-            Some(&BTreeSet::from([fp(&new)])),
-            "{h}: {cur:?}"
-        );
-    }
+    f.tb.assert_every_host_on(&new);
 }
 
 #[test]
@@ -564,14 +537,7 @@ fn resume_gives_a_new_connector_to_a_host_whose_old_one_is_not_running() {
         &["--resume", "--token-file", &f.file(&name)],
     );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let cur = f.current();
-    for h in f.tb.host_names() {
-        assert_eq!(
-            cur.get(&h),
-            Some(&BTreeSet::from([fp(&new)])),
-            "{h}: {cur:?}"
-        );
-    }
+    f.tb.assert_every_host_on(&new);
     let left = f.tb.host_exec(
         "h3",
         "docker ps -a --filter label=com.docker.compose.service=cloudflared --format '{{.Names}} {{.State}}'",

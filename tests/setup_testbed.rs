@@ -194,14 +194,7 @@ fn rotation_takes_the_token_from_the_setup_component_on_one_host() {
     let setup_host = runs.keys().next().cloned().unwrap_or_default();
     assert_eq!(f.version_on(&setup_host), "2");
     // Every host serves on the new token only.
-    let cur = f.current();
-    for h in f.tb.host_names() {
-        assert_eq!(
-            cur.get(&h),
-            Some(&BTreeSet::from([fp(&new)])),
-            "{h}: {cur:?}"
-        );
-    }
+    f.tb.assert_every_host_on(&new);
     // Neither the identity token nor the tunnel token in any command line, output or state.
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -232,10 +225,7 @@ fn rotation_takes_the_token_from_the_setup_component_on_one_host() {
     let runs = f.setup_runs();
     assert!(runs.get("h3").is_some_and(|l| l.len() == 1), "{runs:?}");
     assert_eq!(f.version_on("h3"), "3");
-    let cur = f.current();
-    for h in f.tb.host_names() {
-        assert_eq!(cur.get(&h), Some(&BTreeSet::from([fp(&newer)])), "{h}");
-    }
+    f.tb.assert_every_host_on(&newer);
 }
 
 #[test]
@@ -328,10 +318,7 @@ fn resume_reads_the_setup_token_back_instead_of_rotating_again() {
             .all(|l| !l.contains("compose") && !l.contains("TUNNEL_TOKEN")),
         "{h1_after:?}"
     );
-    let cur = f.current();
-    for h in f.tb.host_names() {
-        assert_eq!(cur.get(&h), Some(&BTreeSet::from([fp(&new)])), "{h}");
-    }
+    f.tb.assert_every_host_on(&new);
 }
 
 #[test]

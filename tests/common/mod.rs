@@ -142,6 +142,15 @@ impl Testbed {
         m
     }
 
+    /// Asserts that, per the edge, every host has connectors up on `token` and on no other.
+    pub fn assert_every_host_on(&self, token: &str) {
+        let cur = self.edge_current();
+        let want = std::collections::BTreeSet::from([fp(token)]);
+        for h in self.host_names() {
+            assert_eq!(cur.get(&h), Some(&want), "{h}: {cur:?}");
+        }
+    }
+
     /// Runs tunnelfleet VERB with the testbed's inventory and known_hosts, then `args`.
     pub fn tf(&self, verb: &str, args: &[&str]) -> Output {
         self.tf_with(verb, &self.inventory(), &self.known_hosts(), args)
