@@ -9,6 +9,7 @@ mod compose;
 mod error;
 mod plan;
 mod render;
+pub mod release_scripts;
 pub mod scripts;
 mod settings;
 mod yaml;
