@@ -79,23 +79,7 @@ pub struct RotateArgs {
 }
 
 fn parse_batch(s: &str) -> Result<BatchSize, String> {
-    if let Some(p) = s.strip_suffix('%') {
-        let n: u8 = p
-            .parse()
-            .map_err(|_| format!("'{s}': a percentage from 1% to 100%"))?;
-        if n == 0 || n > 100 {
-            return Err(format!("'{s}': a percentage from 1% to 100%"));
-        }
-        Ok(BatchSize::Percent(n))
-    } else {
-        let n: usize = s
-            .parse()
-            .map_err(|_| format!("'{s}': a number of hosts (e.g. 5) or a percentage (25%)"))?;
-        if n == 0 {
-            return Err("--batch must be at least 1".into());
-        }
-        Ok(BatchSize::Count(n))
-    }
+    s.parse()
 }
 
 /// What the journal directory keeps about a rotation besides the engine's step records:

@@ -322,7 +322,12 @@ pub struct StackHost {
     /// How long the gate waited.
     pub gate_ms: Option<u64>,
     /// What a token rotation did on this host.
-    pub rotation: super::rotate::RotationState,
+    pub rotation: super::host_state::RotationState,
+    /// What a release change (deploy, rollback) did on this host.
+    pub upgrade: super::host_state::UpgradeState,
+    /// The audit line is written after the gate by the operation (with the real outcome),
+    /// not by the apply script.
+    pub deferred_audit: bool,
     /// Certificates only (renew-cert): the plan keeps only the certificate writes.
     pub certs_only: bool,
 }
@@ -348,6 +353,8 @@ impl StackHost {
             ready: None,
             gate_ms: None,
             rotation: Default::default(),
+            upgrade: Default::default(),
+            deferred_audit: false,
             certs_only: false,
         }
     }
@@ -508,7 +515,7 @@ impl Step<StackHost> for ApplyStep {
             holder_json: &holder,
             expect_current: facts.facts.current_release.as_deref(),
             expect_env_sha256: facts.facts.env_sha256.as_deref(),
-            audit: &audit,
+            audit: (!h.deferred_audit).then_some(&audit),
         };
         let (script, stdin) =
             scripts::apply_script(&spec).map_err(|e| StepFailure::new(e.to_string()))?;

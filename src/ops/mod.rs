@@ -5,6 +5,8 @@ pub mod audit;
 pub mod deploy;
 pub mod fleet;
 pub mod health;
+pub mod host_state;
 pub mod http;
 pub mod rotate;
 pub mod setup;
+pub mod upgrade;

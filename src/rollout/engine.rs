@@ -24,6 +24,16 @@ pub trait Reporter: Send + Sync {
     fn host_done(&self, host: &str, phase: &str, ok: bool, msg: &str);
 }
 
+/// Decides what happens between two batches of a phase that pauses
+/// ([`super::Phase::pause_between_batches`]): wait a while, or ask the operator.
+#[async_trait::async_trait]
+pub trait PauseHook: Send + Sync {
+    /// Called before batch `next` (0-based; the first is never paused before) of `total`
+    /// batches of `phase` starts. `Err(reason)` halts the rollout: the remaining batches are
+    /// skipped with that reason.
+    async fn pause(&self, phase: &str, next: usize, total: usize) -> Result<(), String>;
+}
+
 /// A [`Reporter`] that ignores everything.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NullReporter;
@@ -189,6 +199,7 @@ pub struct Engine<'a> {
     resume: Option<Arc<JournalLog>>,
     op_id: Arc<str>,
     stop: StopHandle,
+    pause: Option<Arc<dyn PauseHook>>,
 }
 
 impl<'a> Engine<'a> {
@@ -200,7 +211,20 @@ impl<'a> Engine<'a> {
             resume: None,
             op_id: Arc::from(new_op_id()),
             stop: StopHandle::new(),
+            pause: None,
         }
+    }
+
+    /// Calls `hook` between the batches of phases that pause.
+    pub fn with_pause(mut self, hook: Arc<dyn PauseHook>) -> Self {
+        self.pause = Some(hook);
+        self
+    }
+
+    /// Uses `op_id` as the operation id (without a journal).
+    pub fn with_op_id(mut self, op_id: &str) -> Self {
+        self.op_id = Arc::from(op_id);
+        self
     }
 
     /// Journals every step's end (and the operation's end) to `journal`; the operation id
@@ -306,14 +330,20 @@ impl<'a> Engine<'a> {
             let mut failures: Vec<(usize, String)> = Vec::new();
             let mut phase_halt: Option<String> = None;
             let mut offset = 0;
-            for (b, size) in phase
-                .strategy
-                .batch_sizes(selected.len())
-                .into_iter()
-                .enumerate()
-            {
+            let sizes = phase.strategy.batch_sizes(selected.len());
+            let total_batches = sizes.len();
+            for (b, size) in sizes.into_iter().enumerate() {
                 let batch = &selected[offset..offset + size];
                 offset += size;
+                if b > 0
+                    && phase_halt.is_none()
+                    && !self.stop.is_requested()
+                    && phase.pause_between_batches
+                    && let Some(hook) = &self.pause
+                    && let Err(reason) = hook.pause(&phase.name, b, total_batches).await
+                {
+                    phase_halt = Some(reason);
+                }
                 let reason = if let Some(r) = &phase_halt {
                     Some(r.clone())
                 } else if self.stop.is_requested() {

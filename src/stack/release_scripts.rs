@@ -301,16 +301,25 @@ pub struct ReleasesFacts {
     pub releases: Vec<HostRelease>,
     /// The host's audit log lines (JSON), oldest first (the last 1000).
     pub audit: Vec<String>,
-    /// The compose file of each release asked for, by id (public: no secrets in it).
-    pub compose: std::collections::BTreeMap<String, String>,
+    /// Files of each release, by (id, path), when asked for (public: no secrets in them).
+    pub files: std::collections::BTreeMap<(String, String), String>,
 }
 
 /// Lists the releases on the host (newest first), `current`, the audit log's last lines, and
-/// the compose file of each release in `compose_of` (for the surge decision). Read-only.
-pub fn releases_script(layout: &Layout, compose_of: &[&str]) -> String {
+/// with `with_files` the compose file and proxy config of every release (public: the token
+/// lives in `shared/.env`, never in a release). Read-only.
+pub fn releases_script(layout: &Layout, with_files: bool) -> String {
     let rels = quote(&layout.releases_dir());
     let cur = quote(&layout.current());
     let audit = quote(&audit_log(layout));
+    let files = if with_files {
+        format!(
+            "for tf_f in {COMPOSE_FILE} {PROXY_CONFIG}; do if [ -f \"$tf_id/$tf_f\" ] && [ $(wc -c < \"$tf_id/$tf_f\") -le 262144 ]; then \
+             echo \"@file $tf_id $tf_f\"; cat \"$tf_id/$tf_f\"; echo; echo '@end'; fi; done; "
+        )
+    } else {
+        String::new()
+    };
     let mut s = String::from("# tunnelfleet: releases\n");
     let _ = writeln!(
         s,
@@ -324,19 +333,9 @@ pub fn releases_script(layout: &Layout, compose_of: &[&str]) -> String {
          tf_m=$(stat -c %Y \"$tf_id\" 2>/dev/null || echo 0); \
          tf_h=$(sha256sum < \"$tf_id/{PROXY_CONFIG}\" 2>/dev/null | cut -c1-12); \
          tf_i=$(sed -n \"s/^ *image: *//p\" \"$tf_id/{COMPOSE_FILE}\" 2>/dev/null | tr -d \"'\\\"\" | awk '!s[$0]++' | tr '\\n' ','); \
-         echo \"rel=$tf_id $tf_ok $tf_m ${{tf_h:--}} ${{tf_i:--}}\"; done; cd /; fi"
+         echo \"rel=$tf_id $tf_ok $tf_m ${{tf_h:--}} ${{tf_i:--}}\"; {files}done; cd /; fi"
     );
-    let _ = writeln!(
-        s,
-        "tail -n 1000 {audit} 2>/dev/null | sed 's/^/audit=/'"
-    );
-    for id in compose_of.iter().filter(|i| is_release_id(i)) {
-        let _ = writeln!(
-            s,
-            "echo '@compose {id}'; cat {} 2>/dev/null; echo '@end'",
-            quote(&format!("{}/{COMPOSE_FILE}", layout.release_dir(id)))
-        );
-    }
+    let _ = writeln!(s, "tail -n 1000 {audit} 2>/dev/null | sed 's/^/audit=/'");
     s.push_str("exit 0\n");
     s
 }
@@ -344,20 +343,25 @@ pub fn releases_script(layout: &Layout, compose_of: &[&str]) -> String {
 /// Parses [`releases_script`] output.
 pub fn parse_releases(out: &str) -> ReleasesFacts {
     let mut f = ReleasesFacts::default();
-    let mut in_compose: Option<(String, String)> = None;
+    let mut in_file: Option<(String, String, String)> = None;
     for line in out.lines() {
-        if let Some((id, text)) = in_compose.as_mut() {
+        if let Some((id, path, text)) = in_file.as_mut() {
             if line == "@end" {
-                f.compose.insert(id.clone(), std::mem::take(text));
-                in_compose = None;
+                // `cat; echo` added one newline after the file's own.
+                let mut t = std::mem::take(text);
+                t.pop();
+                f.files.insert((id.clone(), path.clone()), t);
+                in_file = None;
             } else {
                 text.push_str(line);
                 text.push('\n');
             }
             continue;
         }
-        if let Some(id) = line.strip_prefix("@compose ") {
-            in_compose = Some((id.to_string(), String::new()));
+        if let Some(rest) = line.strip_prefix("@file ") {
+            if let Some((id, path)) = rest.split_once(' ') {
+                in_file = Some((id.to_string(), path.to_string(), String::new()));
+            }
         } else if let Some(c) = line.strip_prefix("current=") {
             f.current = (c != "-" && !c.is_empty()).then(|| c.to_string());
         } else if let Some(a) = line.strip_prefix("audit=") {
@@ -383,6 +387,20 @@ pub fn parse_releases(out: &str) -> ReleasesFacts {
         }
     }
     f
+}
+
+impl ReleasesFacts {
+    /// The release `id` if it is on the host.
+    pub fn release(&self, id: &str) -> Option<&HostRelease> {
+        self.releases.iter().find(|r| r.id == id)
+    }
+
+    /// A file (`docker-compose.yaml` or `config/mcp-proxy.yaml`) of release `id`, when read.
+    pub fn file(&self, id: &str, path: &str) -> Option<&str> {
+        self.files
+            .get(&(id.to_string(), path.to_string()))
+            .map(String::as_str)
+    }
 }
 
 /// Removes release directories beyond the newest `keep` (by modification time), never one in
@@ -523,12 +541,15 @@ mod tests {
         assert!(rel.join(".env").is_symlink());
         // Not switched: staging never touches `current`.
         assert!(!d.join("current").exists() && !d.join("current").is_symlink());
-        let facts = parse_releases(&run_sh(&releases_script(&l, &[&r.id]), b"").1);
+        let facts = parse_releases(&run_sh(&releases_script(&l, true), b"").1);
         assert_eq!(facts.current, None);
         assert_eq!(facts.releases.len(), 1);
         assert!(facts.releases[0].complete);
         assert_eq!(facts.releases[0].images, vec!["p:a", "c:a"]);
-        assert!(facts.compose[&r.id].contains("c:a"));
+        assert_eq!(
+            facts.file(&r.id, COMPOSE_FILE).map(str::as_bytes),
+            r.file(COMPOSE_FILE).map(|f| f.contents.as_slice())
+        );
     }
 
     #[test]
