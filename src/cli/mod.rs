@@ -13,6 +13,7 @@ pub mod progress;
 mod renew;
 mod rotate;
 mod run_playbook;
+mod staged;
 mod status;
 mod unlock;
 

@@ -90,6 +90,9 @@ pub struct UpgradeState {
     /// Releases pruned after the rollout.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pruned: Vec<String>,
+    /// The host's releases, when read (rollback, `--check --diff`).
+    #[serde(skip)]
+    pub releases: Option<crate::stack::release_scripts::ReleasesFacts>,
     /// Milliseconds from the rollout's start when the host stopped having a ready connector
     /// (recreated in place) and when it had one again.
     #[serde(skip_serializing_if = "Option::is_none")]

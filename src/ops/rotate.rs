@@ -485,6 +485,7 @@ impl Step<StackHost> for AuditStep {
                 AuditOutcome::Failed
             },
             release: None,
+            from_release: None,
             token_fingerprint: h.input.token_fp.clone(),
             cert_serial: None,
         };
@@ -505,7 +506,13 @@ pub fn register_rotation_steps(
     lock_wait: Duration,
     gate_override: Option<Duration>,
 ) {
-    super::deploy::register_deploy_steps(r, gate_override);
+    super::deploy::register_deploy_steps(
+        r,
+        super::deploy::GateOverrides {
+            deadline: gate_override,
+            min_healthy: None,
+        },
+    );
     r.register("healthy", |p| {
         Params::new(p, &[])?;
         Ok(Arc::new(HealthyStep) as Arc<dyn Step<StackHost>>)

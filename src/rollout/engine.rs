@@ -221,6 +221,13 @@ impl<'a> Engine<'a> {
         self
     }
 
+    /// Uses `stop` as this engine's stop handle (shared with a Ctrl-C handler installed
+    /// before the engine exists, or with the engines of the next parts of an operation).
+    pub fn with_stop(mut self, stop: StopHandle) -> Self {
+        self.stop = stop;
+        self
+    }
+
     /// Uses `op_id` as the operation id (without a journal).
     pub fn with_op_id(mut self, op_id: &str) -> Self {
         self.op_id = Arc::from(op_id);

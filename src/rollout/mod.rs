@@ -30,6 +30,7 @@ pub use engine::{
     Summary, new_op_id,
 };
 pub use journal::{Journal, JournalLog, OpStatus, PendingOp};
+pub(crate) use step::fmt_duration;
 pub use step::{HostCtx, Step, StepCx, StepFailure, StepOutcome, StopHandle};
 
 use std::sync::Arc;

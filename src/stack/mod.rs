@@ -6,6 +6,7 @@
 //! bytes, so tunnelfleet can hash them to detect drift.
 
 mod compose;
+pub mod diff;
 mod error;
 mod plan;
 mod render;
