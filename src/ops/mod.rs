@@ -8,3 +8,4 @@ pub mod health;
 pub mod http;
 pub mod rotate;
 pub mod setup;
+pub mod tls_probe;
