@@ -146,11 +146,22 @@ must_fail info other
 must_fail info fleet other.example.com
 must_fail X "curl -sf http://127.0.0.1:8080/testbed/info"
 
-step "rmi refuses an image in use unless -f; images survive a reboot"
+step "rmi refuses an image in use unless -f"
 out=$(S "docker rmi $CF" 2>&1) && fail "rmi of an image in use succeeded"
 echo "$out" | grep -q "(must force) - container [0-9a-f]\{12\} is using its referenced image" || fail "rmi: $out"
 S "docker rmi cloudflare/cloudflared:2024.6.1" | grep -q "^Untagged: cloudflare/cloudflared:2024.6.1$" || fail "rmi unused"
 must_fail S "docker image inspect cloudflare/cloudflared:2024.6.1"
+S "$DC config --images" | sort | tr '\n' ' ' | grep -qx "$CF $PROXY " || fail "config --images"
+
+step "registry offline: pulls fail, up with images in the store still works"
+X "touch /var/lib/standin-docker/registry-offline"
+out=$(S "docker pull $CF" 2>&1) && fail "pull with the registry offline succeeded"
+echo "$out" | grep -q "registry unreachable" || fail "offline pull: $out"
+S "$DC up -d" 2>/dev/null || fail "up with every image present needs no registry"
+must_fail S "docker pull cloudflare/cloudflared:2024.6.1"
+X "rm /var/lib/standin-docker/registry-offline"
+
+step "images survive a reboot"
 "$T" fault --dir "$E" h1 reboot >/dev/null
 S "docker image inspect -f '{{.Id}}' $CF" >/dev/null || fail "images lost over a reboot"
 wait_edge "[c['host'] for c in d['current']] == ['h1']" "h1 connector back after the reboot"

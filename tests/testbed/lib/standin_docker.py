@@ -1143,9 +1143,11 @@ def compose_main(args, v1):
 
     if cmd == "config":
         o, pos = parse_opts(rest, {"--services": "services", "-q": "quiet", "--quiet": "quiet",
-                                   "--hash": ("hash", "one")})
+                                   "--hash": ("hash", "one"), "--images": "images"})
         if o.get("services"):
             print("\n".join(n for n in p.services if p.enabled(n)))
+        elif o.get("images"):
+            print("\n".join(p.services[n]["image"] for n in p.services if p.enabled(n)))
         elif o.get("hash"):
             for s in (p.services if o["hash"] == "*" else o["hash"].split(",")):
                 print(f"{s} {p.services[s]['config_hash']}")
@@ -1390,7 +1392,9 @@ def network_settings(c):
 # record per reference (ROOT survives reboots, as dockerd's image store does).
 # Nothing is downloaded: "pulling" records the reference. A reference that
 # contains "unpullable" cannot be pulled ("manifest unknown"), which is how the
-# testbed models a release whose image does not exist in the registry.
+# testbed models a release whose image does not exist in the registry. While
+# ROOT/registry-offline exists, no pull succeeds on that host (a registry out of
+# reach): what is in the store is all there is.
 
 IMAGES = os.path.join(ROOT, "images")
 
@@ -1457,14 +1461,20 @@ def find_image(ref):
     return None
 
 
+def registry_offline():
+    return os.path.exists(os.path.join(ROOT, "registry-offline"))
+
+
 def pull_error(ref):
+    if registry_offline():
+        return f"pull {ref}: registry unreachable: dial tcp: i/o timeout (testbed: registry-offline)"
     return f"manifest for {ref} not found: manifest unknown: manifest unknown"
 
 
 def pull_image(ref):
     """Records ref in the store ("pulls" it); returns (record, was_new).
     UserError for an unpullable reference (nothing recorded)."""
-    if "unpullable" in ref:
+    if "unpullable" in ref or registry_offline():
         raise UserError(f"Error response from daemon: {pull_error(ref)}")
     old = find_image(ref)
     if old is not None and old["ref"] == norm_ref(ref):
