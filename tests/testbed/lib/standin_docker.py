@@ -9,6 +9,9 @@ is a real process on the host running a stand-in program chosen by image name:
                                   entrypoint (else the command) is `setup`,
                                   standin_setup.py with the remaining words
   anything else                -> a sleep loop (the command is NOT run)
+Images: a per-host store (see "images" below); `up`/`run` pull missing ones
+first. The image reference also selects the stand-ins' failure modes
+(TESTBED_IMAGE: never-ready, crash-after-Ns, bad-config; unpullable here).
 No filesystem or network isolation: every container of a host shares the
 host's (namespaced) filesystem and loopback, so `network_mode: service:X` is
 satisfied trivially. Volumes are recorded and handed to stand-ins as a
