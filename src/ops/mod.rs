@@ -9,4 +9,5 @@ pub mod host_state;
 pub mod http;
 pub mod rotate;
 pub mod setup;
+pub mod tls_probe;
 pub mod upgrade;
