@@ -259,6 +259,8 @@ pub fn render_staging(staging: &Staging, hosts: &[StagedHost], verb: &str, diff:
                 .map(|h| {
                     if staging.surge.contains(h) {
                         format!("{h} (make-before-break)")
+                    } else if staging.down.contains(h) {
+                        format!("{h} (nothing serving yet)")
                     } else {
                         format!("{h} (recreated: counts against --max-unavailable)")
                     }
@@ -327,7 +329,15 @@ pub fn render_outcome(hosts: &[StagedHost], halted: Option<&str>, interrupted: O
         "{}",
         table(&["HOST", "OUTCOME", "RELEASE", "MOVED", "READY IN"], &rows)
     );
-    for h in hosts.iter().filter(|h| h.error.is_some()) {
+    let skipped: Vec<&str> = hosts
+        .iter()
+        .filter(|h| h.outcome == "skipped")
+        .map(|h| h.name.as_str())
+        .collect();
+    for h in hosts
+        .iter()
+        .filter(|h| h.error.is_some() && h.outcome != "skipped")
+    {
         println!();
         println!(
             "{}: {}",
@@ -350,21 +360,33 @@ pub fn render_outcome(hosts: &[StagedHost], halted: Option<&str>, interrupted: O
             println!("  rollback failed: {e}");
         }
     }
+    if !skipped.is_empty() {
+        println!();
+        println!(
+            "not touched (the rollout stopped before them): {}",
+            skipped.join(", ")
+        );
+    }
     let ok = hosts.iter().filter(|h| h.ok).count();
     let rolled = hosts
         .iter()
         .filter(|h| h.upgrade.rolled_back && h.upgrade.rollback_error.is_none())
         .count();
+    let failed = hosts.len() - ok - rolled - skipped.len();
     println!();
-    println!(
-        "{ok} ok, {} not ok{}",
-        hosts.len() - ok,
-        if rolled > 0 {
-            format!(" ({rolled} rolled back to the release they ran before, and gated)")
-        } else {
-            String::new()
-        }
-    );
+    let mut parts = vec![format!("{ok} ok")];
+    if rolled > 0 {
+        parts.push(format!(
+            "{rolled} rolled back to the release they ran before (gated)"
+        ));
+    }
+    if failed > 0 {
+        parts.push(format!("{failed} failed"));
+    }
+    if !skipped.is_empty() {
+        parts.push(format!("{} not touched", skipped.len()));
+    }
+    println!("{}", parts.join(", "));
     if let Some(h) = halted {
         println!("rollout halted: {h}");
     }
@@ -422,12 +444,22 @@ pub fn staged_host(
         hint: failed_rec.and_then(|r| r.hint.clone()),
         gate_ms: h.gate_ms,
         upgrade: h.upgrade.clone(),
-        plan: h
-            .plan
-            .as_ref()
-            .filter(|p| !p.is_empty())
-            .map(|p| p.describe())
-            .unwrap_or_default(),
+        plan: {
+            let mut lines = h
+                .plan
+                .as_ref()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.describe())
+                .unwrap_or_default();
+            if h.upgrade.surge && !lines.is_empty() {
+                lines.push(
+                    "start a second connector on the new image beside the old one; retire the \
+                     old one once the new one is ready (make-before-break)"
+                        .into(),
+                );
+            }
+            lines
+        },
         diffs: BTreeMap::new(),
     }
 }

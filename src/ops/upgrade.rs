@@ -80,6 +80,9 @@ pub struct Staging {
     pub hosts: Vec<String>,
     /// Hosts that move make-before-break (never without a ready connector).
     pub surge: Vec<String>,
+    /// Hosts with no running stack before the change (a first deploy, a host found down):
+    /// they have no capacity to lose and do not count against `max_unavailable`.
+    pub down: Vec<String>,
     /// Hosts that recreate the proxy (and so the connector): they count against
     /// `max_unavailable` while they move.
     pub recreate: Vec<String>,
@@ -95,13 +98,14 @@ pub struct Staging {
 pub fn stage(
     hosts: &[String],
     surge: &BTreeSet<String>,
+    down: &BTreeSet<String>,
     fleet: usize,
     opts: &StagedOptions,
 ) -> (Staging, Strategy) {
     let max_unavailable = opts.max_unavailable.of(fleet.max(1));
     let recreate: Vec<String> = hosts
         .iter()
-        .filter(|h| !surge.contains(*h))
+        .filter(|h| !surge.contains(*h) && !down.contains(*h))
         .cloned()
         .collect();
     let mut notes = Vec::new();
@@ -140,6 +144,7 @@ pub fn stage(
         Staging {
             hosts: hosts.to_vec(),
             surge: hosts.iter().filter(|h| surge.contains(*h)).cloned().collect(),
+            down: hosts.iter().filter(|h| down.contains(*h)).cloned().collect(),
             recreate,
             batches,
             max_unavailable,
@@ -459,8 +464,49 @@ impl Step<StackHost> for SwitchStep {
 
 /// The stack's containers as the gate sees them (one round trip).
 async fn gate_state(session: &Session) -> Result<Vec<GateContainer>, StepFailure> {
+    Ok(gate_state_ip(session).await?.0)
+}
+
+async fn gate_state_ip(
+    session: &Session,
+) -> Result<(Vec<GateContainer>, Option<String>), StepFailure> {
     let out = exec(session, &rs::gate_state_script(), b"").await?;
-    Ok(rs::parse_gate_state(&out.stdout_text()))
+    let text = out.stdout_text();
+    Ok((rs::parse_gate_state(&text), rs::parse_proxy_ip(&text)))
+}
+
+/// The port the proxy terminates TLS on (`listen_addr` in the rendered config).
+pub const PROXY_TLS_PORT: u16 = 8080;
+
+/// The proxy actually serving: a TLS handshake with the tunnel domain as SNI on the proxy's
+/// port, through the SSH connection, trusting only the fleet's CA. Skipped (None) when the
+/// controller has no CA for the tunnel (the setup component owns the certificates).
+async fn proxy_serves(
+    h: &StackHost,
+    session: &Session,
+    ip: Option<&str>,
+) -> Option<Result<String, String>> {
+    let ca = h
+        .input
+        .certs
+        .iter()
+        .find(|(c, _, _)| *c == crate::stack::CertFile::CaCrt)
+        .map(|(_, b, _)| String::from_utf8_lossy(b).into_owned())?;
+    let Some(ip) = ip else {
+        return Some(Err(
+            "the proxy container has no address to reach it on".to_string()
+        ));
+    };
+    let r = super::tls_probe::handshake(
+        session,
+        ip,
+        PROXY_TLS_PORT,
+        &h.input.settings.tunnel_domain,
+        &ca,
+        Duration::from_secs(5),
+    )
+    .await;
+    Some(r.map(|p| format!("serves certificate {}", p.serial)))
 }
 
 /// What is wrong with the stack's containers, if anything: a service missing or down, or
@@ -555,9 +601,10 @@ pub async fn gate(
     let started = tokio::time::Instant::now();
     let until = started + deadline;
     let mut down_twice = 0u32;
+    let mut tls_error: Option<String> = None;
     let ready = loop {
-        let (probes, state) = tokio::join!(health::connectors(&session), gate_state(&session));
-        let state = state?;
+        let (probes, state) = tokio::join!(health::connectors(&session), gate_state_ip(&session));
+        let (state, proxy_ip) = state?;
         if let Some(c) = probes.iter().find(|c| {
             c.is_ready()
                 && c.connector_id
@@ -565,7 +612,12 @@ pub async fn gate(
                     .is_none_or(|id| !h.old_connector_ids.contains(id))
         }) && unhealthy(&state, None).is_none()
         {
-            break (c.clone(), state);
+            match proxy_serves(h, &session, proxy_ip.as_deref()).await {
+                Some(Err(e)) => {
+                    tls_error = Some(e);
+                }
+                served => break (c.clone(), state, served.and_then(Result::ok)),
+            }
         }
         // Two looks in a row: a container between a crash and its restart is not a verdict.
         if let Some(why) = unhealthy(&state, None) {
@@ -581,17 +633,21 @@ pub async fn gate(
         if tokio::time::Instant::now() >= until {
             let names: Vec<String> = state.iter().map(|c| c.name.clone()).collect();
             let telling = collect_logs(h, &session, &names).await;
-            return Err(gate_failure(
-                format!(
+            let why = match tls_error.take() {
+                Some(e) => format!(
+                    "the proxy does not serve within {}: {e}",
+                    crate::rollout::fmt_duration(deadline)
+                ),
+                None => format!(
                     "no new connector became ready within {}",
                     crate::rollout::fmt_duration(deadline)
                 ),
-                telling,
-            ));
+            };
+            return Err(gate_failure(why, telling));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let (c, baseline) = ready;
+    let (c, baseline, served) = ready;
     let ready_ms = started.elapsed().as_millis() as u64;
     h.gate_ms = Some(ready_ms);
     if !min_healthy.is_zero() {
@@ -615,8 +671,9 @@ pub async fn gate(
         h.upgrade.gate_containers = baseline;
     }
     let detail = format!(
-        "connector {} ready in {ready_ms} ms{}",
+        "connector {} ready in {ready_ms} ms{}{}",
         c.connector_id.as_deref().unwrap_or("?"),
+        served.map(|s| format!(", proxy {s}")).unwrap_or_default(),
         if min_healthy.is_zero() {
             String::new()
         } else {
@@ -1315,7 +1372,18 @@ pub async fn run_release_change(
         .filter(|h| h.upgrade.surge && changing.iter().any(|c| c == h.name()))
         .map(|h| h.name().to_string())
         .collect();
-    let (staging, strategy) = stage(&changing, &surge, fleet, opts);
+    let down: BTreeSet<String> = hosts
+        .iter()
+        .filter(|h| changing.iter().any(|c| c == h.name()))
+        .filter(|h| {
+            h.facts.as_ref().is_some_and(|f| {
+                f.facts.proxy != crate::stack::ContainerState::Running
+                    || f.facts.connector != crate::stack::ContainerState::Running
+            })
+        })
+        .map(|h| h.name().to_string())
+        .collect();
+    let (staging, strategy) = stage(&changing, &surge, &down, fleet, opts);
     if inputs.check || changing.is_empty() {
         let finished = unfinished.is_none();
         if !inputs.check
@@ -1476,7 +1544,7 @@ mod tests {
             canary: 2,
             ..StagedOptions::default()
         };
-        let (s, _) = stage(&names(5), &BTreeSet::new(), 5, &opts);
+        let (s, _) = stage(&names(5), &BTreeSet::new(), &BTreeSet::new(), 5, &opts);
         assert_eq!(s.max_unavailable, 1);
         assert!(s.batches.iter().all(|b| b.len() == 1), "{:?}", s.batches);
         assert_eq!(s.notes.len(), 2, "{:?}", s.notes);
@@ -1489,16 +1557,17 @@ mod tests {
             batch: Some(BatchSize::Count(4)),
             ..StagedOptions::default()
         };
-        let (s, _) = stage(&names(9), &all, 9, &opts);
+        let (s, _) = stage(&names(9), &all, &BTreeSet::new(), 9, &opts);
         assert_eq!(
             s.batches.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![1, 4, 4]
         );
         assert!(s.recreate.is_empty() && s.notes.is_empty());
-        let (s, _) = stage(&names(9), &all, 9, &StagedOptions::default());
+        // Hosts with nothing serving yet do not count against max_unavailable either.
+        let (s, _) = stage(&names(9), &BTreeSet::new(), &all, 9, &StagedOptions::default());
         assert_eq!(
             s.batches.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![1, 3, 3, 1]
+            vec![1, 3, 3, 2]
         );
     }
 
@@ -1509,7 +1578,7 @@ mod tests {
             ..StagedOptions::default()
         };
         // 2 of 10 hosts change; half the fleet may be down: both after the canary at once.
-        let (s, _) = stage(&names(2), &BTreeSet::new(), 10, &opts);
+        let (s, _) = stage(&names(2), &BTreeSet::new(), &BTreeSet::new(), 10, &opts);
         assert_eq!(s.max_unavailable, 5);
         assert_eq!(s.batches, vec![vec!["h1".to_string()], vec!["h2".to_string()]]);
     }

@@ -230,8 +230,20 @@ pub fn gate_state_script() -> String {
          case \"$tf_s\" in {PROXY_SERVICE}|{CONNECTOR_SERVICE}) ;; *) continue;; esac; \
          case \"$tf_l\" in *com.docker.compose.oneoff=True*) continue;; esac; \
          tf_r=$(docker inspect --format '{{{{.RestartCount}}}} {{{{.State.StartedAt}}}}' \"$tf_n\" 2>/dev/null); \
-         echo \"gate=$tf_n $tf_s $tf_st ${{tf_r:-0 -}}\"; done\n"
+         echo \"gate=$tf_n $tf_s $tf_st ${{tf_r:-0 -}}\"; \
+         if [ \"$tf_s\" = {PROXY_SERVICE} ] && [ \"$tf_st\" = running ]; then \
+         tf_ip=$(docker inspect \"$tf_n\" 2>/dev/null | grep -o '\"IPAddress\": *\"[0-9a-f.:]*\"' | sed 's/.*\"\\([0-9a-f.:]*\\)\"$/\\1/' | grep -v '^$' | head -n 1); \
+         echo \"proxyip=${{tf_ip:--}}\"; fi; done\n"
     )
+}
+
+/// The proxy's address as [`gate_state_script`] found it (its container's IP; `127.0.0.1`
+/// for the testbed's stand-in, whose containers run on the host).
+pub fn parse_proxy_ip(out: &str) -> Option<String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("proxyip="))
+        .find(|v| *v != "-" && !v.is_empty())
+        .map(str::to_string)
 }
 
 /// Parses [`gate_state_script`] output.
