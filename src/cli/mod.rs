@@ -10,6 +10,8 @@ mod init;
 mod inventory_cmd;
 pub mod pki;
 pub mod progress;
+mod releases;
+mod rollback;
 mod renew;
 mod rotate;
 mod run_playbook;
@@ -54,6 +56,11 @@ enum Command {
     /// Renew the shared server certificate when it is close to expiry and put it on every
     /// host (no restart: the proxy reloads it).
     RenewCert(renew::RenewArgs),
+    /// Take hosts back to their previous release (or --to RELEASE), staged and gated like a
+    /// deploy.
+    Rollback(rollback::RollbackArgs),
+    /// Show the releases each host keeps: current, previous, when and by whom, images, config.
+    Releases(releases::ReleasesArgs),
     /// Run an operator's own playbook with tunnelfleet's typed steps.
     Run(run_playbook::RunArgs),
     /// Show what each host runs: release, drift, token fingerprint, certificate, containers,
@@ -121,6 +128,8 @@ pub fn main() -> i32 {
             Command::RotateToken(a) => rotate::run(a).await,
             Command::RenewCert(a) => renew::run(a).await,
             Command::Run(a) => run_playbook::run(a).await,
+            Command::Rollback(a) => rollback::run(a).await,
+            Command::Releases(a) => releases::run(a).await,
             Command::Unlock(a) => unlock::run(a).await,
         }
     });
