@@ -143,8 +143,16 @@ pub fn stage(
     (
         Staging {
             hosts: hosts.to_vec(),
-            surge: hosts.iter().filter(|h| surge.contains(*h)).cloned().collect(),
-            down: hosts.iter().filter(|h| down.contains(*h)).cloned().collect(),
+            surge: hosts
+                .iter()
+                .filter(|h| surge.contains(*h))
+                .cloned()
+                .collect(),
+            down: hosts
+                .iter()
+                .filter(|h| down.contains(*h))
+                .cloned()
+                .collect(),
             recreate,
             batches,
             max_unavailable,
@@ -268,10 +276,8 @@ impl Step<StackHost> for SurgeStep {
         }
         let session = h.session()?;
         let list = scripts::connectors_script();
-        let (ids, listed) = tokio::join!(
-            health::connector_ids(&session),
-            exec(&session, &list, b"")
-        );
+        let (ids, listed) =
+            tokio::join!(health::connector_ids(&session), exec(&session, &list, b""));
         let before = scripts::parse_connectors(&listed?.stdout_text());
         let known: Vec<String> = before.iter().map(|c| c.name.clone()).collect();
         let script = format!(
@@ -440,7 +446,9 @@ impl Step<StackHost> for SwitchStep {
             }
             Some(COMPOSE_FAILED_EXIT) => {
                 h.upgrade.moved = true;
-                return Err(StepFailure::new(h.redact(&out.stderr_text()).trim().to_string()));
+                return Err(StepFailure::new(
+                    h.redact(&out.stderr_text()).trim().to_string(),
+                ));
             }
             _ => {
                 return Err(StepFailure::new(h.redact(&last_line(&out.stderr_text()))));
@@ -700,7 +708,9 @@ pub async fn gate(
 }
 
 fn gate_failure(why: String, telling: Option<String>) -> StepFailure {
-    let refused = telling.as_deref().is_some_and(|t| t.contains("Unauthorized"));
+    let refused = telling
+        .as_deref()
+        .is_some_and(|t| t.contains("Unauthorized"));
     let msg = match telling {
         Some(t) => format!("{why}; last log: {t}"),
         None => why,
@@ -999,8 +1009,7 @@ pub async fn record_outcomes(hosts: &mut [StackHost], ok: &BTreeSet<String>, op_
             },
             cert_serial: None,
         };
-        let Ok(audit) =
-            crate::remote::audit_line(&scripts::audit_log(&h.input.layout), &entry)
+        let Ok(audit) = crate::remote::audit_line(&scripts::audit_log(&h.input.layout), &entry)
         else {
             return;
         };
@@ -1050,7 +1059,10 @@ pub fn previous_release(
             continue;
         };
         if v["release"].as_str() == Some(cur)
-            && matches!(v["outcome"].as_str(), Some("succeeded") | Some("rolled_back"))
+            && matches!(
+                v["outcome"].as_str(),
+                Some("succeeded") | Some("rolled_back")
+            )
             && let Some(from) = v["from_release"].as_str()
             && from != cur
             && complete(from)
@@ -1226,8 +1238,11 @@ pub async fn run_release_change(
         .iter()
         .map(|r| (r.host.clone(), r.clone()))
         .collect();
-    let reached =
-        |h: &StackHost| facts_report.host(h.name()).is_some_and(|r| r.status == HostStatus::Ok);
+    let reached = |h: &StackHost| {
+        facts_report
+            .host(h.name())
+            .is_some_and(|r| r.status == HostStatus::Ok)
+    };
 
     // 2. Targets (rollback) and the surge decision.
     let mut diffs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -1238,10 +1253,7 @@ pub async fn run_release_change(
                 continue;
             };
             let target = match &inputs.to {
-                Some(t) => rf
-                    .release(t)
-                    .filter(|r| r.complete)
-                    .map(|r| r.id.clone()),
+                Some(t) => rf.release(t).filter(|r| r.complete).map(|r| r.id.clone()),
                 None => previous_release(h.name(), &rf, unfinished.as_ref()),
             };
             let Some(target) = target else {
@@ -1590,7 +1602,13 @@ mod tests {
         );
         assert!(s.recreate.is_empty() && s.notes.is_empty());
         // Hosts with nothing serving yet do not count against max_unavailable either.
-        let (s, _) = stage(&names(9), &BTreeSet::new(), &all, 9, &StagedOptions::default());
+        let (s, _) = stage(
+            &names(9),
+            &BTreeSet::new(),
+            &all,
+            9,
+            &StagedOptions::default(),
+        );
         assert_eq!(
             s.batches.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![1, 3, 3, 2]
@@ -1606,7 +1624,10 @@ mod tests {
         // 2 of 10 hosts change; half the fleet may be down: both after the canary at once.
         let (s, _) = stage(&names(2), &BTreeSet::new(), &BTreeSet::new(), 10, &opts);
         assert_eq!(s.max_unavailable, 5);
-        assert_eq!(s.batches, vec![vec!["h1".to_string()], vec!["h2".to_string()]]);
+        assert_eq!(
+            s.batches,
+            vec![vec!["h1".to_string()], vec!["h2".to_string()]]
+        );
     }
 
     #[test]
