@@ -25,7 +25,8 @@ pub struct ConnArgs {
     /// Learn host keys of hosts not yet in known_hosts (a changed key is still refused).
     #[arg(long)]
     pub accept_new: bool,
-    /// Deadline to connect and authenticate, per host (e.g. 10s, 1500ms).
+    /// Deadline for one connection attempt (connect, key exchange, authentication), per hop,
+    /// counted once the attempt holds a start slot (e.g. 10s, 1500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Deadline for one remote command.
