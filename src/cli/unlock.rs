@@ -6,7 +6,7 @@ use clap::Args;
 use super::common::ConnArgs;
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
 use crate::remote::{HOLDER_FILE, force_unlock, quote};
-use crate::stack::{Layout, scripts};
+use crate::stack::scripts;
 
 /// Flags of `unlock`.
 #[derive(Args, Debug)]
@@ -22,7 +22,7 @@ pub async fn run(args: UnlockArgs) -> Result<i32, CliError> {
     let futs = hosts.iter().map(|h| {
         let c = connector.clone();
         async move {
-            let lock = scripts::lock_dir(&Layout::new(&h.conn.deploy_dir));
+            let lock = scripts::lock_dir_in(&h.conn.deploy_dir);
             let script = match force_unlock(&lock) {
                 Ok(s) => format!(
                     "cat {} 2>/dev/null; {s}",

@@ -211,7 +211,7 @@ pub fn host_inputs(
             cert_serial = cert_info(&server.cert_pem).ok().map(|i| i.serial);
         }
         let mut input = HostInput {
-            layout: Layout::new(&settings.deploy_dir),
+            layout: Layout::new(&settings.deploy_dir, &settings.tunnel_name),
             release: stack::render_release(&settings),
             token_fp: None,
             token: None,

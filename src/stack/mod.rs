@@ -13,7 +13,7 @@ pub mod scripts;
 mod settings;
 mod yaml;
 
-pub use compose::{ComposeCli, PROJECT_NAME};
+pub use compose::{ComposeCli, LEGACY_PROJECT_NAME, project_name};
 pub use error::StackError;
 pub use plan::{
     Action, CertFile, ContainerState, DesiredState, FileChange, HostFacts, Plan, compute_plan,

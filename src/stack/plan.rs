@@ -23,7 +23,8 @@ use super::{PROXY_CONFIG, Release};
 pub enum ContainerState {
     /// The container exists and runs.
     Running,
-    /// The container exists but is not running (exited, created, dead, restarting).
+    /// The container exists but is not running: exited, created, dead, or restarting (a
+    /// crash loop: Docker's `restarting` is between two failed starts, never serving).
     Exited,
     /// There is no such container in the project.
     #[default]
@@ -109,6 +110,12 @@ pub struct HostFacts {
     /// tell. Lets a plan recreate a connector left on an old token after an interrupted run,
     /// when `.env` already holds the new one.
     pub connector_token_fingerprint: Option<String>,
+    /// Containers of the old shared project name ([`super::LEGACY_PROJECT_NAME`]) run from
+    /// this deploy dir: the host was deployed before project names derived from the tunnel.
+    pub legacy_project: bool,
+    /// Containers of this tunnel's project run from another directory than
+    /// `<deploy_dir>/current` (their `com.docker.compose.project.working_dir` label).
+    pub runs_elsewhere: bool,
 }
 
 /// A Compose operation on the host's stack. [`super::ComposeCli::action_command`] spells it.
@@ -129,6 +136,10 @@ pub enum Action {
     /// The compose file changed: `up -d --force-recreate --remove-orphans` recreates every
     /// service, so the connector never outlives the proxy whose namespace it shares.
     UpChanged,
+    /// The stack runs under the old shared project name: `down --remove-orphans` in that
+    /// project (it publishes the same loopback ports), before the stack comes up under the
+    /// tunnel's own project.
+    MigrateProject,
 }
 
 impl Action {
@@ -148,6 +159,7 @@ impl Action {
                 &["up", "-d", "--no-deps", "--force-recreate", "cloudflared"]
             }
             Action::UpChanged => &["up", "-d", "--force-recreate", "--remove-orphans"],
+            Action::MigrateProject => &["down", "--remove-orphans"],
         }
     }
 
@@ -162,7 +174,14 @@ impl Action {
             Action::RecreateConnector => {
                 "recreate cloudflared (it reads TUNNEL_TOKEN only when created)"
             }
-            Action::UpChanged => "recreate every service (the compose file changed)",
+            Action::UpChanged => {
+                "recreate every service (the compose file changed, or containers of this \
+                 tunnel's project run from another directory)"
+            }
+            Action::MigrateProject => {
+                "remove the containers of the old project `mcp-tunnel` (the stack moves to the \
+                 tunnel's own project)"
+            }
         }
     }
 }
@@ -303,9 +322,14 @@ pub fn compute_plan(desired: &DesiredState, facts: &HostFacts) -> Plan {
         .collect();
 
     let mut actions = Vec::new();
-    if facts.proxy == ContainerState::Missing && facts.connector == ContainerState::Missing {
+    if facts.legacy_project {
+        actions.push(Action::MigrateProject);
+    }
+    let none_here =
+        facts.proxy == ContainerState::Missing && facts.connector == ContainerState::Missing;
+    if none_here && !facts.runs_elsewhere {
         actions.push(Action::UpAll);
-    } else if compose_changed {
+    } else if compose_changed || facts.runs_elsewhere {
         actions.push(Action::UpChanged);
     } else if config_changed || facts.proxy != ContainerState::Running {
         actions.push(Action::RestartProxy);
@@ -383,7 +407,39 @@ mod tests {
             proxy: ContainerState::Running,
             connector: ContainerState::Running,
             connector_token_fingerprint: Some("fp1".into()),
+            legacy_project: false,
+            runs_elsewhere: false,
         }
+    }
+
+    #[test]
+    fn a_stack_under_the_old_project_name_moves_to_the_tunnels_project() {
+        let r = release("cfg", "compose");
+        let mut facts = in_sync(&r);
+        facts.proxy = ContainerState::Missing;
+        facts.connector = ContainerState::Missing;
+        facts.legacy_project = true;
+        let plan = compute_plan(&desired(&r), &facts);
+        assert_eq!(plan.actions, vec![Action::MigrateProject, Action::UpAll]);
+        assert!(!plan.write_release && !plan.write_env);
+    }
+
+    #[test]
+    fn containers_running_from_another_directory_are_recreated() {
+        let r = release("cfg", "compose");
+        let mut facts = in_sync(&r);
+        facts.runs_elsewhere = true;
+        assert_eq!(
+            compute_plan(&desired(&r), &facts).actions,
+            vec![Action::UpChanged]
+        );
+        // Even when none of this tunnel's containers runs from here.
+        facts.proxy = ContainerState::Missing;
+        facts.connector = ContainerState::Missing;
+        assert_eq!(
+            compute_plan(&desired(&r), &facts).actions,
+            vec![Action::UpChanged]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{
-    Action, CertFile, ComposeCli, ContainerState, HostFacts, Layout, PROJECT_NAME, Release,
+    Action, CertFile, ComposeCli, ContainerState, HostFacts, LEGACY_PROJECT_NAME, Layout, Release,
 };
 use crate::remote::{
     self, AuditEntry, FileHash, ScriptError, WriteSpec, atomic_write, quote, sha256_facts,
@@ -19,8 +19,16 @@ pub const CONNECTOR_SERVICE: &str = "cloudflared";
 
 /// The lock directory of a deploy dir.
 pub fn lock_dir(layout: &Layout) -> String {
-    format!("{}/.tunnelfleet/lock", layout.deploy_dir())
+    lock_dir_in(layout.deploy_dir())
 }
+
+/// The lock directory of the deploy dir `deploy_dir`.
+pub fn lock_dir_in(deploy_dir: &str) -> String {
+    format!("{deploy_dir}/.tunnelfleet/lock")
+}
+
+/// The Compose label holding a container's project directory.
+const WORKDIR_LABEL: &str = "com.docker.compose.project.working_dir";
 
 /// The audit log of a deploy dir.
 pub fn audit_log(layout: &Layout) -> String {
@@ -58,7 +66,8 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let hashes = sha256_facts(&refs)?;
     let env = quote(&layout.env_file());
-    let project = quote(PROJECT_NAME);
+    let project = quote(layout.project());
+    let legacy = quote(LEGACY_PROJECT_NAME);
     let mut s = String::from("# tunnelfleet: facts\n");
     s.push_str(compose_detect());
     let _ = writeln!(
@@ -71,15 +80,22 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
         s,
         "if [ -r {env} ]; then echo \"env_token_fp=$(cat {env} | {TOKEN_FP})\"; else echo env_token_fp=-; fi"
     );
-    // Container states (one `docker ps`, the same for Compose v1 and v2: both label their
-    // containers), and the token the running connector was created with, hashed on the host:
-    // only its fingerprint comes back.
+    // Container states of this tunnel's project (`ctr=`) and of the old shared project name
+    // (`lctr=`), with their labels: the parser keeps only those whose working directory is
+    // this deploy dir's `current` (one `docker ps` each, the same for Compose v1 and v2: both
+    // label their containers). And the token the running connector of this project and
+    // directory was created with, hashed on the host: only its fingerprint comes back.
+    let here = quote(&format!("{WORKDIR_LABEL}={cur},"));
     let _ = writeln!(
         s,
         "tf_ps=$(docker ps -a --filter label=com.docker.compose.project={project} \
          --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
+         tf_lps=$(docker ps -a --filter label=com.docker.compose.project={legacy} \
+         --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
          printf '%s\\n' \"$tf_ps\" | sed -n 's/^./ctr=&/p'\n\
-         tf_n=$(printf '%s\\n' \"$tf_ps\" | grep ' running ' | grep 'com.docker.compose.service={CONNECTOR_SERVICE}' | head -n 1 | cut -d' ' -f1)\n\
+         printf '%s\\n' \"$tf_lps\" | sed -n 's/^./lctr=&/p'\n\
+         tf_n=$(printf '%s\\n' \"$tf_ps\" | sed 's/$/,/' | grep ' running ' | grep -F 'com.docker.compose.service={CONNECTOR_SERVICE},' \
+         | grep -F -e {here} | head -n 1 | cut -d' ' -f1)\n\
          if [ -n \"$tf_n\" ]; then echo \"connector_token_fp=$(docker inspect \"$tf_n\" 2>/dev/null \
          | grep -o '\"TUNNEL_TOKEN=[^\"]*\"' | head -n 1 | sed 's/^\"TUNNEL_TOKEN=//; s/\"$//' | tr -d '\\n' \
          | sha256sum | cut -c1-12)\"; fi"
@@ -112,11 +128,20 @@ pub struct ParsedFacts {
     pub tls_crt: Option<String>,
 }
 
+/// Docker's container state as the plan sees it: only `running` serves. `restarting` is a
+/// crash loop between two failed starts; `created`, `exited`, `paused`, `dead` serve nothing.
 fn state_of(s: &str) -> ContainerState {
     match s {
-        "running" | "restarting" => ContainerState::Running,
+        "running" => ContainerState::Running,
         _ => ContainerState::Exited,
     }
+}
+
+/// The value of label `key` in Docker's `{{.Labels}}` (`k=v,k=v,...`, in any order).
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels
+        .split(',')
+        .find_map(|p| p.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// The sha256 of an empty input, truncated: what [`TOKEN_FP`] prints when there is no token.
@@ -164,13 +189,21 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
             "connector_token_fp" if v.len() == 12 && v != EMPTY_FP => {
                 p.facts.connector_token_fingerprint = Some(v.to_string())
             }
-            "ctr" => {
+            "ctr" | "lctr" => {
                 let mut it = v.splitn(3, ' ');
                 if let (Some(name), Some(st), Some(labels)) = (it.next(), it.next(), it.next()) {
-                    let svc = labels
-                        .split(',')
-                        .find_map(|l| l.strip_prefix("com.docker.compose.service="));
-                    if let Some(svc) = svc {
+                    let here = label(labels, WORKDIR_LABEL) == Some(cur.as_str());
+                    if k == "lctr" {
+                        // The old shared project: ours only when run from this deploy dir
+                        // (another tunnel's stack may still run under that name).
+                        p.facts.legacy_project |= here;
+                        continue;
+                    }
+                    if !here {
+                        p.facts.runs_elsewhere = true;
+                        continue;
+                    }
+                    if let Some(svc) = label(labels, "com.docker.compose.service") {
                         // Keep the running one when several containers serve a service.
                         let state = state_of(st);
                         let keep =
@@ -368,18 +401,18 @@ pub struct ConnectorContainer {
 
 /// Lists the stack's cloudflared containers with their state, token fingerprint and
 /// connector id, one `conn=NAME STATE FP ID` line each (`-` for unknown). Read-only.
-pub fn connectors_script() -> String {
-    describe_connectors(&[])
+pub fn connectors_script(layout: &Layout) -> String {
+    describe_connectors(layout, &[])
 }
 
 /// Like [`connectors_script`], but describes only the connectors whose names are not in
 /// `known` (one `docker ps -a`, then `inspect` and `logs` of the new ones only).
-pub fn new_connectors_script(known: &[String]) -> String {
-    describe_connectors(known)
+pub fn new_connectors_script(layout: &Layout, known: &[String]) -> String {
+    describe_connectors(layout, known)
 }
 
-fn describe_connectors(known: &[String]) -> String {
-    let project = quote(PROJECT_NAME);
+fn describe_connectors(layout: &Layout, known: &[String]) -> String {
+    let project = quote(layout.project());
     let known = quote(&format!(" {} ", known.join(" ")));
     format!(
         "tf_known={known}\n\
@@ -610,7 +643,7 @@ mod tests {
 
     #[test]
     fn setup_renew_script_locks_runs_and_prints_the_certificate() {
-        let l = Layout::new("/srv/mcp-tunnel");
+        let l = Layout::new("/srv/mcp-tunnel", "testbed");
         let s = setup_renew_cert_script(
             &l,
             ComposeCli::V1,
@@ -620,7 +653,7 @@ mod tests {
         .expect("script");
         let lock = s.find("mkdir").expect("takes the lock");
         let run = s
-            .find("docker-compose -p mcp-tunnel --project-directory /srv/mcp-tunnel/current -f /srv/mcp-tunnel/current/docker-compose.yaml run --rm -T setup renew-cert '--output=dir:/data' '--renew-before=720h'")
+            .find("docker-compose -p mcp-tunnel-testbed --project-directory /srv/mcp-tunnel/current -f /srv/mcp-tunnel/current/docker-compose.yaml run --rm -T setup renew-cert '--output=dir:/data' '--renew-before=720h'")
             .expect("runs the component");
         assert!(lock < run);
         assert!(s.contains(CERT_BEGIN) && s.contains("/srv/mcp-tunnel/shared/data/tls.crt"));
@@ -635,5 +668,43 @@ mod tests {
             parse_cert_block(&format!("{CERT_BEGIN}\n{CERT_END}\n")),
             None
         );
+    }
+
+    #[test]
+    fn facts_keep_only_containers_of_this_project_and_directory() {
+        let l = Layout::new("/srv/a", "t");
+        let r = Release::new(Vec::new(), Vec::new());
+        let wd = |d: &str| format!("com.docker.compose.project.working_dir={d}");
+        let out = format!(
+            "ctr=p1 running com.docker.compose.project=mcp-tunnel-t,{},com.docker.compose.service=mcp-proxy\n\
+             ctr=c1 restarting com.docker.compose.service=cloudflared,{}\n",
+            wd("/srv/a/current"),
+            wd("/srv/a/current")
+        );
+        let p = parse_facts(&l, &r, &out);
+        assert_eq!(p.facts.proxy, ContainerState::Running);
+        // A crash loop is not running.
+        assert_eq!(p.facts.connector, ContainerState::Exited);
+        assert!(!p.facts.runs_elsewhere && !p.facts.legacy_project);
+
+        let out = format!(
+            "ctr=p1 running com.docker.compose.service=mcp-proxy,{}\n\
+             lctr=x running com.docker.compose.service=mcp-proxy,{}\n",
+            wd("/srv/b/current"),
+            wd("/srv/b/current")
+        );
+        let p = parse_facts(&l, &r, &out);
+        assert!(p.facts.runs_elsewhere);
+        assert!(
+            !p.facts.legacy_project,
+            "another deploy dir's old project is not ours"
+        );
+        assert_eq!(p.facts.proxy, ContainerState::Missing);
+
+        let out = format!(
+            "lctr=x running com.docker.compose.service=mcp-proxy,{}\n",
+            wd("/srv/a/current")
+        );
+        assert!(parse_facts(&l, &r, &out).facts.legacy_project);
     }
 }
