@@ -290,7 +290,8 @@ pub fn operator() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn controller_name() -> String {
+/// This controller's hostname, as lock holders and audit lines record it.
+pub fn controller_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "controller".into())
