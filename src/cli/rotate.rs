@@ -139,7 +139,7 @@ fn read_setup_version(state_dir: &Path, tunnel: &str) -> Option<u32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-fn journal_paths(state_dir: &Path, tunnel: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn journal_paths(state_dir: &Path, tunnel: &str) -> (PathBuf, PathBuf) {
     let dir = state_dir.join("journal");
     (
         dir.join(format!("rotate-{tunnel}.jsonl")),

@@ -510,6 +510,7 @@ impl Step<StackHost> for ApplyStep {
             expect_current: facts.facts.current_release.as_deref(),
             expect_env_sha256: facts.facts.env_sha256.as_deref(),
             audit: &audit,
+            fix_perms: plan.fix_perms.clone(),
         };
         let (script, stdin) =
             scripts::apply_script(&spec).map_err(|e| StepFailure::new(e.to_string()))?;

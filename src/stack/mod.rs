@@ -16,7 +16,8 @@ mod yaml;
 pub use compose::{ComposeCli, LEGACY_PROJECT_NAME, project_name};
 pub use error::StackError;
 pub use plan::{
-    Action, CertFile, ContainerState, DesiredState, FileChange, HostFacts, Plan, compute_plan,
+    Action, CertFile, ContainerState, DesiredState, FileChange, HostFacts, PROXY_GID, PermFix,
+    Plan, compute_plan, wanted_perms,
 };
 pub use render::{
     COMPOSE_FILE, EnvFile, Layout, PROXY_CONFIG, Release, ReleaseFile, ReleaseSymlink,

@@ -74,6 +74,9 @@ pub struct DesiredState {
     /// SHA-256 of each certificate file tunnelfleet manages on this host; files not listed are
     /// left alone (e.g. when the setup component writes them).
     pub certs: BTreeMap<CertFile, String>,
+    /// Permission bits of each release file, by path relative to the release directory (a
+    /// proxy config the container user cannot read crash-loops the proxy).
+    pub file_modes: BTreeMap<String, u32>,
 }
 
 impl DesiredState {
@@ -86,6 +89,11 @@ impl DesiredState {
             env_sha256,
             token_fingerprint: None,
             certs: BTreeMap::new(),
+            file_modes: release
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.mode))
+                .collect(),
         }
     }
 }
@@ -116,6 +124,45 @@ pub struct HostFacts {
     /// Containers of this tunnel's project run from another directory than
     /// `<deploy_dir>/current` (their `com.docker.compose.project.working_dir` label).
     pub runs_elsewhere: bool,
+    /// Mode, owner uid and group gid of the secret-bearing paths, by path relative to the
+    /// deploy dir (`shared`, `shared/.env`, `shared/data`, `shared/data/tls.key`); a path
+    /// absent from the map does not exist.
+    pub perms: BTreeMap<String, (u32, u32, u32)>,
+    /// The uid tunnelfleet's commands run as on the host (the owner its writes get).
+    pub remote_uid: Option<u32>,
+}
+
+/// The gid the stack's containers run as (`user: "65532:65532"` in the compose file): the
+/// group that may read `tls.key`.
+pub const PROXY_GID: u32 = 65532;
+
+/// The modes (and group) tunnelfleet keeps on the secret-bearing paths: `shared/` 0700,
+/// `.env` 0600, `shared/data/` 0755 (the proxy's bind mount needs to traverse it), and, when
+/// tunnelfleet manages the certificates, `tls.key` 0640 in the proxy's group. Paths are
+/// relative to the deploy dir.
+pub fn wanted_perms(desired: &DesiredState) -> Vec<(&'static str, u32, Option<u32>)> {
+    let mut v = vec![
+        ("shared", 0o700, None),
+        ("shared/.env", 0o600, None),
+        ("shared/data", 0o755, None),
+    ];
+    if desired.certs.contains_key(&CertFile::TlsKey) {
+        v.push(("shared/data/tls.key", 0o640, Some(PROXY_GID)));
+    }
+    v
+}
+
+/// A permission repair: `chown` then `chmod` of one path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PermFix {
+    /// Path relative to the deploy dir.
+    pub path: String,
+    /// Wanted permission bits.
+    pub mode: u32,
+    /// Wanted owner for `chown` (`uid` or `uid:gid`), when the host's uid is known.
+    pub owner: Option<String>,
+    /// What the host has: `mode uid:gid`.
+    pub from: String,
 }
 
 /// A Compose operation on the host's stack. [`super::ComposeCli::action_command`] spells it.
@@ -219,6 +266,8 @@ pub struct Plan {
     pub write_certs: Vec<CertFile>,
     /// Compose operations, in order.
     pub actions: Vec<Action>,
+    /// Modes and owners of secret-bearing paths to repair (after the writes).
+    pub fix_perms: Vec<PermFix>,
 }
 
 impl Plan {
@@ -229,6 +278,7 @@ impl Plan {
             && !self.write_env
             && self.write_certs.is_empty()
             && self.actions.is_empty()
+            && self.fix_perms.is_empty()
     }
 
     /// Human lines for `--check`: files that would change and services that would restart.
@@ -274,6 +324,16 @@ impl Plan {
         }
         if self.switch_current {
             lines.push(format!("switch current -> releases/{}", self.release_id));
+        }
+        for f in &self.fix_perms {
+            let owner = match &f.owner {
+                Some(o) => format!(" owner {o}"),
+                None => String::new(),
+            };
+            lines.push(format!(
+                "fix permissions of {}: {:04o}{owner} (was {})",
+                f.path, f.mode, f.from
+            ));
         }
         for action in &self.actions {
             lines.push(action.describe().to_string());
@@ -338,6 +398,42 @@ pub fn compute_plan(desired: &DesiredState, facts: &HostFacts) -> Plan {
     }
     // A certificate change alone adds no action: the proxy polls tls.cert_file.
 
+    let fix_perms = wanted_perms(desired)
+        .into_iter()
+        .filter_map(|(path, mode, gid)| {
+            let (m, u, g) = *facts.perms.get(path)?;
+            let wrong_owner = facts.remote_uid.is_some_and(|me| me != u);
+            let wrong_group = gid.is_some_and(|want| want != g);
+            (m != mode || wrong_owner || wrong_group).then(|| PermFix {
+                path: path.to_string(),
+                mode,
+                owner: facts.remote_uid.map(|me| match gid {
+                    Some(gid) => format!("{me}:{gid}"),
+                    None => me.to_string(),
+                }),
+                from: format!("{m:04o} {u}:{g}"),
+            })
+        })
+        .collect::<Vec<PermFix>>();
+    let mut fix_perms = fix_perms;
+    if !write_release {
+        // The files of the live release, seen through `current/` (a new release gets its
+        // modes when written).
+        for (path, &mode) in &desired.file_modes {
+            let key = format!("current/{path}");
+            if let Some(&(m, u, g)) = facts.perms.get(&key)
+                && m != mode
+            {
+                fix_perms.push(PermFix {
+                    path: key,
+                    mode,
+                    owner: None,
+                    from: format!("{m:04o} {u}:{g}"),
+                });
+            }
+        }
+    }
+
     Plan {
         release_id: desired.release_id.clone(),
         current_release: facts.current_release.clone(),
@@ -348,6 +444,7 @@ pub fn compute_plan(desired: &DesiredState, facts: &HostFacts) -> Plan {
         token_fingerprint: desired.token_fingerprint.clone(),
         write_certs,
         actions,
+        fix_perms,
     }
 }
 
@@ -409,7 +506,76 @@ mod tests {
             connector_token_fingerprint: Some("fp1".into()),
             legacy_project: false,
             runs_elsewhere: false,
+            perms: [
+                ("shared", (0o700, 0, 0)),
+                ("shared/.env", (0o600, 0, 0)),
+                ("shared/data", (0o755, 0, 0)),
+                ("shared/data/tls.key", (0o640, 0, PROXY_GID)),
+            ]
+            .into_iter()
+            .map(|(p, v)| (p.to_string(), v))
+            .collect(),
+            remote_uid: Some(0),
         }
+    }
+
+    #[test]
+    fn permission_drift_is_planned_and_repaired_alone() {
+        let r = release("cfg", "compose");
+        let d = desired(&r);
+        assert!(compute_plan(&d, &in_sync(&r)).is_empty());
+        let mut facts = in_sync(&r);
+        facts.perms.insert("shared".into(), (0o755, 0, 0));
+        facts.perms.insert("shared/.env".into(), (0o644, 0, 0));
+        facts
+            .perms
+            .insert("shared/data/tls.key".into(), (0o644, 0, 0));
+        let plan = compute_plan(&d, &facts);
+        let fixed: Vec<(&str, u32, Option<&str>)> = plan
+            .fix_perms
+            .iter()
+            .map(|f| (f.path.as_str(), f.mode, f.owner.as_deref()))
+            .collect();
+        assert_eq!(
+            fixed,
+            [
+                ("shared", 0o700, Some("0")),
+                ("shared/.env", 0o600, Some("0")),
+                ("shared/data/tls.key", 0o640, Some("0:65532")),
+            ]
+        );
+        // Nothing restarts for a mode fix.
+        assert!(plan.actions.is_empty() && !plan.write_env && !plan.write_release);
+        let before = plan.describe();
+        // A release file the proxy cannot read is repaired through `current/`.
+        let mut facts = in_sync(&r);
+        facts
+            .perms
+            .insert(format!("current/{PROXY_CONFIG}"), (0o600, 0, 0));
+        let plan = compute_plan(&d, &facts);
+        assert_eq!(plan.fix_perms.len(), 1);
+        assert_eq!(plan.fix_perms[0].path, format!("current/{PROXY_CONFIG}"));
+        assert_eq!(plan.fix_perms[0].mode, 0o644);
+        assert!(!plan.is_empty());
+        assert!(
+            before
+                .iter()
+                .any(|l| l == "fix permissions of shared/.env: 0600 owner 0 (was 0644 0:0)"),
+            "{:?}",
+            before
+        );
+        // Another owner is drift too; tls.key is left alone when the certificates are not
+        // tunnelfleet's (setup component).
+        let mut facts = in_sync(&r);
+        facts.perms.insert("shared/.env".into(), (0o600, 1000, 0));
+        facts
+            .perms
+            .insert("shared/data/tls.key".into(), (0o644, 0, 0));
+        let mut d2 = d.clone();
+        d2.certs.clear();
+        let plan = compute_plan(&d2, &facts);
+        assert_eq!(plan.fix_perms.len(), 1, "{:?}", plan.fix_perms);
+        assert_eq!(plan.fix_perms[0].path, "shared/.env");
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{
-    Action, CertFile, ComposeCli, ContainerState, HostFacts, LEGACY_PROJECT_NAME, Layout, Release,
+    Action, CertFile, ComposeCli, ContainerState, HostFacts, LEGACY_PROJECT_NAME, Layout,
+    PROXY_GID, PermFix, Release,
 };
 use crate::remote::{
     self, AuditEntry, FileHash, ScriptError, WriteSpec, atomic_write, quote, sha256_facts,
@@ -100,6 +101,45 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
          | grep -o '\"TUNNEL_TOKEN=[^\"]*\"' | head -n 1 | sed 's/^\"TUNNEL_TOKEN=//; s/\"$//' | tr -d '\\n' \
          | sha256sum | cut -c1-12)\"; fi"
     );
+    // For this tunnel's containers that are not running: restart count and last log line
+    // (status shows them; the controller redacts anything token-shaped).
+    let _ = writeln!(
+        s,
+        "printf '%s\\n' \"$tf_ps\" | sed 's/$/,/' | grep -F -e {here} | grep -v '^[^ ]* running ' \
+         | while read -r tf_a tf_b tf_l; do \
+         tf_r=$(docker inspect --format '{{{{.RestartCount}}}}' \"$tf_a\" 2>/dev/null); \
+         tf_g=$(docker logs --tail 1 \"$tf_a\" 2>&1 | tail -n 1 | tr -d '\\r' | cut -c1-300); \
+         echo \"ctrdiag=$tf_a $tf_b ${{tf_r:--}} $tf_g\"; done"
+    );
+    // Modes and owners of the secret-bearing paths, and the uid this session writes as.
+    let _ = writeln!(s, "echo \"uid=$(id -u)\"");
+    let release_files = release.files.iter().map(|f| format!("current/{}", f.path));
+    for rel in PERM_PATHS
+        .iter()
+        .map(|p| p.to_string())
+        .chain(release_files)
+    {
+        let _ = writeln!(
+            s,
+            "tf_s=$(stat -c '%a %u %g' -- {} 2>/dev/null) && echo \"perm={rel} $tf_s\"",
+            quote(&format!("{}/{rel}", layout.deploy_dir()))
+        );
+    }
+    // The release the last successful deploy recorded in the host's audit log.
+    let _ = writeln!(
+        s,
+        "tf_r=$(grep '\"outcome\":\"succeeded\"' {} 2>/dev/null | grep -o '\"release\":\"[^\"]*\"' | tail -n 1 | cut -d'\"' -f4); \
+         [ -n \"$tf_r\" ] && echo \"deployed=$tf_r\"",
+        quote(&audit_log(layout))
+    );
+    // The fleet lock, when held: its holder record (no secrets) on one line.
+    let lock = lock_dir(layout);
+    let _ = writeln!(
+        s,
+        "if [ -d {l} ]; then echo \"lock=$(tr -d '\\n' < {h} 2>/dev/null)\"; fi",
+        l = quote(&lock),
+        h = quote(&format!("{lock}/{}", remote::HOLDER_FILE))
+    );
     // The served certificate (public) so status can show its serial and expiry.
     let _ = writeln!(
         s,
@@ -109,6 +149,14 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
     s.push_str("exit 0\n");
     Ok(s)
 }
+
+/// The paths whose modes and owners are facts, relative to the deploy dir.
+const PERM_PATHS: [&str; 4] = [
+    "shared",
+    "shared/.env",
+    "shared/data",
+    "shared/data/tls.key",
+];
 
 const CERT_BEGIN: &str = "@tunnelfleet-cert-begin";
 const CERT_END: &str = "@tunnelfleet-cert-end";
@@ -126,6 +174,25 @@ pub struct ParsedFacts {
     pub containers: BTreeMap<String, (String, ContainerState)>,
     /// The served certificate (PEM), if any.
     pub tls_crt: Option<String>,
+    /// For this tunnel's containers that are not running, by container name: Docker's state
+    /// (`restarting`, `exited`, `created`, ...), restart count, and the last log line (raw:
+    /// redact before showing).
+    pub diagnostics: BTreeMap<String, ContainerDiag>,
+    /// The fleet lock's holder record, when the lock is held (`""` when it has none yet).
+    pub lock_holder: Option<String>,
+    /// The release the host's audit log says the last successful operation installed.
+    pub last_deployed: Option<String>,
+}
+
+/// Why a container is not running, as far as the host can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerDiag {
+    /// Docker's state word.
+    pub state: String,
+    /// `RestartCount`, when known.
+    pub restarts: Option<u64>,
+    /// The container's last log line (raw).
+    pub last_log: String,
 }
 
 /// Docker's container state as the plan sees it: only `running` serves. `restarting` is a
@@ -188,6 +255,31 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
             "env_token_fp" if v != "-" && v != EMPTY_FP => p.env_token_fp = Some(v.to_string()),
             "connector_token_fp" if v.len() == 12 && v != EMPTY_FP => {
                 p.facts.connector_token_fingerprint = Some(v.to_string())
+            }
+            "uid" => p.facts.remote_uid = v.trim().parse().ok(),
+            "lock" => p.lock_holder = Some(v.to_string()),
+            "deployed" if !v.is_empty() => p.last_deployed = Some(v.to_string()),
+            "ctrdiag" => {
+                let mut it = v.splitn(4, ' ');
+                if let (Some(name), Some(state)) = (it.next(), it.next()) {
+                    p.diagnostics.insert(
+                        name.to_string(),
+                        ContainerDiag {
+                            state: state.to_string(),
+                            restarts: it.next().and_then(|r| r.parse().ok()),
+                            last_log: it.next().unwrap_or_default().to_string(),
+                        },
+                    );
+                }
+            }
+            "perm" => {
+                let mut it = v.split_whitespace();
+                if let (Some(path), Some(m), Some(u), Some(g)) =
+                    (it.next(), it.next(), it.next(), it.next())
+                    && let (Ok(m), Ok(u), Ok(g)) = (u32::from_str_radix(m, 8), u.parse(), g.parse())
+                {
+                    p.facts.perms.insert(path.to_string(), (m, u, g));
+                }
             }
             "ctr" | "lctr" => {
                 let mut it = v.splitn(3, ' ');
@@ -281,6 +373,8 @@ pub struct ApplySpec<'a> {
     pub expect_env_sha256: Option<&'a str>,
     /// The audit record written on success.
     pub audit: &'a AuditEntry,
+    /// Modes and owners to repair after the writes.
+    pub fix_perms: Vec<PermFix>,
 }
 
 /// Exit code of the apply script when the host changed between facts and apply.
@@ -299,7 +393,14 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
     let mut certs = spec.certs.clone();
     certs.sort_by_key(|(c, _)| *c);
     for (c, bytes) in &certs {
-        files.push((WriteSpec::new(cert_path(l, *c), 0o644), bytes));
+        // tls.key: readable by the proxy's group only (decisions: "tls.key 0640").
+        let spec = match c {
+            CertFile::TlsKey => {
+                WriteSpec::new(cert_path(l, *c), 0o640).owner(format!(":{PROXY_GID}"))
+            }
+            _ => WriteSpec::new(cert_path(l, *c), 0o644),
+        };
+        files.push((spec, bytes));
     }
     if let Some(env) = spec.env {
         files.push((WriteSpec::new(l.env_file(), 0o600).dir_mode(0o700), env));
@@ -363,6 +464,19 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
             body,
             "ln -sfn {target} {tmp} && mv -Tf {tmp} {cur} || {{ echo 'switch current: failed' >&2; exit 1; }}",
             target = quote(&Layout::current_target(&spec.release.id)),
+        );
+    }
+    for f in &spec.fix_perms {
+        let path = quote(&format!("{}/{}", l.deploy_dir(), f.path));
+        let chown = match &f.owner {
+            Some(o) => format!("chown -- {} {path} && ", quote(o)),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            body,
+            "{chown}chmod -- {mode:04o} {path} || {{ echo {msg} >&2; exit 1; }}",
+            mode = f.mode,
+            msg = quote(&format!("fix permissions of {}: failed", f.path))
         );
     }
     for a in &spec.actions {
