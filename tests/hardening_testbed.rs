@@ -242,3 +242,59 @@ fn status_names_held_locks_unfinished_rotations_and_deploys_not_done_yet() {
     let h = json(&out)["hosts"][0].clone();
     assert!(h["drift"].to_string().contains("shared/.env"), "{h}");
 }
+
+#[test]
+fn a_system_or_foreign_deploy_dir_is_refused_unless_forced() {
+    let f = Fleet::up(1);
+    let base = std::fs::read_to_string(f.tb.inventory()).expect("inventory");
+    let with_dir = |dir: &str| {
+        let text = base.replace("deploy_dir: /srv/mcp-tunnel", &format!("deploy_dir: {dir}"));
+        assert_ne!(text, base);
+        let path =
+            f.tb.path()
+                .join(format!("inv{}.yaml", dir.replace('/', "-")));
+        std::fs::write(&path, text).expect("write inventory");
+        path
+    };
+    let deploy = |inv: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "--state-dir",
+            f.state.as_str(),
+            "--token-file",
+            f.token_file.as_str(),
+        ];
+        args.extend(extra);
+        f.tb.tf_with("deploy", inv, &f.tb.known_hosts(), &args)
+    };
+
+    // A system directory: refused, nothing created.
+    let out = deploy(&with_dir("/etc/mcp-tunnel"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        describe(&out).contains("system directory"),
+        "{}",
+        describe(&out)
+    );
+    assert!(describe(&out).contains("--force"), "{}", describe(&out));
+    let there =
+        f.tb.host_exec("h1", "[ -e /etc/mcp-tunnel ] && echo yes || echo no");
+    assert_eq!(there.trim(), "no");
+
+    // Someone else's non-empty directory: refused and left as it was; --force deploys.
+    f.tb.host_exec("h1", "mkdir -p /srv/app && echo keep > /srv/app/data.txt");
+    let inv = with_dir("/srv/app");
+    let out = deploy(&inv, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        describe(&out).contains("did not put there"),
+        "{}",
+        describe(&out)
+    );
+    let ls = f.tb.host_exec("h1", "ls -A /srv/app");
+    assert_eq!(ls.trim(), "data.txt");
+    let out = deploy(&inv, &["--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // Once tunnelfleet's (it has .tunnelfleet/), no --force is needed any more.
+    let out = deploy(&inv, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}

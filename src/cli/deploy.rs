@@ -67,6 +67,10 @@ pub struct DeployArgs {
     /// playbook's, 60s).
     #[arg(long, value_parser = parse_duration)]
     gate_timeout: Option<Duration>,
+    /// Deploy even into a system directory (/etc, /usr, /root, ...) or a non-empty directory
+    /// tunnelfleet did not create.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Per-host outcome, for the recap and `--json` (hashes and fingerprints only).
@@ -165,13 +169,14 @@ fn result_of(rec: Option<&HostRecord>, h: &StackHost) -> HostResult {
 /// Runs `deploy`.
 pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
     let (_inv, hosts) = args.conn.select().await?;
-    let (tunnels, inputs) = load_inputs(
+    let (tunnels, mut inputs) = load_inputs(
         hosts,
         args.token.flag_or_env(),
         &args.state.state_dir,
         !args.check,
     )
     .await?;
+    inputs.iter_mut().for_each(|i| i.force_dir = args.force);
     let mut registry = StepRegistry::new();
     register_deploy_steps(&mut registry, args.gate_timeout);
     let playbook = Playbook::from_str(

@@ -167,6 +167,9 @@ pub struct HostInput {
     pub certs: Vec<(CertFile, Vec<u8>, String)>,
     /// Serial of the server certificate.
     pub cert_serial: Option<String>,
+    /// `--force`: deploy into a system directory or a non-empty directory tunnelfleet did
+    /// not create.
+    pub force_dir: bool,
 }
 
 impl HostInput {
@@ -220,6 +223,7 @@ pub fn host_inputs(
             env: None,
             certs,
             cert_serial,
+            force_dir: false,
         };
         if let Some(tok) = &t.token {
             input.set_token(tok)?;
@@ -418,6 +422,15 @@ impl Step<StackHost> for FactsStep {
         if facts.compose.is_none() {
             return Err(StepFailure::new("no Docker Compose on the host")
                 .with_hint("install docker compose (v2) or docker-compose (v1)"));
+        }
+        if !h.input.force_dir
+            && let Some(why) =
+                stack::deploy_dir_refusal(h.input.layout.deploy_dir(), facts.dir_state.as_deref())
+        {
+            return Err(StepFailure::new(why).with_hint(
+                "set deploy_dir to a directory of its own (default /srv/mcp-tunnel), or deploy \
+                 with --force if this directory is really meant for the stack",
+            ));
         }
         let desired = desired_state(&h.input, &facts).map_err(|e| {
             StepFailure::new(e)

@@ -26,5 +26,6 @@ pub use render::{
 };
 pub use settings::{
     DEFAULT_CLOUDFLARED_IMAGE, DEFAULT_DEPLOY_DIR, DEFAULT_MCP_PROXY_IMAGE, SAMPLE_ROUTE,
-    SAMPLE_UPSTREAM, SetupSettings, StackSettings, TunnelGroup, group_by_tunnel,
+    SAMPLE_UPSTREAM, SetupSettings, StackSettings, TunnelGroup, deploy_dir_refusal,
+    group_by_tunnel,
 };

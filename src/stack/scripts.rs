@@ -125,6 +125,13 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
             quote(&format!("{}/{rel}", layout.deploy_dir()))
         );
     }
+    // Whose the deploy dir is: tunnelfleet's, empty, absent, or someone else's.
+    let d = quote(layout.deploy_dir());
+    let _ = writeln!(
+        s,
+        "if [ ! -e {d} ]; then echo dir=absent; elif [ -d {d}/.tunnelfleet ] || [ -L {d}/current ]; then echo dir=managed; \
+         elif [ -d {d} ] && [ -z \"$(ls -A {d} 2>/dev/null)\" ]; then echo dir=empty; else echo dir=foreign; fi"
+    );
     // The release the last successful deploy recorded in the host's audit log.
     let _ = writeln!(
         s,
@@ -182,6 +189,9 @@ pub struct ParsedFacts {
     pub lock_holder: Option<String>,
     /// The release the host's audit log says the last successful operation installed.
     pub last_deployed: Option<String>,
+    /// The deploy dir: `absent`, `empty`, `managed` (tunnelfleet's: `.tunnelfleet/` or
+    /// `current`), or `foreign` (holds other things).
+    pub dir_state: Option<String>,
 }
 
 /// Why a container is not running, as far as the host can tell.
@@ -258,6 +268,7 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
             }
             "uid" => p.facts.remote_uid = v.trim().parse().ok(),
             "lock" => p.lock_holder = Some(v.to_string()),
+            "dir" => p.dir_state = Some(v.to_string()),
             "deployed" if !v.is_empty() => p.last_deployed = Some(v.to_string()),
             "ctrdiag" => {
                 let mut it = v.splitn(4, ' ');
