@@ -80,7 +80,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("'{s}' is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Too large for a Duration (found by fuzzing: `--connect-timeout 99999999999999999999999`
+    // panicked in from_secs_f64).
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long a duration"))
 }
 
 impl ConnArgs {
@@ -239,6 +241,9 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5y").is_err());
+        // Found by fuzzing: these panicked.
+        assert!(parse_duration("99999999999999999999999").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 
     #[test]
