@@ -275,7 +275,7 @@ impl Step<StackHost> for SurgeStep {
             return Ok(StepOutcome::unchanged("second connector already started"));
         }
         let session = h.session()?;
-        let list = scripts::connectors_script();
+        let list = scripts::connectors_script(&h.input.layout);
         let (ids, listed) =
             tokio::join!(health::connector_ids(&session), exec(&session, &list, b""));
         let before = scripts::parse_connectors(&listed?.stdout_text());
@@ -284,7 +284,7 @@ impl Step<StackHost> for SurgeStep {
             "{} || exit 1\n{}",
             scripts::scale_connectors_script(&h.input.layout, compose(h)?, known.len() + 1)
                 .trim_end(),
-            scripts::new_connectors_script(&known)
+            scripts::new_connectors_script(&h.input.layout, &known)
         );
         let out = exec(&session, &script, b"").await?;
         if !out.success() {
@@ -480,14 +480,18 @@ fn target_is_current(u: &super::host_state::UpgradeState, back: bool) -> bool {
 }
 
 /// The stack's containers as the gate sees them (one round trip).
-async fn gate_state(session: &Session) -> Result<Vec<GateContainer>, StepFailure> {
-    Ok(gate_state_ip(session).await?.0)
+async fn gate_state(
+    session: &Session,
+    layout: &crate::stack::Layout,
+) -> Result<Vec<GateContainer>, StepFailure> {
+    Ok(gate_state_ip(session, layout).await?.0)
 }
 
 async fn gate_state_ip(
     session: &Session,
+    layout: &crate::stack::Layout,
 ) -> Result<(Vec<GateContainer>, Option<String>), StepFailure> {
-    let out = exec(session, &rs::gate_state_script(), b"").await?;
+    let out = exec(session, &rs::gate_state_script(layout), b"").await?;
     let text = out.stdout_text();
     Ok((rs::parse_gate_state(&text), rs::parse_proxy_ip(&text)))
 }
@@ -623,7 +627,10 @@ pub async fn gate(
     let mut down_twice = 0u32;
     let mut tls_error: Option<String> = None;
     let ready = loop {
-        let (probes, state) = tokio::join!(health::connectors(&session), gate_state_ip(&session));
+        let (probes, state) = tokio::join!(
+            health::connectors(&session),
+            gate_state_ip(&session, &h.input.layout)
+        );
         let (state, proxy_ip) = state?;
         if let Some(c) = probes.iter().find(|c| {
             c.is_ready()
@@ -675,7 +682,10 @@ pub async fn gate(
             _ = tokio::time::sleep(min_healthy) => {}
             _ = cx.stop().requested() => {}
         }
-        let (probes, state) = tokio::join!(health::connectors(&session), gate_state(&session));
+        let (probes, state) = tokio::join!(
+            health::connectors(&session),
+            gate_state(&session, &h.input.layout)
+        );
         let state = state?;
         let still_ready = probes.iter().any(|p| p.is_ready());
         let why = unhealthy(&state, Some(&baseline)).or_else(|| {
