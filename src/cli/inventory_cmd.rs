@@ -5,14 +5,21 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliError, EXIT_OK};
-use crate::inventory::Inventory;
 
 /// Flags of `inventory`.
 #[derive(Args, Debug)]
 pub struct InventoryArgs {
-    /// Inventory file (Ansible YAML).
-    #[arg(short = 'i', long = "inventory", env = "TUNNELFLEET_INVENTORY")]
-    inventory: PathBuf,
+    /// Inventory: a YAML or INI file, or a directory of them; repeat to merge several.
+    #[arg(
+        short = 'i',
+        long = "inventory",
+        env = "TUNNELFLEET_INVENTORY",
+        required = true
+    )]
+    inventory: Vec<PathBuf>,
+    /// Vault passwords.
+    #[command(flatten)]
+    vault: super::common::VaultArgs,
     /// Print every group and host with merged vars, as `ansible-inventory --list` does.
     #[arg(long)]
     list: bool,
@@ -23,7 +30,7 @@ pub struct InventoryArgs {
 
 /// Runs `inventory`.
 pub async fn run(args: InventoryArgs) -> Result<i32, CliError> {
-    let inv = Inventory::load(&args.inventory).map_err(|e| CliError::input(e.to_string()))?;
+    let inv = super::common::load_inventory(&args.inventory, &args.vault)?;
     if args.list {
         let doc = inv.ansible_list();
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

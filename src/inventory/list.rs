@@ -11,6 +11,9 @@ use super::Inventory;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 
+/// What `--list` prints for a value that comes from a vault-encrypted file.
+pub const VAULTED_FILE_VALUE: &str = "<vaulted: from a vault-encrypted file, not shown>";
+
 /// `ansible.constants.INTERNAL_STATIC_VARS`: removed from `--list` output.
 const INTERNAL_STATIC_VARS: &[&str] = &[
     "ansible_async_path",
@@ -59,7 +62,15 @@ pub(super) fn ansible_list(inv: &Inventory) -> Value {
             .vars
             .iter()
             .filter(|(k, _)| !INTERNAL_STATIC_VARS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| {
+                // ansible-inventory prints the decrypted values of a vault-encrypted vars
+                // file; tunnelfleet keeps them secret (see docs/decisions.md).
+                if inv.var_is_from_vaulted_file(host, k) {
+                    (k.clone(), Value::from(VAULTED_FILE_VALUE))
+                } else {
+                    (k.clone(), v.clone())
+                }
+            })
             .collect();
         if !vars.is_empty() {
             hostvars.insert(host.name.clone(), Value::Object(vars));

@@ -112,14 +112,29 @@ fn names_kept_as_written_and_ungrouped_like_ansible() {
 all:
   hosts:
     10.0.0.1:
-    123:
-    0755:
-    1.10:
+    '123':
+    '0755':
+    '1.10':
     both:
   children:
     g:
       hosts: {both: }
 ");
+    // Unquoted, PyYAML makes them numbers, and Ansible refuses non-string names.
+    for (name, kind) in [
+        ("123", "an integer"),
+        ("0755", "an integer"),
+        ("1.10", "a float"),
+    ] {
+        let e = load_err(&format!("all:\n  hosts:\n    {name}:\n"));
+        assert_eq!(
+            e,
+            format!(
+                "inventory.yaml:3:5: group 'all': host name {name} is {kind}, not a string \
+                 (Ansible refuses it): quote it"
+            )
+        );
+    }
     let hosts: Vec<&str> = i.hosts().map(|h| h.name.as_str()).collect();
     assert_eq!(hosts, ["10.0.0.1", "123", "0755", "1.10", "both"]);
     let ungrouped = i.group("ungrouped").map(|g| g.hosts.clone());
