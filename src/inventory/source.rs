@@ -87,7 +87,64 @@ pub(super) fn load(paths: &[PathBuf], keys: &VaultKeys) -> Result<Inventory, Inv
     inv.vault = secrets;
     inv.vaulted_files = vaulted_files;
     inv.warnings = warnings;
+    vaulted_token(&mut inv)?;
     Ok(inv)
+}
+
+/// The variable that may hold the tunnel token (from vault only).
+pub(super) const TOKEN_VAR: &str = "tunnel_token";
+
+/// `tunnel_token` must come from vault: a plaintext token in an inventory file is a leak
+/// (refused, with the way to encrypt it). A token from a vault-encrypted file is replaced in
+/// the host's vars by a vault reference, like an inline vault value, so that only
+/// [`crate::secrets::TokenSource::Vault`] ever turns it back into the token.
+fn vaulted_token(inv: &mut Inventory) -> Result<(), InventoryError> {
+    for (ct, secret) in &inv.vault {
+        crate::secrets::remember_vaulted(ct, secret.clone());
+    }
+    let mut errors = Vec::new();
+    let mut replace = Vec::new();
+    for host in inv.hosts.values() {
+        let Some(value) = host.vars.get(TOKEN_VAR) else {
+            continue;
+        };
+        let loc = host.origins.get(TOKEN_VAR).copied().unwrap_or(host.loc);
+        let is_ref = matches!(value, Value::Object(m) if m.len() == 1 && m.contains_key(VAULT_KEY));
+        if is_ref || value.is_null() {
+            continue;
+        }
+        if inv.vaulted_files.contains(&loc.file)
+            && let Value::String(token) = value
+        {
+            let path = inv.files.get(loc.file).cloned().unwrap_or_default();
+            let id = format!("vaulted file {}#{TOKEN_VAR}", path.display());
+            crate::secrets::remember_vaulted(&id, Secret::new(token.clone()));
+            replace.push((host.name.clone(), id));
+            continue;
+        }
+        errors.push(inv.error_at(
+            loc,
+            format!(
+                "host '{}': {TOKEN_VAR} is not vault-encrypted: a token in a plain inventory \
+                 file is a leak (rotate it if this file was shared); encrypt it with \
+                 `ansible-vault encrypt_string --stdin-name {TOKEN_VAR}`, or use \
+                 tunnel_token_command",
+                host.name
+            ),
+        ));
+    }
+    for (name, id) in replace {
+        if let Some(h) = inv.hosts.get_mut(&name) {
+            let mut m = serde_json::Map::new();
+            m.insert(VAULT_KEY.to_owned(), Value::String(id));
+            h.vars.insert(TOKEN_VAR.to_owned(), Value::Object(m));
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(InventoryError::Many(errors)),
+    }
 }
 
 impl Loader<'_> {

@@ -602,3 +602,25 @@ fn example_inventory_loads_and_resolves() {
         Some(("/opt/mcp-tunnel-staging", false))
     );
 }
+
+#[test]
+fn long_values_are_bounded_and_not_echoed() {
+    let long = "a".repeat(100_000);
+    let e = conn_err(
+        &format!("all:\n  hosts:\n    h1:\n      ansible_host: {long}\n"),
+        "h1",
+    );
+    assert!(e.len() < 300, "{} bytes", e.len());
+    assert!(
+        e.contains("100000 characters is too long (at most 253)"),
+        "{e}"
+    );
+    let e = conn_err(
+        &format!("all:\n  hosts:\n    h1:\n      ansible_user: 'x {long}'\n"),
+        "h1",
+    );
+    assert!(e.len() < 300, "{} bytes", e.len());
+    let e = conn_err(&format!("all:\n  hosts:\n    ? '{long}'\n"), &long);
+    assert!(e.len() < 400, "{} bytes", e.len());
+    assert!(e.contains("…(100000 chars)"), "{e}");
+}
