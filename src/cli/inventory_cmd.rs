@@ -23,6 +23,9 @@ pub struct InventoryArgs {
     /// Print every group and host with merged vars, as `ansible-inventory --list` does.
     #[arg(long)]
     list: bool,
+    /// Print one host's merged vars, as `ansible-inventory --host HOST` does.
+    #[arg(long, conflicts_with = "list")]
+    host: Option<String>,
     /// Print the hosts a --limit pattern selects, one per line.
     #[arg(short = 'l', long)]
     limit: Option<String>,
@@ -33,6 +36,17 @@ pub async fn run(args: InventoryArgs) -> Result<i32, CliError> {
     let inv = super::common::load_inventory(&args.inventory, &args.vault)?;
     if args.list {
         let doc = inv.ansible_list();
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(EXIT_OK);
+    }
+    if let Some(name) = &args.host {
+        let host = inv.host(name).ok_or_else(|| {
+            CliError::input(format!(
+                "--host {}: no such host in the inventory",
+                crate::inventory::clip_for_message(name)
+            ))
+        })?;
+        let doc = inv.ansible_host(host);
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return Ok(EXIT_OK);
     }

@@ -201,6 +201,11 @@ impl Inventory {
         list::ansible_list(self)
     }
 
+    /// What `ansible-inventory --host NAME` prints for `host`, as JSON.
+    pub fn ansible_host(&self, host: &Host) -> Value {
+        Value::Object(list::host_vars(self, host))
+    }
+
     /// The connection view of `host`, with its ProxyJump chain resolved; every variable used
     /// is checked, and an invalid one is reported with its place in the file.
     pub fn connection(&self, host: &Host) -> Result<Connection, InventoryError> {
