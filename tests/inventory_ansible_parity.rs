@@ -454,7 +454,7 @@ fn vault_values_and_files_match_ansible_and_stay_secret() {
     let mut keys = VaultKeys::none();
     keys.add_file(&dir.join("pw").to_string_lossy())
         .unwrap_or_else(|e| panic!("{e}"));
-    keys.add_file(&format!("prod@{}", dir.join("pw-prod").display()))
+    keys.add_vault_id(&format!("prod@{}", dir.join("pw-prod").display()))
         .unwrap_or_else(|e| panic!("{e}"));
     let inv = load_in(dir, &["hosts.yaml"], &keys);
     let h1 = inv.host("h1").unwrap_or_else(|| panic!("no h1"));

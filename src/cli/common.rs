@@ -76,7 +76,7 @@ impl VaultArgs {
                     crate::inventory::clip_for_message(id)
                 )));
             }
-            keys.add_file(id).map_err(CliError::input)?;
+            keys.add_vault_id(id).map_err(CliError::input)?;
         }
         Ok(keys)
     }

@@ -76,12 +76,17 @@ impl Builder {
             return Err(self.err(root.loc, "inventory is empty".into()));
         }
         if let Some(p) = entries.iter().find(|e| e.key == "plugin") {
+            let name = match &p.value.kind {
+                Kind::Scalar { raw, .. } => super::clip(raw),
+                _ => "?".to_owned(),
+            };
             return Err(self.err(
                 p.key_loc,
-                "this is an inventory plugin configuration (Ansible's `auto` plugin would run \
-                 plugin '...'): tunnelfleet does not run inventory plugins; export the hosts \
-                 with `ansible-inventory -i FILE --list -y` and use that"
-                    .into(),
+                format!(
+                    "this is a configuration of the inventory plugin '{name}', which Ansible \
+                     would run: tunnelfleet does not run inventory plugins; save what it \
+                     produces (`ansible-inventory -i FILE --list -y > hosts.yaml`) and use that"
+                ),
             ));
         }
         for entry in &entries {

@@ -58,7 +58,7 @@ pub(super) fn load(paths: &[PathBuf], keys: &VaultKeys) -> Result<Inventory, Inv
         files_read: 0,
     };
     for p in paths {
-        l.source(p, true)?;
+        l.source(p)?;
     }
     // The vars plugin looks beside each source: the directory itself, or the file's.
     let mut basedirs: Vec<PathBuf> = Vec::new();
@@ -161,7 +161,7 @@ impl Loader<'_> {
     }
 
     /// One inventory source: a file, or a directory of sources.
-    fn source(&mut self, path: &Path, top: bool) -> Result<(), InventoryError> {
+    fn source(&mut self, path: &Path) -> Result<(), InventoryError> {
         let meta = std::fs::metadata(path).map_err(|error| InventoryError::Read {
             path: path.to_path_buf(),
             error,
@@ -183,11 +183,10 @@ impl Loader<'_> {
                 {
                     continue;
                 }
-                self.source(&path.join(&name), false)?;
+                self.source(&path.join(&name))?;
             }
             return Ok(());
         }
-        let _ = top;
         self.count(path)?;
         self.inventory_file(path)
     }

@@ -41,14 +41,23 @@ impl VaultKeys {
         self.keys.is_empty()
     }
 
-    /// Adds the password in `path` (`--vault-password-file`, or `LABEL@path` for
-    /// `--vault-id`). The file's content, surrounding whitespace removed, is the password;
-    /// an executable file (a password script Ansible would run) is refused.
-    pub fn add_file(&mut self, spec: &str) -> Result<(), String> {
-        let (label, path) = match spec.split_once('@') {
-            Some((l, p)) if !l.is_empty() && !l.contains('/') => (l.to_owned(), p),
-            _ => ("default".to_owned(), spec),
-        };
+    /// Adds a `--vault-id` password: `LABEL@FILE` (a bare `FILE` is the `default` id).
+    pub fn add_vault_id(&mut self, spec: &str) -> Result<(), String> {
+        match spec.split_once('@') {
+            Some((l, p)) if !l.is_empty() && !l.contains('/') => self.add_labelled(l, p),
+            _ => self.add_labelled("default", spec),
+        }
+    }
+
+    /// Adds the password in `path` (`--vault-password-file`, vault id `default`).
+    pub fn add_file(&mut self, path: &str) -> Result<(), String> {
+        self.add_labelled("default", path)
+    }
+
+    /// The file's content, surrounding whitespace removed, is the password; an executable
+    /// file (a password script Ansible would run) is refused.
+    fn add_labelled(&mut self, label: &str, path: &str) -> Result<(), String> {
+        let label = label.to_owned();
         let path = crate::ssh::config::expand_tilde(path);
         if path.as_os_str().is_empty() {
             return Err("vault password file: empty path".into());
