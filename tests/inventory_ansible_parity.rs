@@ -521,7 +521,14 @@ fn unreadable_sources_are_refused_by_name() {
     let exe = write("hosts", "h1\n");
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(err(exe.clone()).contains("executable"), "{}", err(exe));
+    // Executable without `#!`: Ansible's script plugin fails to exec it and the INI plugin
+    // reads it; so do we.
+    let names: Vec<String> = Inventory::load_sources(&[exe], &VaultKeys::none())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .hosts()
+        .map(|h| h.name.clone())
+        .collect();
+    assert_eq!(names, ["h1"]);
     let toml = write("hosts.toml", "[web.hosts]\n");
     assert!(err(toml.clone()).contains("TOML"), "{}", err(toml));
     let plugin = write("aws_ec2.yml", "plugin: amazon.aws.aws_ec2\n");

@@ -6,7 +6,7 @@
 //! `host_group_vars` plugin), and vault decryption.
 //!
 //! What Ansible would read and tunnelfleet cannot is refused by name: inventory scripts
-//! (executable, or starting with `#!`), TOML inventories, inventory plugin configurations.
+//! (starting with `#!`), TOML inventories, inventory plugin configurations.
 
 use super::build::{Builder, parse_yaml};
 use super::vault::{self, VaultKeys};
@@ -192,16 +192,7 @@ impl Loader<'_> {
     }
 
     fn inventory_file(&mut self, path: &Path) -> Result<(), InventoryError> {
-        use std::os::unix::fs::PermissionsExt;
         let refuse = |why: &str| read_err(path, "refused", why);
-        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        {
-            return Err(refuse(
-                "the file is executable: Ansible would run it as an inventory script, \
-                 which tunnelfleet does not; save its output (`ansible-inventory -i FILE \
-                 --list -y > hosts.yaml`) or chmod -x it if it is a static inventory",
-            ));
-        }
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
@@ -212,10 +203,13 @@ impl Loader<'_> {
         }
         let text = fsread::read_text(path, fsread::INVENTORY_LIMIT)
             .map_err(|e| read_err(path, "cannot read inventory", e))?;
+        // Ansible's script plugin runs a file that starts with `#!` (or is executable: one
+        // without `#!` fails to exec, and Ansible goes on to read it as YAML or INI, as we do).
         if text.starts_with("#!") {
             return Err(refuse(
                 "the file starts with '#!': Ansible would run it as an inventory script, \
-                 which tunnelfleet does not; save its output as YAML and use that",
+                 which tunnelfleet does not; save its output (`ansible-inventory -i FILE \
+                 --list -y > hosts.yaml`) and use that",
             ));
         }
         let file = self.b.add_file(path);
