@@ -202,12 +202,12 @@ fn fixture_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory")
 }
 
-/// `ansible-inventory` with the INI and YAML plugins (the ones tunnelfleet reads), run in
-/// `dir` with `args`; a parse failure is an error.
-fn ansible_json(dir: &Path, args: &[&str]) -> Value {
+/// Starts `ansible-inventory` with the INI and YAML plugins (the ones tunnelfleet reads)
+/// in `dir` with `args`.
+fn spawn_ansible_json(dir: &Path, args: &[&str]) -> std::process::Child {
     let bin = ansible_inventory_bin();
     let tmp = std::env::temp_dir().join("tunnelfleet-parity-ansible");
-    let output = Command::new(&bin)
+    Command::new(&bin)
         .current_dir(dir)
         .args(args)
         .env("ANSIBLE_INVENTORY_ENABLED", "yaml,ini")
@@ -218,16 +218,32 @@ fn ansible_json(dir: &Path, args: &[&str]) -> Value {
         .env("ANSIBLE_LOCAL_TEMP", &tmp)
         .env("ANSIBLE_HOME", &tmp)
         .env_remove("ANSIBLE_VAULT_PASSWORD_FILE")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+}
+
+/// The JSON a started `ansible-inventory` prints; a parse failure is an error.
+fn ansible_output(child: std::process::Child, what: &str) -> Value {
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("ansible-inventory {what}: {e}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "ansible-inventory {args:?} in {} failed:\n{stderr}",
-        dir.display()
+        "ansible-inventory {what} failed:\n{stderr}"
     );
     serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("ansible-inventory {args:?} printed no JSON: {e}\n{stderr}"))
+        .unwrap_or_else(|e| panic!("ansible-inventory {what} printed no JSON: {e}\n{stderr}"))
+}
+
+/// `ansible-inventory` in `dir` with `args`, run to the end.
+fn ansible_json(dir: &Path, args: &[&str]) -> Value {
+    ansible_output(
+        spawn_ansible_json(dir, args),
+        &format!("{args:?} in {}", dir.display()),
+    )
 }
 
 /// Compares `--list` and `--host H` (every host) of ours and Ansible's for `sources`
@@ -239,10 +255,21 @@ fn compare(dir: &Path, sources: &[&str], inv: &Inventory, extra: &[&str]) -> Vec
         args.push(s);
     }
     args.extend_from_slice(extra);
-    let mut failures = Vec::new();
     let mut list_args = args.clone();
     list_args.push("--list");
-    let expected = ansible_json(dir, &list_args);
+    // Start every ansible-inventory first: each takes about a second.
+    let list_child = spawn_ansible_json(dir, &list_args);
+    let host_children: Vec<_> = inv
+        .hosts()
+        .map(|host| {
+            let mut host_args = args.clone();
+            host_args.push("--host");
+            host_args.push(&host.name);
+            (host, spawn_ansible_json(dir, &host_args))
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let expected = ansible_output(list_child, &format!("{sources:?} --list"));
     let ours = inv.ansible_list();
     if ours != expected {
         failures.push(format!(
@@ -252,11 +279,8 @@ fn compare(dir: &Path, sources: &[&str], inv: &Inventory, extra: &[&str]) -> Vec
             serde_json::to_string_pretty(&ours).unwrap_or_default()
         ));
     }
-    for host in inv.hosts() {
-        let mut host_args = args.clone();
-        host_args.push("--host");
-        host_args.push(&host.name);
-        let expected = ansible_json(dir, &host_args);
+    for (host, child) in host_children {
+        let expected = ansible_output(child, &format!("{sources:?} --host {}", host.name));
         let ours = inv.ansible_host(host);
         if ours != expected {
             failures.push(format!(
