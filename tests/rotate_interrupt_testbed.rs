@@ -101,7 +101,7 @@ impl Fleet {
 fn ctrl_c_mid_rotation_releases_every_lock_and_resume_finishes() {
     let f = Fleet::deployed(3);
     let new = f.rotate_at_edge();
-    let mut child = f.spawn("rotate-token", &["--token-file", &f.file("token.next")]);
+    let child = f.spawn("rotate-token", &["--token-file", &f.file("token.next")]);
     // Once the new token is persisted somewhere, interrupt (as Ctrl-C does).
     f.wait_journal("persist_token");
     // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
