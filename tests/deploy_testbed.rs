@@ -102,6 +102,20 @@ impl Fleet {
 fn deploy_from_nothing_then_noop_then_check_touches_nothing() {
     let f = Fleet::up(5);
     let token = f.token("token");
+    // The first --check lists every write the deploy will do, certificates included (no
+    // server certificate exists yet: one would be issued).
+    let out = f.deploy_token("token", &["--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let doc = json(&out);
+    for h in doc["hosts"].as_array().expect("hosts") {
+        assert_eq!(
+            h["plan"]["write_certs"],
+            serde_json::json!(["ca.crt", "tls.key", "tls.crt"]),
+            "{h}"
+        );
+        assert_eq!(h["plan"]["write_env"], true, "{h}");
+        assert_eq!(h["plan"]["switch_current"], true, "{h}");
+    }
     let out = f.deploy_token("token", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let doc = json(&out);

@@ -173,6 +173,9 @@ pub struct HostInput {
     pub certs: Vec<(CertFile, Vec<u8>, String)>,
     /// Serial of the server certificate.
     pub cert_serial: Option<String>,
+    /// `--check` only: a new server certificate would be issued (none exists yet for the
+    /// tunnel's domain), so the plan writes every certificate file.
+    pub certs_pending: bool,
     /// `--force`: deploy into a system directory or a non-empty directory tunnelfleet did
     /// not create.
     pub force_dir: bool,
@@ -229,6 +232,7 @@ pub fn host_inputs(
             env: None,
             certs,
             cert_serial,
+            certs_pending: t.certs.is_none() && t.cert_issued,
             force_dir: false,
         };
         if let Some(tok) = &t.token {
@@ -450,6 +454,9 @@ impl Step<StackHost> for FactsStep {
                 .with_hint("give the token: --token-file F, --token-stdin, or TUNNEL_TOKEN")
         })?;
         let mut plan = stack::compute_plan(&desired, &facts.facts);
+        if h.input.certs_pending {
+            plan.write_certs = crate::stack::CertFile::ALL.to_vec();
+        }
         if h.certs_only {
             plan.write_release = false;
             plan.switch_current = false;
