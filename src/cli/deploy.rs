@@ -206,7 +206,11 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
                 operator: crate::ops::deploy::operator(),
                 operation: "deploy",
                 tunnels: tunnels.keys().cloned().collect(),
-                ok: rows.iter().filter(|r| r.ok).map(|r| r.name.clone()).collect(),
+                ok: rows
+                    .iter()
+                    .filter(|r| r.ok)
+                    .map(|r| r.name.clone())
+                    .collect(),
                 failed: rows
                     .iter()
                     .filter(|r| !r.ok)

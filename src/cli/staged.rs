@@ -95,9 +95,9 @@ impl StagedArgs {
                 }
                 Pause::Prompt
             }
-            Some(d) => Pause::For(
-                parse_duration(d).map_err(|e| CliError::input(format!("--pause: {e}")))?,
-            ),
+            Some(d) => {
+                Pause::For(parse_duration(d).map_err(|e| CliError::input(format!("--pause: {e}")))?)
+            }
         };
         Ok((
             StagedOptions {
@@ -352,11 +352,7 @@ pub fn render_outcome(hosts: &[StagedHost], halted: Option<&str>, interrupted: O
         .filter(|h| h.error.is_some() && h.outcome != "skipped")
     {
         println!();
-        println!(
-            "{}: {}",
-            h.name,
-            h.error.as_deref().unwrap_or_default()
-        );
+        println!("{}: {}", h.name, h.error.as_deref().unwrap_or_default());
         if let Some(hint) = &h.hint {
             println!("  hint: {hint}");
         }
@@ -437,11 +433,11 @@ pub fn staged_host(
         name: h.name().to_string(),
         outcome,
         ok,
-        from: h
-            .upgrade
-            .from
-            .clone()
-            .or_else(|| h.facts.as_ref().and_then(|f| f.facts.current_release.clone())),
+        from: h.upgrade.from.clone().or_else(|| {
+            h.facts
+                .as_ref()
+                .and_then(|f| f.facts.current_release.clone())
+        }),
         to: h
             .upgrade
             .to

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use super::deploy::{StackHost, holder_json_for, now_rfc3339, operator};
 use super::health;
 use crate::playbook::{Params, StepRegistry};

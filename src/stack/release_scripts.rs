@@ -24,7 +24,9 @@ pub const COMPOSE_FAILED_EXIT: i32 = 5;
 
 /// Whether `s` is a release id as tunnelfleet makes them (12 lowercase hex digits).
 pub fn is_release_id(s: &str) -> bool {
-    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 12
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The host-side log of the change scripts' Compose output.
@@ -538,13 +540,22 @@ mod tests {
         // A docker that has no image and cannot pull: the stage fails naming the image.
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).expect("bin");
-        std::fs::write(bin.join("docker"), "#!/bin/sh\necho 'manifest unknown' >&2\nexit 1\n")
-            .expect("fake docker");
-        assert_eq!(run_sh(&format!("chmod 755 {}/docker", bin.display()), b"").0, 0);
+        std::fs::write(
+            bin.join("docker"),
+            "#!/bin/sh\necho 'manifest unknown' >&2\nexit 1\n",
+        )
+        .expect("fake docker");
+        assert_eq!(
+            run_sh(&format!("chmod 755 {}/docker", bin.display()), b"").0,
+            0
+        );
         let (script, stdin) = stage_script(&l, &r, &["img:1".to_string()]).expect("script");
         let (code, _, err) = run_sh(&format!("PATH={}:$PATH; {script}", bin.display()), &stdin);
         assert_eq!(code, PULL_FAILED_EXIT, "{err}");
-        assert!(err.contains("image img:1: cannot be pulled: manifest unknown"), "{err}");
+        assert!(
+            err.contains("image img:1: cannot be pulled: manifest unknown"),
+            "{err}"
+        );
         let (script, stdin) = stage_script(&l, &r, &[]).expect("script");
         let (code, _, err) = run_sh(&script, &stdin);
         assert_eq!(code, 0, "{err}");
@@ -633,10 +644,7 @@ mod tests {
         let cur = &ids[0];
         assert_eq!(
             run_sh(
-                &format!(
-                    "ln -sfn releases/{cur} {}",
-                    d.join("current").display()
-                ),
+                &format!("ln -sfn releases/{cur} {}", d.join("current").display()),
                 b""
             )
             .0,
