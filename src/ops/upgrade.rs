@@ -250,6 +250,63 @@ impl Step<StackHost> for StageStep {
     }
 }
 
+/// `settle {wait}`: before the facts of a release change, waits (up to `wait`) while the
+/// host's fleet lock is held. A change script keeps running on the host when its controller
+/// dies (it ignores SIGHUP and SIGPIPE, so a host is never left half-switched), and holds the
+/// lock until it completes; a run started right after (`deploy --resume`, `rollback`) must
+/// read the host once that script is done, not in the middle of its Compose recreate. A lock
+/// still held after `wait` is left to the step that needs it to report (with its holder).
+pub struct SettleStep {
+    /// How long to wait for the lock to be released.
+    pub wait: Duration,
+}
+
+#[async_trait::async_trait]
+impl Step<StackHost> for SettleStep {
+    fn name(&self) -> &str {
+        "settle"
+    }
+    async fn run(&self, h: &mut StackHost, cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        if h.check_only {
+            return Ok(StepOutcome::unchanged("check only"));
+        }
+        let session = h.session()?;
+        let lock = scripts::lock_dir(&h.input.layout);
+        let script = format!(
+            "if [ -d {l} ]; then echo held; cat {f} 2>/dev/null; fi; exit 0\n",
+            l = crate::remote::quote(&lock),
+            f = crate::remote::quote(&format!("{lock}/{}", crate::remote::HOLDER_FILE)),
+        );
+        let started = tokio::time::Instant::now();
+        let mut waited = false;
+        loop {
+            let out = exec(&session, &script, b"").await?;
+            let text = out.stdout_text();
+            let Some(holder) = text.strip_prefix("held") else {
+                return Ok(StepOutcome::unchanged(if !waited {
+                    "no change in progress".to_string()
+                } else {
+                    format!(
+                        "waited {} for a change in progress to complete",
+                        crate::rollout::fmt_duration(Duration::from_millis(
+                            started.elapsed().as_millis() as u64
+                        ))
+                    )
+                }));
+            };
+            if started.elapsed() >= self.wait || cx.stop().is_requested() {
+                return Ok(StepOutcome::unchanged(format!(
+                    "the fleet lock is still held after {}: {}",
+                    crate::rollout::fmt_duration(self.wait),
+                    holder.trim()
+                )));
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
 /// `surge_connector`: on a surge host, a second connector from the (new) compose file beside
 /// the running one; the gate then waits for it, `retire_old` stops the old one.
 pub struct SurgeStep;
@@ -739,9 +796,14 @@ pub async fn read_releases(
     Ok(rs::parse_releases(&out.stdout_text()))
 }
 
-/// Registers the release-change steps (`stage`, `surge_connector`, `retire_old`, `switch`,
-/// `switch_back`) beside the deploy steps.
+/// Registers the release-change steps (`settle`, `stage`, `surge_connector`, `retire_old`,
+/// `switch`, `switch_back`) beside the deploy steps.
 pub fn register_upgrade_steps(r: &mut StepRegistry<StackHost>, drain_override: Option<Duration>) {
+    r.register("settle", |p| {
+        let params = Params::new(p, &["wait"])?;
+        let wait = params.duration("wait")?.unwrap_or(Duration::from_secs(120));
+        Ok(Arc::new(SettleStep { wait }) as Arc<dyn Step<StackHost>>)
+    });
     r.register("stage", |p| {
         Params::new(p, &[])?;
         Ok(Arc::new(StageStep) as Arc<dyn Step<StackHost>>)
