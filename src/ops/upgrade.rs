@@ -143,8 +143,16 @@ pub fn stage(
     (
         Staging {
             hosts: hosts.to_vec(),
-            surge: hosts.iter().filter(|h| surge.contains(*h)).cloned().collect(),
-            down: hosts.iter().filter(|h| down.contains(*h)).cloned().collect(),
+            surge: hosts
+                .iter()
+                .filter(|h| surge.contains(*h))
+                .cloned()
+                .collect(),
+            down: hosts
+                .iter()
+                .filter(|h| down.contains(*h))
+                .cloned()
+                .collect(),
             recreate,
             batches,
             max_unavailable,
@@ -325,10 +333,8 @@ impl Step<StackHost> for SurgeStep {
         }
         let session = h.session()?;
         let list = scripts::connectors_script();
-        let (ids, listed) = tokio::join!(
-            health::connector_ids(&session),
-            exec(&session, &list, b"")
-        );
+        let (ids, listed) =
+            tokio::join!(health::connector_ids(&session), exec(&session, &list, b""));
         let before = scripts::parse_connectors(&listed?.stdout_text());
         let known: Vec<String> = before.iter().map(|c| c.name.clone()).collect();
         let script = format!(
@@ -492,7 +498,9 @@ impl Step<StackHost> for SwitchStep {
             }
             Some(COMPOSE_FAILED_EXIT) => {
                 h.upgrade.moved = true;
-                return Err(StepFailure::new(h.redact(&out.stderr_text()).trim().to_string()));
+                return Err(StepFailure::new(
+                    h.redact(&out.stderr_text()).trim().to_string(),
+                ));
             }
             _ => {
                 return Err(StepFailure::new(h.redact(&last_line(&out.stderr_text()))));
@@ -1035,8 +1043,7 @@ pub async fn record_outcomes(hosts: &mut [StackHost], ok: &BTreeSet<String>, op_
             },
             cert_serial: None,
         };
-        let Ok(audit) =
-            crate::remote::audit_line(&scripts::audit_log(&h.input.layout), &entry)
+        let Ok(audit) = crate::remote::audit_line(&scripts::audit_log(&h.input.layout), &entry)
         else {
             return;
         };
@@ -1063,9 +1070,14 @@ pub async fn record_outcomes(hosts: &mut [StackHost], ok: &BTreeSet<String>, op_
     futures::future::join_all(jobs).await;
 }
 
-/// Which release each host goes back to for `rollback` without `--to`: the `from` of an
-/// unfinished release change, else the release the host's audit log says `current` replaced,
-/// else the newest other complete release on the host.
+/// Which release each host goes back to for `rollback` without `--to`.
+///
+/// While a release change is unfinished (a controller died or was interrupted), `rollback`
+/// concerns that change only: a host it recorded goes to the release it ran before an
+/// interrupted deploy (the `from`, which is `current` again for a host the deploy never
+/// reached or already undid: no change), or to the target of an interrupted rollback (which
+/// finishes it); a host it did not record stays where it is. Otherwise: the release the host's
+/// audit log says `current` replaced, else the newest other complete release on the host.
 pub fn previous_release(
     host: &str,
     facts: &ReleasesFacts,
@@ -1073,20 +1085,26 @@ pub fn previous_release(
 ) -> Option<String> {
     let cur = facts.current.as_deref()?;
     let complete = |id: &str| facts.release(id).is_some_and(|r| r.complete);
-    if let Some(rec) = unfinished
-        && let Some(h) = rec.hosts.iter().find(|h| h.name == host)
-        && let Some(from) = &h.from
-        && from != cur
-        && complete(from)
-    {
-        return Some(from.clone());
+    if let Some(rec) = unfinished {
+        let Some(h) = rec.hosts.iter().find(|h| h.name == host) else {
+            return Some(cur.to_string());
+        };
+        let target = if rec.operation == "rollback" {
+            Some(h.to.as_str())
+        } else {
+            h.from.as_deref()
+        };
+        return target.filter(|t| complete(t)).map(str::to_string);
     }
     for line in facts.audit.iter().rev() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         if v["release"].as_str() == Some(cur)
-            && matches!(v["outcome"].as_str(), Some("succeeded") | Some("rolled_back"))
+            && matches!(
+                v["outcome"].as_str(),
+                Some("succeeded") | Some("rolled_back")
+            )
             && let Some(from) = v["from_release"].as_str()
             && from != cur
             && complete(from)
@@ -1196,26 +1214,41 @@ pub async fn run_release_change(
     let unfinished = prior.filter(|r| !r.finished);
     if !inputs.check {
         match (&unfinished, inputs.resume) {
-            (Some(r), false) if !(op == "rollback" && r.operation == "deploy") => {
+            // `rollback` undoes an interrupted deploy, or finishes an interrupted rollback.
+            (Some(_), false) if op == "rollback" => {}
+            (Some(r), _) if r.operation != op || !inputs.resume => {
+                let next = if r.operation == "rollback" {
+                    "run `tunnelfleet rollback` to finish it".to_string()
+                } else {
+                    "run `tunnelfleet deploy --resume` to finish it, or `tunnelfleet rollback` \
+                     to undo it"
+                        .to_string()
+                };
                 return Err(ReleaseError::input(format!(
                     "an interrupted {} (op {}, started {} by {}) has not finished on {} host(s): \
-                     run `tunnelfleet {} --resume` to finish it, or `tunnelfleet rollback` to undo it",
+                     {next}",
                     r.operation,
                     r.op_id,
                     r.started,
                     r.operator,
                     r.hosts.len(),
-                    r.operation
                 )));
             }
             (None, true) => {
                 return Err(ReleaseError::input(format!(
-                    "nothing to resume: no interrupted release change for {key} on this controller"
+                    "nothing to resume: no interrupted release change for {key} on this \
+                     controller (every earlier run finished); run `tunnelfleet {op}` instead"
                 )));
             }
             _ => {}
         }
     }
+    // Continuing an interrupted run (its op id, its record): `deploy --resume`, or `rollback`
+    // after an interrupted rollback.
+    let continuing = !inputs.check
+        && unfinished
+            .as_ref()
+            .is_some_and(|r| r.operation == op && (inputs.resume || op == "rollback"));
     let _lock = if inputs.check {
         None
     } else {
@@ -1235,7 +1268,7 @@ pub async fn run_release_change(
                 })?,
         )
     };
-    let op_id = match (&unfinished, inputs.resume) {
+    let op_id = match (&unfinished, continuing) {
         (Some(r), true) => r.op_id.clone(),
         _ => crate::rollout::new_op_id(),
     };
@@ -1262,8 +1295,11 @@ pub async fn run_release_change(
         .iter()
         .map(|r| (r.host.clone(), r.clone()))
         .collect();
-    let reached =
-        |h: &StackHost| facts_report.host(h.name()).is_some_and(|r| r.status == HostStatus::Ok);
+    let reached = |h: &StackHost| {
+        facts_report
+            .host(h.name())
+            .is_some_and(|r| r.status == HostStatus::Ok)
+    };
 
     // 2. Targets (rollback) and the surge decision.
     let mut diffs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -1274,10 +1310,7 @@ pub async fn run_release_change(
                 continue;
             };
             let target = match &inputs.to {
-                Some(t) => rf
-                    .release(t)
-                    .filter(|r| r.complete)
-                    .map(|r| r.id.clone()),
+                Some(t) => rf.release(t).filter(|r| r.complete).map(|r| r.id.clone()),
                 None => previous_release(h.name(), &rf, unfinished.as_ref()),
             };
             let Some(target) = target else {
@@ -1446,15 +1479,51 @@ pub async fn run_release_change(
         .map(|h| h.name().to_string())
         .collect();
     let (staging, strategy) = stage(&changing, &surge, &down, fleet, opts);
+    // Hosts an unfinished run recorded that this run cannot reach: the record keeps them (and
+    // stays unfinished), so a later `--resume` or `rollback` still knows where they came from.
+    let unreached: Vec<RecordedHost> = match &unfinished {
+        Some(r) if !inputs.check && (continuing || op == "rollback") => r
+            .hosts
+            .iter()
+            .filter(|rh| !hosts.iter().any(|h| h.name() == rh.name && reached(h)))
+            .filter_map(|rh| {
+                if continuing {
+                    Some(rh.clone())
+                } else {
+                    // A rollback undoing an interrupted deploy: the host's target is the
+                    // release it ran before that deploy.
+                    Some(RecordedHost {
+                        name: rh.name.clone(),
+                        from: Some(rh.to.clone()),
+                        to: rh.from.clone()?,
+                    })
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     if inputs.check || changing.is_empty() {
-        let finished = unfinished.is_none();
+        let mut finished = unfinished.is_none();
         if !inputs.check
-            && let Some(mut rec) = unfinished.clone().filter(|_| inputs.resume)
+            && let Some(mut rec) = unfinished
+                .clone()
+                .filter(|_| continuing || op == "rollback")
         {
-            // Resumed with nothing left to do: the earlier run had finished every host.
-            rec.finished = true;
-            rec.outcome = Some("finished by --resume".into());
-            let _ = write_record(&inputs.state, &key, &rec);
+            // Nothing left to do on the hosts reached: the interrupted run had finished every
+            // host (resumed), or no host it moved is left to undo (rollback).
+            if unreached.is_empty() {
+                rec.finished = true;
+                rec.outcome = Some(
+                    if continuing {
+                        "finished by a later run"
+                    } else {
+                        "undone by rollback"
+                    }
+                    .into(),
+                );
+                finished = true;
+                let _ = write_record(&inputs.state, &key, &rec);
+            }
         }
         return Ok(ReleaseReport {
             op_id,
@@ -1465,12 +1534,12 @@ pub async fn run_release_change(
             interrupted: stop.is_requested(),
             rolled_back: false,
             diffs,
-            finished: finished || inputs.resume,
+            finished,
         });
     }
 
     // 3. The record, then the staged rollout.
-    let rec_hosts: Vec<RecordedHost> = hosts
+    let mut rec_hosts: Vec<RecordedHost> = hosts
         .iter()
         .filter(|h| changing.iter().any(|c| c == h.name()))
         .map(|h| RecordedHost {
@@ -1488,6 +1557,26 @@ pub async fn run_release_change(
                 .unwrap_or_default(),
         })
         .collect();
+    if let Some(r) = unfinished.as_ref().filter(|_| continuing) {
+        // Keep where every host of the interrupted run came from, including hosts it had
+        // already finished (a rollback of this run must still take them back).
+        for h in rec_hosts.iter_mut() {
+            if let Some(o) = r.hosts.iter().find(|o| o.name == h.name) {
+                h.from = o.from.clone();
+            }
+        }
+        for o in &r.hosts {
+            if !rec_hosts.iter().any(|h| h.name == o.name) {
+                rec_hosts.push(o.clone());
+            }
+        }
+    } else {
+        for u in &unreached {
+            if !rec_hosts.iter().any(|h| h.name == u.name) {
+                rec_hosts.push(u.clone());
+            }
+        }
+    }
     let mut record = ReleaseOpRecord {
         op_id: op_id.clone(),
         operation: op.to_string(),
@@ -1497,14 +1586,8 @@ pub async fn run_release_change(
         finished: false,
         outcome: None,
     };
-    if let Some(r) = unfinished.as_ref().filter(|_| inputs.resume) {
+    if let Some(r) = unfinished.as_ref().filter(|_| continuing) {
         record.started = r.started.clone();
-        // Keep where every host of the interrupted run came from.
-        for h in record.hosts.iter_mut() {
-            if let Some(o) = r.hosts.iter().find(|o| o.name == h.name) {
-                h.from = o.from.clone();
-            }
-        }
     }
     write_record(&inputs.state, &key, &record).map_err(ReleaseError::input)?;
     let journal = inputs
@@ -1559,13 +1642,15 @@ pub async fn run_release_change(
     let consistent = moved_hosts
         .iter()
         .all(|h| ok.contains(h.name()) || !h.upgrade.moved || h.upgrade.rolled_back);
-    let finished = !outcome.interrupted && consistent;
+    let finished = !outcome.interrupted && consistent && unreached.is_empty();
     record.finished = finished;
     record.outcome = Some(
         if outcome.interrupted {
             "interrupted"
         } else if !consistent {
             "rollback incomplete"
+        } else if !unreached.is_empty() {
+            "hosts of the interrupted run not reached"
         } else if rolled_back {
             "rolled back"
         } else if ok.len() == changing.len() {
@@ -1626,7 +1711,13 @@ mod tests {
         );
         assert!(s.recreate.is_empty() && s.notes.is_empty());
         // Hosts with nothing serving yet do not count against max_unavailable either.
-        let (s, _) = stage(&names(9), &BTreeSet::new(), &all, 9, &StagedOptions::default());
+        let (s, _) = stage(
+            &names(9),
+            &BTreeSet::new(),
+            &all,
+            9,
+            &StagedOptions::default(),
+        );
         assert_eq!(
             s.batches.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![1, 3, 3, 2]
@@ -1642,7 +1733,10 @@ mod tests {
         // 2 of 10 hosts change; half the fleet may be down: both after the canary at once.
         let (s, _) = stage(&names(2), &BTreeSet::new(), &BTreeSet::new(), 10, &opts);
         assert_eq!(s.max_unavailable, 5);
-        assert_eq!(s.batches, vec![vec!["h1".to_string()], vec!["h2".to_string()]]);
+        assert_eq!(
+            s.batches,
+            vec![vec!["h1".to_string()], vec!["h2".to_string()]]
+        );
     }
 
     #[test]
@@ -1702,6 +1796,29 @@ mod tests {
         assert_eq!(
             previous_release("h1", &f, Some(&rec)).as_deref(),
             Some("bbbbbbbbbbbb")
+        );
+        // While that deploy is unfinished, a host it did not record, or recorded but never
+        // reached (its `from` is still current), stays where it is: the audit log's earlier
+        // release is not the target of undoing the interrupted deploy.
+        assert_eq!(
+            previous_release("h2", &f, Some(&rec)).as_deref(),
+            Some("aaaaaaaaaaaa")
+        );
+        let mut not_reached = rec.clone();
+        not_reached.hosts[0].from = Some("aaaaaaaaaaaa".into());
+        not_reached.hosts[0].to = "bbbbbbbbbbbb".into();
+        assert_eq!(
+            previous_release("h1", &f, Some(&not_reached)).as_deref(),
+            Some("aaaaaaaaaaaa")
+        );
+        // An interrupted rollback is finished: its target, not the release it left.
+        let mut rb = not_reached.clone();
+        rb.operation = "rollback".into();
+        rb.hosts[0].from = Some("bbbbbbbbbbbb".into());
+        rb.hosts[0].to = "cccccccccccc".into();
+        assert_eq!(
+            previous_release("h1", &f, Some(&rb)).as_deref(),
+            Some("cccccccccccc")
         );
         // An incomplete release is never a target.
         f.releases[2].complete = false;
