@@ -502,6 +502,15 @@ impl Step<StackHost> for SwitchStep {
                     h.redact(&out.stderr_text()).trim().to_string(),
                 ));
             }
+            None => {
+                // Killed on the host (a reboot) after it started: it may have switched.
+                h.upgrade.moved = true;
+                return Err(StepFailure::new(format!(
+                    "the switch script ended without an exit status (killed, or the host went \
+                     down): {}",
+                    h.redact(&last_line(&out.stderr_text()))
+                )));
+            }
             _ => {
                 return Err(StepFailure::new(h.redact(&last_line(&out.stderr_text()))));
             }
