@@ -279,10 +279,18 @@ impl Step<StackHost> for SettleStep {
             return Ok(StepOutcome::unchanged("check only"));
         }
         let session = h.session()?;
+        // Taking the lock and releasing it at once: free, or stale (left by a script the
+        // host's reboot killed: removed), the host can be read; held, wait.
         let lock = scripts::lock_dir(&h.input.layout);
+        let holder = holder_json_for(&h.operation, cx.op_id());
+        let take = crate::remote::script_lock(&lock, &holder)
+            .map_err(|e| StepFailure::new(e.to_string()))?;
+        let release =
+            crate::remote::unlock(&lock, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
         let script = format!(
-            "if [ -d {l} ]; then echo held; cat {f} 2>/dev/null; fi; exit 0\n",
-            l = crate::remote::quote(&lock),
+            "( {take} ) >/dev/null 2>&1; tf_rc=$?\n\
+             if [ \"$tf_rc\" = {LOCK_HELD_EXIT} ]; then echo held; cat {f} 2>/dev/null; exit 0; fi\n\
+             ( {release} ) >/dev/null 2>&1; exit 0\n",
             f = crate::remote::quote(&format!("{lock}/{}", crate::remote::HOLDER_FILE)),
         );
         let started = tokio::time::Instant::now();
