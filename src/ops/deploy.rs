@@ -583,6 +583,18 @@ impl Step<StackHost> for ApplyStep {
             Some(CHANGED_EXIT) => {
                 return Err(StepFailure::new(h.redact(&out.stderr_text())).with_hint("rerun"));
             }
+            None => {
+                // No exit status: the script was killed (the host rebooted or went down) after
+                // it started; it may have switched `current`, so count the host as moved (a
+                // rollback takes it back; switching to where it is changes nothing).
+                h.upgrade.moved = plan.switch_current || !plan.actions.is_empty();
+                return Err(StepFailure::new(format!(
+                    "the apply script ended without an exit status (killed, or the host went \
+                     down): {}",
+                    h.redact(&last_line(&out.stderr_text()))
+                ))
+                .with_hint("run again once the host is back: the next run reads where it is"));
+            }
             _ => {
                 return Err(
                     StepFailure::new(h.redact(&last_line(&out.stderr_text()))).with_hint(

@@ -258,6 +258,71 @@ impl Step<StackHost> for StageStep {
     }
 }
 
+/// `settle {wait}`: before the facts of a release change, waits (up to `wait`) while the
+/// host's fleet lock is held. A change script keeps running on the host when its controller
+/// dies (it ignores SIGHUP and SIGPIPE, so a host is never left half-switched), and holds the
+/// lock until it completes; a run started right after (`deploy --resume`, `rollback`) must
+/// read the host once that script is done, not in the middle of its Compose recreate. A lock
+/// still held after `wait` is left to the step that needs it to report (with its holder).
+pub struct SettleStep {
+    /// How long to wait for the lock to be released.
+    pub wait: Duration,
+}
+
+#[async_trait::async_trait]
+impl Step<StackHost> for SettleStep {
+    fn name(&self) -> &str {
+        "settle"
+    }
+    async fn run(&self, h: &mut StackHost, cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        if h.check_only {
+            return Ok(StepOutcome::unchanged("check only"));
+        }
+        let session = h.session()?;
+        // Taking the lock and releasing it at once: free, or stale (left by a script the
+        // host's reboot killed: removed), the host can be read; held, wait.
+        let lock = scripts::lock_dir(&h.input.layout);
+        let holder = holder_json_for(&h.operation, cx.op_id());
+        let take = crate::remote::script_lock(&lock, &holder)
+            .map_err(|e| StepFailure::new(e.to_string()))?;
+        let release =
+            crate::remote::unlock(&lock, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
+        let script = format!(
+            "( {take} ) >/dev/null 2>&1; tf_rc=$?\n\
+             if [ \"$tf_rc\" = {LOCK_HELD_EXIT} ]; then echo held; cat {f} 2>/dev/null; exit 0; fi\n\
+             ( {release} ) >/dev/null 2>&1; exit 0\n",
+            f = crate::remote::quote(&format!("{lock}/{}", crate::remote::HOLDER_FILE)),
+        );
+        let started = tokio::time::Instant::now();
+        let mut waited = false;
+        loop {
+            let out = exec(&session, &script, b"").await?;
+            let text = out.stdout_text();
+            let Some(holder) = text.strip_prefix("held") else {
+                return Ok(StepOutcome::unchanged(if !waited {
+                    "no change in progress".to_string()
+                } else {
+                    format!(
+                        "waited {} for a change in progress to complete",
+                        crate::rollout::fmt_duration(Duration::from_millis(
+                            started.elapsed().as_millis() as u64
+                        ))
+                    )
+                }));
+            };
+            if started.elapsed() >= self.wait || cx.stop().is_requested() {
+                return Ok(StepOutcome::unchanged(format!(
+                    "the fleet lock is still held after {}: {}",
+                    crate::rollout::fmt_duration(self.wait),
+                    holder.trim()
+                )));
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
 /// `surge_connector`: on a surge host, a second connector from the (new) compose file beside
 /// the running one; the gate then waits for it, `retire_old` stops the old one.
 pub struct SurgeStep;
@@ -449,6 +514,15 @@ impl Step<StackHost> for SwitchStep {
                 return Err(StepFailure::new(
                     h.redact(&out.stderr_text()).trim().to_string(),
                 ));
+            }
+            None => {
+                // Killed on the host (a reboot) after it started: it may have switched.
+                h.upgrade.moved = true;
+                return Err(StepFailure::new(format!(
+                    "the switch script ended without an exit status (killed, or the host went \
+                     down): {}",
+                    h.redact(&last_line(&out.stderr_text()))
+                )));
             }
             _ => {
                 return Err(StepFailure::new(h.redact(&last_line(&out.stderr_text()))));
@@ -775,9 +849,14 @@ pub async fn read_releases(
     Ok(rs::parse_releases(&out.stdout_text()))
 }
 
-/// Registers the release-change steps (`stage`, `surge_connector`, `retire_old`, `switch`,
-/// `switch_back`) beside the deploy steps.
+/// Registers the release-change steps (`settle`, `stage`, `surge_connector`, `retire_old`,
+/// `switch`, `switch_back`) beside the deploy steps.
 pub fn register_upgrade_steps(r: &mut StepRegistry<StackHost>, drain_override: Option<Duration>) {
+    r.register("settle", |p| {
+        let params = Params::new(p, &["wait"])?;
+        let wait = params.duration("wait")?.unwrap_or(Duration::from_secs(120));
+        Ok(Arc::new(SettleStep { wait }) as Arc<dyn Step<StackHost>>)
+    });
     r.register("stage", |p| {
         Params::new(p, &[])?;
         Ok(Arc::new(StageStep) as Arc<dyn Step<StackHost>>)
@@ -1046,9 +1125,14 @@ pub async fn record_outcomes(hosts: &mut [StackHost], ok: &BTreeSet<String>, op_
     futures::future::join_all(jobs).await;
 }
 
-/// Which release each host goes back to for `rollback` without `--to`: the `from` of an
-/// unfinished release change, else the release the host's audit log says `current` replaced,
-/// else the newest other complete release on the host.
+/// Which release each host goes back to for `rollback` without `--to`.
+///
+/// While a release change is unfinished (a controller died or was interrupted), `rollback`
+/// concerns that change only: a host it recorded goes to the release it ran before an
+/// interrupted deploy (the `from`, which is `current` again for a host the deploy never
+/// reached or already undid: no change), or to the target of an interrupted rollback (which
+/// finishes it); a host it did not record stays where it is. Otherwise: the release the host's
+/// audit log says `current` replaced, else the newest other complete release on the host.
 pub fn previous_release(
     host: &str,
     facts: &ReleasesFacts,
@@ -1056,13 +1140,16 @@ pub fn previous_release(
 ) -> Option<String> {
     let cur = facts.current.as_deref()?;
     let complete = |id: &str| facts.release(id).is_some_and(|r| r.complete);
-    if let Some(rec) = unfinished
-        && let Some(h) = rec.hosts.iter().find(|h| h.name == host)
-        && let Some(from) = &h.from
-        && from != cur
-        && complete(from)
-    {
-        return Some(from.clone());
+    if let Some(rec) = unfinished {
+        let Some(h) = rec.hosts.iter().find(|h| h.name == host) else {
+            return Some(cur.to_string());
+        };
+        let target = if rec.operation == "rollback" {
+            Some(h.to.as_str())
+        } else {
+            h.from.as_deref()
+        };
+        return target.filter(|t| complete(t)).map(str::to_string);
     }
     for line in facts.audit.iter().rev() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -1182,26 +1269,41 @@ pub async fn run_release_change(
     let unfinished = prior.filter(|r| !r.finished);
     if !inputs.check {
         match (&unfinished, inputs.resume) {
-            (Some(r), false) if !(op == "rollback" && r.operation == "deploy") => {
+            // `rollback` undoes an interrupted deploy, or finishes an interrupted rollback.
+            (Some(_), false) if op == "rollback" => {}
+            (Some(r), _) if r.operation != op || !inputs.resume => {
+                let next = if r.operation == "rollback" {
+                    "run `tunnelfleet rollback` to finish it".to_string()
+                } else {
+                    "run `tunnelfleet deploy --resume` to finish it, or `tunnelfleet rollback` \
+                     to undo it"
+                        .to_string()
+                };
                 return Err(ReleaseError::input(format!(
                     "an interrupted {} (op {}, started {} by {}) has not finished on {} host(s): \
-                     run `tunnelfleet {} --resume` to finish it, or `tunnelfleet rollback` to undo it",
+                     {next}",
                     r.operation,
                     r.op_id,
                     r.started,
                     r.operator,
                     r.hosts.len(),
-                    r.operation
                 )));
             }
             (None, true) => {
                 return Err(ReleaseError::input(format!(
-                    "nothing to resume: no interrupted release change for {key} on this controller"
+                    "nothing to resume: no interrupted release change for {key} on this \
+                     controller (every earlier run finished); run `tunnelfleet {op}` instead"
                 )));
             }
             _ => {}
         }
     }
+    // Continuing an interrupted run (its op id, its record): `deploy --resume`, or `rollback`
+    // after an interrupted rollback.
+    let continuing = !inputs.check
+        && unfinished
+            .as_ref()
+            .is_some_and(|r| r.operation == op && (inputs.resume || op == "rollback"));
     let _lock = if inputs.check {
         None
     } else {
@@ -1221,7 +1323,7 @@ pub async fn run_release_change(
                 })?,
         )
     };
-    let op_id = match (&unfinished, inputs.resume) {
+    let op_id = match (&unfinished, continuing) {
         (Some(r), true) => r.op_id.clone(),
         _ => crate::rollout::new_op_id(),
     };
@@ -1432,15 +1534,51 @@ pub async fn run_release_change(
         .map(|h| h.name().to_string())
         .collect();
     let (staging, strategy) = stage(&changing, &surge, &down, fleet, opts);
+    // Hosts an unfinished run recorded that this run cannot reach: the record keeps them (and
+    // stays unfinished), so a later `--resume` or `rollback` still knows where they came from.
+    let unreached: Vec<RecordedHost> = match &unfinished {
+        Some(r) if !inputs.check && (continuing || op == "rollback") => r
+            .hosts
+            .iter()
+            .filter(|rh| !hosts.iter().any(|h| h.name() == rh.name && reached(h)))
+            .filter_map(|rh| {
+                if continuing {
+                    Some(rh.clone())
+                } else {
+                    // A rollback undoing an interrupted deploy: the host's target is the
+                    // release it ran before that deploy.
+                    Some(RecordedHost {
+                        name: rh.name.clone(),
+                        from: Some(rh.to.clone()),
+                        to: rh.from.clone()?,
+                    })
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     if inputs.check || changing.is_empty() {
-        let finished = unfinished.is_none();
+        let mut finished = unfinished.is_none();
         if !inputs.check
-            && let Some(mut rec) = unfinished.clone().filter(|_| inputs.resume)
+            && let Some(mut rec) = unfinished
+                .clone()
+                .filter(|_| continuing || op == "rollback")
         {
-            // Resumed with nothing left to do: the earlier run had finished every host.
-            rec.finished = true;
-            rec.outcome = Some("finished by --resume".into());
-            let _ = write_record(&inputs.state, &key, &rec);
+            // Nothing left to do on the hosts reached: the interrupted run had finished every
+            // host (resumed), or no host it moved is left to undo (rollback).
+            if unreached.is_empty() {
+                rec.finished = true;
+                rec.outcome = Some(
+                    if continuing {
+                        "finished by a later run"
+                    } else {
+                        "undone by rollback"
+                    }
+                    .into(),
+                );
+                finished = true;
+                let _ = write_record(&inputs.state, &key, &rec);
+            }
         }
         return Ok(ReleaseReport {
             op_id,
@@ -1451,12 +1589,12 @@ pub async fn run_release_change(
             interrupted: stop.is_requested(),
             rolled_back: false,
             diffs,
-            finished: finished || inputs.resume,
+            finished,
         });
     }
 
     // 3. The record, then the staged rollout.
-    let rec_hosts: Vec<RecordedHost> = hosts
+    let mut rec_hosts: Vec<RecordedHost> = hosts
         .iter()
         .filter(|h| changing.iter().any(|c| c == h.name()))
         .map(|h| RecordedHost {
@@ -1474,6 +1612,26 @@ pub async fn run_release_change(
                 .unwrap_or_default(),
         })
         .collect();
+    if let Some(r) = unfinished.as_ref().filter(|_| continuing) {
+        // Keep where every host of the interrupted run came from, including hosts it had
+        // already finished (a rollback of this run must still take them back).
+        for h in rec_hosts.iter_mut() {
+            if let Some(o) = r.hosts.iter().find(|o| o.name == h.name) {
+                h.from = o.from.clone();
+            }
+        }
+        for o in &r.hosts {
+            if !rec_hosts.iter().any(|h| h.name == o.name) {
+                rec_hosts.push(o.clone());
+            }
+        }
+    } else {
+        for u in &unreached {
+            if !rec_hosts.iter().any(|h| h.name == u.name) {
+                rec_hosts.push(u.clone());
+            }
+        }
+    }
     let mut record = ReleaseOpRecord {
         op_id: op_id.clone(),
         operation: op.to_string(),
@@ -1483,14 +1641,8 @@ pub async fn run_release_change(
         finished: false,
         outcome: None,
     };
-    if let Some(r) = unfinished.as_ref().filter(|_| inputs.resume) {
+    if let Some(r) = unfinished.as_ref().filter(|_| continuing) {
         record.started = r.started.clone();
-        // Keep where every host of the interrupted run came from.
-        for h in record.hosts.iter_mut() {
-            if let Some(o) = r.hosts.iter().find(|o| o.name == h.name) {
-                h.from = o.from.clone();
-            }
-        }
     }
     write_record(&inputs.state, &key, &record).map_err(ReleaseError::input)?;
     let journal = inputs
@@ -1545,13 +1697,15 @@ pub async fn run_release_change(
     let consistent = moved_hosts
         .iter()
         .all(|h| ok.contains(h.name()) || !h.upgrade.moved || h.upgrade.rolled_back);
-    let finished = !outcome.interrupted && consistent;
+    let finished = !outcome.interrupted && consistent && unreached.is_empty();
     record.finished = finished;
     record.outcome = Some(
         if outcome.interrupted {
             "interrupted"
         } else if !consistent {
             "rollback incomplete"
+        } else if !unreached.is_empty() {
+            "hosts of the interrupted run not reached"
         } else if rolled_back {
             "rolled back"
         } else if ok.len() == changing.len() {
@@ -1697,6 +1851,29 @@ mod tests {
         assert_eq!(
             previous_release("h1", &f, Some(&rec)).as_deref(),
             Some("bbbbbbbbbbbb")
+        );
+        // While that deploy is unfinished, a host it did not record, or recorded but never
+        // reached (its `from` is still current), stays where it is: the audit log's earlier
+        // release is not the target of undoing the interrupted deploy.
+        assert_eq!(
+            previous_release("h2", &f, Some(&rec)).as_deref(),
+            Some("aaaaaaaaaaaa")
+        );
+        let mut not_reached = rec.clone();
+        not_reached.hosts[0].from = Some("aaaaaaaaaaaa".into());
+        not_reached.hosts[0].to = "bbbbbbbbbbbb".into();
+        assert_eq!(
+            previous_release("h1", &f, Some(&not_reached)).as_deref(),
+            Some("aaaaaaaaaaaa")
+        );
+        // An interrupted rollback is finished: its target, not the release it left.
+        let mut rb = not_reached.clone();
+        rb.operation = "rollback".into();
+        rb.hosts[0].from = Some("bbbbbbbbbbbb".into());
+        rb.hosts[0].to = "cccccccccccc".into();
+        assert_eq!(
+            previous_release("h1", &f, Some(&rb)).as_deref(),
+            Some("cccccccccccc")
         );
         // An incomplete release is never a target.
         f.releases[2].complete = false;

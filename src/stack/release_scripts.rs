@@ -153,7 +153,7 @@ pub fn switch_script(spec: &SwitchSpec<'_>) -> Result<String, ScriptError> {
     }
     let l = spec.layout;
     let lock = lock_dir(l);
-    let take = remote::mkdir_lock(&lock, spec.holder_json)?;
+    let take = remote::script_lock(&lock, spec.holder_json)?;
     let release = remote::unlock(&lock, spec.holder_json)?;
     let rel = l.release_dir(spec.target);
     let cur = quote(&l.current());
@@ -427,7 +427,7 @@ pub fn prune_script(
     holder_json: &str,
 ) -> Result<String, ScriptError> {
     let lock = lock_dir(layout);
-    let take = remote::mkdir_lock(&lock, holder_json)?;
+    let take = remote::script_lock(&lock, holder_json)?;
     let release = remote::unlock(&lock, holder_json)?;
     let rels = quote(&layout.releases_dir());
     let cur = quote(&layout.current());

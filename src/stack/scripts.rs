@@ -431,7 +431,7 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
         atomic_write(&files)?
     };
     let lock = lock_dir(l);
-    let take = remote::mkdir_lock(&lock, spec.holder_json)?;
+    let take = remote::script_lock(&lock, spec.holder_json)?;
     let release = remote::unlock(&lock, spec.holder_json)?;
     let audit = match spec.audit {
         Some(a) => Some(remote::audit_line(&audit_log(l), a)?),
@@ -735,7 +735,7 @@ pub fn setup_renew_cert_script(
     holder_json: &str,
 ) -> Result<String, ScriptError> {
     let lock = lock_dir(layout);
-    let take = remote::mkdir_lock(&lock, holder_json)?;
+    let take = remote::script_lock(&lock, holder_json)?;
     let release = remote::unlock(&lock, holder_json)?;
     let mut args = vec![
         "run".to_string(),
