@@ -3,8 +3,7 @@
 //! flags and renders the report.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -12,12 +11,8 @@ use super::common::{ConnArgs, SelectedHost, StateArgs};
 use super::progress::Progress;
 use super::staged::{self, StagedArgs, StagedHost};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
-use crate::ops::deploy::{
-    GateOverrides, HostInput, StackHost, TunnelInput, host_inputs, register_deploy_steps,
-    tunnel_inputs,
-};
-use crate::ops::upgrade::{ReleaseInputs, register_upgrade_steps, run_release_change};
-use crate::playbook::{Playbook, StepRegistry};
+use crate::ops::deploy::{HostInput, StackHost, TunnelInput, host_inputs, tunnel_inputs};
+use crate::ops::upgrade::{ReleaseInputs, run_release_change};
 use crate::rollout::HostCtx;
 use crate::secrets::{Secret, TokenSource};
 use crate::stack::{self, StackSettings};
@@ -145,21 +140,7 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
     )
     .await?;
     inputs.iter_mut().for_each(|i| i.force_dir = args.force);
-    let mut registry = StepRegistry::new();
-    register_deploy_steps(
-        &mut registry,
-        GateOverrides {
-            deadline: Some(opts.healthy_deadline),
-            min_healthy: Some(opts.min_healthy),
-        },
-    );
-    register_upgrade_steps(&mut registry, Some(opts.drain));
-    let playbook = Playbook::from_str(
-        DEPLOY_PLAYBOOK,
-        Path::new("playbooks/deploy.yaml"),
-        &registry,
-    )
-    .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
+    let playbook = staged::release_playbook(DEPLOY_PLAYBOOK, "playbooks/deploy.yaml", &opts)?;
     let (progress, ctxs) = contexts(&args.conn, inputs, "deploy", args.check)?;
     let stop = staged::shared_stop();
     if !args.check {
@@ -228,13 +209,7 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
             },
         );
     }
-    for h in report.hosts {
-        if let Some(s) = h.session
-            && let Ok(s) = Arc::try_unwrap(s)
-        {
-            s.close().await;
-        }
-    }
+    staged::close_sessions(report.hosts).await;
     let interrupted = report.interrupted.then_some(
         "interrupted: every host is on one complete release; run `tunnelfleet deploy --resume` \
          to finish, or `tunnelfleet rollback` to undo",

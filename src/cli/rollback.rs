@@ -2,18 +2,13 @@
 //! release, or to a release still on every host, staged and gated as a deploy (see
 //! `crate::ops::upgrade`). Refused before touching anything when a host lacks the release.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use clap::Args;
 
 use super::common::{ConnArgs, StateArgs};
 use super::deploy::{contexts, load_inputs};
 use super::staged::{self, StagedArgs, StagedHost};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
-use crate::ops::deploy::{GateOverrides, register_deploy_steps};
-use crate::ops::upgrade::{ReleaseInputs, register_upgrade_steps, run_release_change};
-use crate::playbook::{Playbook, StepRegistry};
+use crate::ops::upgrade::{ReleaseInputs, run_release_change};
 use crate::rollout::HostCtx;
 use crate::stack::release_scripts::is_release_id;
 use crate::state::StateDir;
@@ -55,21 +50,7 @@ pub async fn run(args: RollbackArgs) -> Result<i32, CliError> {
     }
     let (_inv, hosts) = args.conn.select().await?;
     let (tunnels, inputs) = load_inputs(hosts, None, &args.state.state_dir, false).await?;
-    let mut registry = StepRegistry::new();
-    register_deploy_steps(
-        &mut registry,
-        GateOverrides {
-            deadline: Some(opts.healthy_deadline),
-            min_healthy: Some(opts.min_healthy),
-        },
-    );
-    register_upgrade_steps(&mut registry, Some(opts.drain));
-    let playbook = Playbook::from_str(
-        ROLLBACK_PLAYBOOK,
-        Path::new("playbooks/rollback.yaml"),
-        &registry,
-    )
-    .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
+    let playbook = staged::release_playbook(ROLLBACK_PLAYBOOK, "playbooks/rollback.yaml", &opts)?;
     let (progress, ctxs) = contexts(&args.conn, inputs, "rollback", args.check)?;
     let stop = staged::shared_stop();
     if !args.check {
@@ -132,13 +113,7 @@ pub async fn run(args: RollbackArgs) -> Result<i32, CliError> {
             r.outcome = "already there".into();
         }
     }
-    for h in report.hosts {
-        if let Some(s) = h.session
-            && let Ok(s) = Arc::try_unwrap(s)
-        {
-            s.close().await;
-        }
-    }
+    staged::close_sessions(report.hosts).await;
     let all_ok = rows.iter().all(|r| r.ok);
     if args.json {
         let doc = serde_json::json!({

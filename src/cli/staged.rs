@@ -487,6 +487,37 @@ pub fn staged_host(
     }
 }
 
+/// Loads a release-change playbook (deploy, rollback) with the deploy and upgrade steps, the
+/// operator's gate and drain flags winning over the playbook's parameters.
+pub fn release_playbook(
+    text: &str,
+    path: &str,
+    opts: &StagedOptions,
+) -> Result<crate::playbook::Playbook<StackHost>, CliError> {
+    let mut registry = crate::playbook::StepRegistry::new();
+    crate::ops::deploy::register_deploy_steps(
+        &mut registry,
+        crate::ops::deploy::GateOverrides {
+            deadline: Some(opts.healthy_deadline),
+            min_healthy: Some(opts.min_healthy),
+        },
+    );
+    crate::ops::upgrade::register_upgrade_steps(&mut registry, Some(opts.drain));
+    crate::playbook::Playbook::from_str(text, std::path::Path::new(path), &registry)
+        .map_err(|e| CliError::input(format!("built-in playbook: {e}")))
+}
+
+/// Closes the hosts' SSH sessions politely (those no step still shares).
+pub async fn close_sessions(hosts: Vec<StackHost>) {
+    for h in hosts {
+        if let Some(s) = h.session
+            && let Ok(s) = Arc::try_unwrap(s)
+        {
+            s.close().await;
+        }
+    }
+}
+
 /// Wraps a stop handle so the same one reaches every engine of a run.
 pub fn shared_stop() -> StopHandle {
     StopHandle::new()
