@@ -583,9 +583,10 @@ impl Step<StackHost> for HealthGateStep {
         let (c, waited) = health::wait_new_ready(&session, &h.old_connector_ids, self.timeout)
             .await
             .map_err(|e| {
-                StepFailure::new(e).with_hint(
-                    "see the connector's logs: docker compose -p mcp-tunnel logs cloudflared",
-                )
+                StepFailure::new(e).with_hint(format!(
+                    "see the connector's logs: docker compose -p {} logs cloudflared",
+                    h.input.layout.project()
+                ))
             })?;
         let detail = format!(
             "connector {} ready in {} ms",
