@@ -16,11 +16,11 @@ use serde_json::Value;
 
 const DEPLOY: &str = "/srv/mcp-tunnel";
 const DATA: &str = "/srv/mcp-tunnel/shared/data";
-/// How tunnelfleet runs Compose on a host (project dir `current`, project mcp-tunnel).
-const V2: &str = "cd /srv/mcp-tunnel/current && docker compose -p mcp-tunnel \
+/// How tunnelfleet runs Compose on a host (project dir `current`, project mcp-tunnel-<tunnel>).
+const V2: &str = "cd /srv/mcp-tunnel/current && docker compose -p mcp-tunnel-testbed \
                   --project-directory /srv/mcp-tunnel/current \
                   -f /srv/mcp-tunnel/current/docker-compose.yaml";
-const V1: &str = "cd /srv/mcp-tunnel/current && docker-compose -p mcp-tunnel \
+const V1: &str = "cd /srv/mcp-tunnel/current && docker-compose -p mcp-tunnel-testbed \
                   --project-directory /srv/mcp-tunnel/current \
                   -f /srv/mcp-tunnel/current/docker-compose.yaml";
 /// Reads the identity token from stdin into the environment, as tunnelfleet sends secrets.

@@ -913,7 +913,13 @@ fn check_uuid(id: &str) -> Result<(), String> {
 /// (`/etc`, `/usr`, ... and below, or exactly `/root`, `/home`, `/srv`, ...), or, per the
 /// host's facts (`dir_state`: `absent`, `empty`, `managed`, `foreign`), a non-empty directory
 /// tunnelfleet did not create (no `.tunnelfleet/`, no `current`).
+///
+/// A directory that is already tunnelfleet's (`managed`: deployed before, with `--force` if it
+/// needed it) is never refused, so later deploys and rotations need no `--force`.
 pub fn deploy_dir_refusal(dir: &str, dir_state: Option<&str>) -> Option<String> {
+    if dir_state == Some("managed") {
+        return None;
+    }
     const UNDER: [&str; 12] = [
         "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev",
         "/proc", "/sys",
@@ -989,7 +995,9 @@ mod tests {
             "/srv",
             "/proc/1",
         ] {
-            assert!(deploy_dir_refusal(d, Some("managed")).is_some(), "{d}");
+            assert!(deploy_dir_refusal(d, Some("absent")).is_some(), "{d}");
+            assert!(deploy_dir_refusal(d, None).is_some(), "{d}");
+            assert_eq!(deploy_dir_refusal(d, Some("managed")), None, "{d}");
         }
         for d in [
             "/srv/mcp-tunnel",
