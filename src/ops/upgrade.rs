@@ -279,8 +279,9 @@ impl Step<StackHost> for SettleStep {
             return Ok(StepOutcome::unchanged("check only"));
         }
         let session = h.session()?;
-        // Taking the lock and releasing it at once: free, or stale (left by a script the
-        // host's reboot killed: removed), the host can be read; held, wait.
+        // No lock: nothing written, one round trip. A lock: taking it and releasing it at
+        // once tells free, or stale (left by a script the host's reboot killed: removed), and
+        // the host can be read; held, wait.
         let lock = scripts::lock_dir(&h.input.layout);
         let holder = holder_json_for(&h.operation, cx.op_id());
         let take = crate::remote::script_lock(&lock, &holder)
@@ -288,9 +289,11 @@ impl Step<StackHost> for SettleStep {
         let release =
             crate::remote::unlock(&lock, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
         let script = format!(
-            "( {take} ) >/dev/null 2>&1; tf_rc=$?\n\
+            "[ -d {l} ] || exit 0\n\
+             ( {take} ) >/dev/null 2>&1; tf_rc=$?\n\
              if [ \"$tf_rc\" = {LOCK_HELD_EXIT} ]; then echo held; cat {f} 2>/dev/null; exit 0; fi\n\
              ( {release} ) >/dev/null 2>&1; exit 0\n",
+            l = crate::remote::quote(&lock),
             f = crate::remote::quote(&format!("{lock}/{}", crate::remote::HOLDER_FILE)),
         );
         let started = tokio::time::Instant::now();
