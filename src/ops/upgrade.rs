@@ -279,8 +279,9 @@ impl Step<StackHost> for SettleStep {
             return Ok(StepOutcome::unchanged("check only"));
         }
         let session = h.session()?;
-        // Taking the lock and releasing it at once: free, or stale (left by a script the
-        // host's reboot killed: removed), the host can be read; held, wait.
+        // No lock: nothing written, one round trip. A lock: taking it and releasing it at
+        // once tells free, or stale (left by a script the host's reboot killed: removed), and
+        // the host can be read; held, wait.
         let lock = scripts::lock_dir(&h.input.layout);
         let holder = holder_json_for(&h.operation, cx.op_id());
         let take = crate::remote::script_lock(&lock, &holder)
@@ -288,9 +289,11 @@ impl Step<StackHost> for SettleStep {
         let release =
             crate::remote::unlock(&lock, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
         let script = format!(
-            "( {take} ) >/dev/null 2>&1; tf_rc=$?\n\
+            "[ -d {l} ] || exit 0\n\
+             ( {take} ) >/dev/null 2>&1; tf_rc=$?\n\
              if [ \"$tf_rc\" = {LOCK_HELD_EXIT} ]; then echo held; cat {f} 2>/dev/null; exit 0; fi\n\
              ( {release} ) >/dev/null 2>&1; exit 0\n",
+            l = crate::remote::quote(&lock),
             f = crate::remote::quote(&format!("{lock}/{}", crate::remote::HOLDER_FILE)),
         );
         let started = tokio::time::Instant::now();
@@ -660,7 +663,9 @@ pub fn redact_token_like(text: &str) -> String {
 /// Reads the last log lines of `names` into the host's report (secrets redacted), and
 /// returns the most telling line for the failure message.
 async fn collect_logs(h: &mut StackHost, session: &Session, names: &[String]) -> Option<String> {
-    let out = session.exec(&rs::logs_script(names, 5), b"").await.ok()?;
+    // Enough lines to span a crash-looping container's last incarnations (a restart prints a
+    // few start lines before its error); the report keeps the last 8.
+    let out = session.exec(&rs::logs_script(names, 20), b"").await.ok()?;
     let blocks = rs::parse_logs(&out.stdout_text());
     let mut telling = None;
     let mut logs = Vec::new();
@@ -679,7 +684,8 @@ async fn collect_logs(h: &mut StackHost, session: &Session, names: &[String]) ->
         {
             telling = Some(format!("{name}: {l}"));
         }
-        logs.push((name, lines));
+        let keep = lines.len().saturating_sub(8);
+        logs.push((name, lines[keep..].to_vec()));
     }
     h.upgrade.logs = logs;
     telling
