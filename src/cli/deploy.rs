@@ -125,8 +125,7 @@ pub fn contexts(
     check: bool,
 ) -> Result<(Progress, Vec<StackHost>), CliError> {
     let connector = conn.connector()?;
-    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
-    let progress = Progress::new(operation, &names);
+    let progress = Progress::for_inputs(operation, &inputs);
     let ctxs = inputs
         .into_iter()
         .map(|i| StackHost::new(i, connector.clone(), operation, check))
@@ -214,6 +213,18 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
         args.check,
         report.summary.halted.as_deref(),
     );
+    if !args.check {
+        crate::ops::audit::record(
+            &args.state.state_dir,
+            "deploy",
+            tunnels.keys().cloned().collect(),
+            results.iter().map(|r| (r.name.clone(), r.ok)),
+            tunnels
+                .values()
+                .find_map(|t| t.token.as_ref().map(Secret::fingerprint)),
+            None,
+        );
+    }
     Ok(if results.iter().all(|r| r.ok) {
         EXIT_OK
     } else {

@@ -563,7 +563,9 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             }
         }
         None if args.api_base.is_some() => token_from_api(&args).await?,
-        None if std::io::stdin().is_terminal() => token_from_tty(&tunnel, names.len())?,
+        None if std::io::stdin().is_terminal() => {
+            progress.suspend(|| token_from_tty(&tunnel, names.len()))?
+        }
         None => {
             let cleanup = Engine::new(&progress);
             let _ = cleanup.run(release, pre.contexts).await;

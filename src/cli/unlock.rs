@@ -4,7 +4,8 @@
 use clap::Args;
 
 use super::common::ConnArgs;
-use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use super::render::grouped_lines;
+use super::{CliError, EXIT_HOST_FAILED, EXIT_OK, style};
 use crate::remote::{HOLDER_FILE, force_unlock, quote};
 use crate::stack::{Layout, scripts};
 
@@ -42,16 +43,27 @@ pub async fn run(args: UnlockArgs) -> Result<i32, CliError> {
         }
     });
     let mut failed = 0;
+    let mut lines: Vec<(String, String)> = Vec::new();
     for (name, r) in futures::future::join_all(futs).await {
-        match r {
-            Ok(holder) if holder.is_empty() => println!("{name}: not locked"),
-            Ok(holder) => println!("{name}: removed lock held by {holder}"),
+        let line = match r {
+            Ok(holder) if holder.is_empty() => "not locked".to_string(),
+            Ok(holder) => format!("removed lock held by {holder}"),
             Err(e) => {
                 failed += 1;
-                println!("{name}: FAILED: {e}");
+                format!("{}: {e}", style::paint("FAILED"))
             }
-        }
+        };
+        lines.push((name, line));
     }
+    print!(
+        "{}",
+        grouped_lines(
+            lines
+                .iter()
+                .map(|(h, l)| (h.as_str(), l.as_str()))
+                .collect()
+        )
+    );
     Ok(if failed == 0 {
         EXIT_OK
     } else {

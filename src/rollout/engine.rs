@@ -22,6 +22,9 @@ pub trait Reporter: Send + Sync {
     /// `host` is done with `phase`: `ok` if it passed, otherwise `msg` says why (failed at a
     /// step, skipped, stopped).
     fn host_done(&self, host: &str, phase: &str, ok: bool, msg: &str);
+    /// Batch `index` of `count` of `phase` starts on `hosts` (index 0 of a canary phase is
+    /// the canary). Called once per batch, before its hosts' first step.
+    fn batch(&self, _phase: &str, _index: usize, _count: usize, _hosts: &[String]) {}
 }
 
 /// A [`Reporter`] that ignores everything.
@@ -306,12 +309,9 @@ impl<'a> Engine<'a> {
             let mut failures: Vec<(usize, String)> = Vec::new();
             let mut phase_halt: Option<String> = None;
             let mut offset = 0;
-            for (b, size) in phase
-                .strategy
-                .batch_sizes(selected.len())
-                .into_iter()
-                .enumerate()
-            {
+            let sizes = phase.strategy.batch_sizes(selected.len());
+            let batch_count = sizes.len();
+            for (b, size) in sizes.into_iter().enumerate() {
                 let batch = &selected[offset..offset + size];
                 offset += size;
                 let reason = if let Some(r) = &phase_halt {
@@ -335,6 +335,9 @@ impl<'a> Engine<'a> {
                     }
                     continue;
                 }
+                let batch_names: Vec<String> = batch.iter().map(|&i| names[i].clone()).collect();
+                self.reporter
+                    .batch(&phase.name, b, batch_count, &batch_names);
                 let members: Vec<(usize, C)> = batch
                     .iter()
                     .filter_map(|&i| slots[i].take().map(|c| (i, c)))
