@@ -188,6 +188,11 @@ pub fn main() -> i32 {
     {
         Ok(c) => c,
         Err(e) => {
+            // A broken project file explains a missing -i better than clap can.
+            if let (Err(pe), true) = (&project, e.use_stderr()) {
+                eprintln!("tunnelfleet: {pe}");
+                return EXIT_BAD_INPUT;
+            }
             let code = if e.use_stderr() { EXIT_BAD_INPUT } else { 0 };
             let _ = e.print();
             return code;

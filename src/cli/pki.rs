@@ -11,7 +11,6 @@ use super::render::{relative, relative_unix};
 use super::{CliError, EXIT_OK};
 use crate::inventory::Inventory;
 use crate::pki::{Ca, CertInfo, cert_info};
-use crate::stack::StackSettings;
 
 /// Flags of `pki`.
 #[derive(Args, Debug)]
@@ -71,11 +70,18 @@ fn inventory_tunnels(path: &Path) -> Result<Vec<String>, CliError> {
         .select(None)
         .map_err(|e| CliError::input(e.to_string()))?;
     let mut names: Vec<String> = Vec::new();
+    // A host's tunnel is its tunnel_name, by default its tunnel_domain (as deploy reads
+    // them); a host with neither serves no tunnel (a jump host). Only the name matters
+    // here, so the rest of the stack settings is not validated.
     for h in hosts {
-        let s = StackSettings::from_vars(&h.name, &h.vars)
-            .map_err(|e| CliError::input(e.to_string()))?;
-        if !names.contains(&s.tunnel_name) {
-            names.push(s.tunnel_name);
+        let name = ["tunnel_name", "tunnel_domain"]
+            .iter()
+            .find_map(|k| h.vars.get(*k).and_then(|v| v.as_str()))
+            .map(str::to_string);
+        if let Some(n) = name
+            && !names.contains(&n)
+        {
+            names.push(n);
         }
     }
     Ok(names)
