@@ -174,8 +174,8 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
         ])
         .painted("STATUS")
         .painted("CONNECTOR")
-        .shrinkable("RELEASE", 10)
-        .shrinkable("CERT", 8)
+        .shrinkable("CERT", 10)
+        .shrinkable("RELEASE", 12)
         .drop_order(&["CERT", "RELEASE"]);
         for r in &results {
             t.row(vec![
