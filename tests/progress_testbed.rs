@@ -62,6 +62,10 @@ fn piped_progress_says_what_happens_per_host_and_quiet_and_colour_flags_hold() {
     let out = tf(&tb, &state, "rotate-token", &["--token-file", &next]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let err = stderr(&out);
+    assert!(
+        err.starts_with("rotate-token · tunnel testbed · 3 hosts\n"),
+        "{err}"
+    );
     for h in tb.host_names() {
         for what in [
             "taking the fleet lock",

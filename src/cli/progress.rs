@@ -130,7 +130,7 @@ impl Progress {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let head = multi.add(ProgressBar::new_spinner());
             head.set_style(
-                ProgressStyle::with_template("{msg} {elapsed:.dim}")
+                ProgressStyle::with_template("{msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             head.set_message(style::bold_err(title));

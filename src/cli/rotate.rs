@@ -491,7 +491,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
 
     // Contexts without a token yet (it is set on each after preflight).
     let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
-    let progress = Progress::new("rotate", &names);
+    let progress = Progress::for_tunnels("rotate-token", std::slice::from_ref(&tunnel), &names);
     let ctxs: Vec<StackHost> = inputs
         .into_iter()
         .map(|i| StackHost::new(i, connector.clone(), "rotate-token", false))
