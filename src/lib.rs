@@ -15,3 +15,4 @@ pub mod rollout;
 pub mod secrets;
 pub mod ssh;
 pub mod stack;
+pub mod state;

@@ -440,6 +440,7 @@ fn audit_line_appends_one_json_line_each() {
             operation: "rotate".into(),
             outcome: AuditOutcome::Succeeded,
             release: Some("20260101-000000".into()),
+            from_release: None,
             token_fingerprint: Some("ba7816bf8f01".into()),
             cert_serial: None,
         };
@@ -478,6 +479,7 @@ fn audit_line_reports_unwritable_log() {
             operation: "deploy".into(),
             outcome: AuditOutcome::Started,
             release: None,
+            from_release: None,
             token_fingerprint: None,
             cert_serial: None,
         };

@@ -1,25 +1,27 @@
-//! `tunnelfleet deploy`: the same stack, token and certificates on every selected host,
-//! health-gated. Facts (one round trip), plan, apply (one round trip), gate.
+//! `tunnelfleet deploy`: the same stack, token and certificates on every selected host, and
+//! staged upgrades with automatic rollback (see `crate::ops::upgrade`). This file parses the
+//! flags and renders the report.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
-use serde::Serialize;
 
-use super::common::{ConnArgs, SelectedHost, StateArgs, parse_duration};
-use super::progress::{Progress, table};
+use super::common::{ConnArgs, SelectedHost, StateArgs};
+use super::progress::Progress;
+use super::staged::{self, StagedArgs, StagedHost};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
 use crate::ops::deploy::{
-    HostInput, StackHost, TunnelInput, host_inputs, register_deploy_steps, tunnel_inputs,
+    GateOverrides, HostInput, StackHost, TunnelInput, host_inputs, register_deploy_steps,
+    tunnel_inputs,
 };
-use crate::ops::health;
+use crate::ops::upgrade::{ReleaseInputs, register_upgrade_steps, run_release_change};
 use crate::playbook::{Playbook, StepRegistry};
-use crate::rollout::{Engine, HostCtx, HostRecord, HostStatus};
+use crate::rollout::HostCtx;
 use crate::secrets::{Secret, TokenSource};
-use crate::stack::{self, Plan, StackSettings};
+use crate::stack::{self, StackSettings};
+use crate::state::StateDir;
 
 /// Where the tunnel token comes from (explicit flags; else env TUNNEL_TOKEN; else the
 /// tunnel's `tunnel_token_command`).
@@ -57,32 +59,22 @@ pub struct DeployArgs {
     token: TokenArgs,
     #[command(flatten)]
     state: StateArgs,
-    /// Print each host's plan and touch nothing.
+    #[command(flatten)]
+    staged: StagedArgs,
+    /// Print the staged plan (batches, which hosts move make-before-break, every write and
+    /// restart) and touch nothing.
     #[arg(long)]
     check: bool,
+    /// With --check: a unified diff of every changed file (compose file, proxy config; the
+    /// token only as fingerprints).
+    #[arg(long)]
+    diff: bool,
+    /// Finish a deploy that was interrupted (Ctrl-C, a dead controller).
+    #[arg(long)]
+    resume: bool,
     /// Print one JSON document on stdout instead of the recap.
     #[arg(long)]
     json: bool,
-    /// How long a host may take to have a ready connector after a change (default: the
-    /// playbook's, 60s).
-    #[arg(long, value_parser = parse_duration)]
-    gate_timeout: Option<Duration>,
-}
-
-/// Per-host outcome, for the recap and `--json` (hashes and fingerprints only).
-#[derive(Debug, Serialize, Default)]
-pub struct HostResult {
-    name: String,
-    ok: bool,
-    error: Option<String>,
-    hint: Option<String>,
-    stage: String,
-    tunnel: String,
-    changed: bool,
-    plan: Option<Plan>,
-    token_fingerprint: Option<String>,
-    connector: Option<health::ConnectorReady>,
-    gate_ms: Option<u64>,
 }
 
 /// The built-in deploy playbook (playbooks/deploy.yaml, compiled in).
@@ -133,36 +125,12 @@ pub fn contexts(
     Ok((progress, ctxs))
 }
 
-/// Builds a result row from the engine's record and the host's context.
-fn result_of(rec: Option<&HostRecord>, h: &StackHost) -> HostResult {
-    let ok = rec.is_some_and(|r| r.status == HostStatus::Ok);
-    HostResult {
-        name: h.input.host.name.clone(),
-        ok,
-        error: rec.filter(|_| !ok).map(|r| {
-            r.message
-                .clone()
-                .unwrap_or_else(|| format!("{:?}", r.status))
-        }),
-        hint: rec.filter(|_| !ok).and_then(|r| r.hint.clone()),
-        stage: rec
-            .map(|r| match (&r.step, ok) {
-                (_, true) => "done".to_string(),
-                (Some(s), false) => s.clone(),
-                (None, false) => r.phase.clone().unwrap_or_default(),
-            })
-            .unwrap_or_default(),
-        tunnel: h.input.settings.tunnel_name.clone(),
-        changed: h.plan.as_ref().is_some_and(|p| !p.is_empty()),
-        plan: h.plan.clone(),
-        token_fingerprint: h.input.token_fp.clone(),
-        connector: h.ready.clone(),
-        gate_ms: h.gate_ms,
-    }
-}
-
 /// Runs `deploy`.
 pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
+    let (opts, pause) = args.staged.options()?;
+    if args.diff && !args.check {
+        return Err(CliError::input("--diff goes with --check"));
+    }
     let (_inv, hosts) = args.conn.select().await?;
     let (tunnels, inputs) = load_inputs(
         hosts,
@@ -172,7 +140,14 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
     )
     .await?;
     let mut registry = StepRegistry::new();
-    register_deploy_steps(&mut registry, args.gate_timeout);
+    register_deploy_steps(
+        &mut registry,
+        GateOverrides {
+            deadline: Some(opts.healthy_deadline),
+            min_healthy: Some(opts.min_healthy),
+        },
+    );
+    register_upgrade_steps(&mut registry, Some(opts.drain));
     let playbook = Playbook::from_str(
         DEPLOY_PLAYBOOK,
         Path::new("playbooks/deploy.yaml"),
@@ -180,69 +155,85 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
     )
     .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
     let (progress, ctxs) = contexts(&args.conn, inputs, "deploy", args.check)?;
-    let engine = Engine::new(&progress);
-    let report = engine.run(playbook.into_phases(), ctxs).await;
-    let results: Vec<HostResult> = report
-        .contexts
+    let stop = staged::shared_stop();
+    if !args.check {
+        staged::install_interrupt(stop.clone(), "tunnelfleet deploy --resume");
+    }
+    let state = StateDir::new(crate::ssh::config::expand_tilde(&args.state.state_dir));
+    let pause = staged::pause_hook(pause, &stop);
+    let report = run_release_change(
+        ReleaseInputs {
+            operation: "deploy",
+            hosts: ctxs,
+            phases: playbook.into_phases(),
+            state: state.clone(),
+            tunnels: tunnels.keys().cloned().collect(),
+            check: args.check,
+            resume: args.resume,
+            to: None,
+        },
+        &opts,
+        &progress,
+        stop,
+        pause,
+    )
+    .await
+    .map_err(|e| CliError {
+        code: e.code,
+        message: e.message,
+    })?;
+    progress.finish();
+    let mut rows: Vec<StagedHost> = report
+        .hosts
         .iter()
-        .map(|h| result_of(report.host(h.name()), h))
+        .map(|h| staged::staged_host(h, report.records.get(h.name()), None))
         .collect();
-    for r in &results {
-        if r.ok {
-            let msg = match &r.plan {
-                Some(p) if p.is_empty() => "up to date".to_string(),
-                Some(p) if args.check => format!("would change: {}", p.describe().join("; ")),
-                Some(p) => format!("changed: {}", p.describe().join("; ")),
-                None => String::new(),
-            };
-            progress.done(&r.name, true, &msg);
+    for r in rows.iter_mut() {
+        if let Some(d) = report.diffs.get(&r.name) {
+            r.diffs = d.clone();
+        }
+        if args.check && r.ok && !r.plan.is_empty() {
+            r.outcome = "would change".into();
         }
     }
-    progress.finish();
-    for h in report.contexts {
+    let all_ok = rows.iter().all(|r| r.ok);
+    if !args.check {
+        crate::ops::audit::append(
+            state.root(),
+            &crate::ops::audit::ControllerAudit {
+                time: crate::ops::deploy::now_rfc3339(),
+                operator: crate::ops::deploy::operator(),
+                operation: "deploy",
+                tunnels: tunnels.keys().cloned().collect(),
+                ok: rows
+                    .iter()
+                    .filter(|r| r.ok)
+                    .map(|r| r.name.clone())
+                    .collect(),
+                failed: rows
+                    .iter()
+                    .filter(|r| !r.ok)
+                    .map(|r| r.name.clone())
+                    .collect(),
+                token_fingerprint: tunnels
+                    .values()
+                    .find_map(|t| t.token.as_ref().map(Secret::fingerprint)),
+                cert_serial: None,
+            },
+        );
+    }
+    for h in report.hosts {
         if let Some(s) = h.session
             && let Ok(s) = Arc::try_unwrap(s)
         {
             s.close().await;
         }
     }
-    render(
-        &results,
-        &tunnels,
-        args.json,
-        args.check,
-        report.summary.halted.as_deref(),
+    let interrupted = report.interrupted.then_some(
+        "interrupted: every host is on one complete release; run `tunnelfleet deploy --resume` \
+         to finish, or `tunnelfleet rollback` to undo",
     );
-    if !args.check {
-        crate::ops::audit::record(
-            &args.state.state_dir,
-            "deploy",
-            tunnels.keys().cloned().collect(),
-            results.iter().map(|r| (r.name.clone(), r.ok)),
-            tunnels
-                .values()
-                .find_map(|t| t.token.as_ref().map(Secret::fingerprint)),
-            None,
-        );
-    }
-    Ok(if results.iter().all(|r| r.ok) {
-        EXIT_OK
-    } else {
-        EXIT_HOST_FAILED
-    })
-}
-
-fn render(
-    results: &[HostResult],
-    tunnels: &BTreeMap<String, TunnelInput>,
-    json: bool,
-    check: bool,
-    halted: Option<&str>,
-) {
-    let ok = results.iter().filter(|r| r.ok).count();
-    let failed = results.len() - ok;
-    let changed = results.iter().filter(|r| r.ok && r.changed).count();
-    if json {
+    if args.json {
         let t: Vec<serde_json::Value> = tunnels
             .values()
             .map(|t| {
@@ -254,65 +245,31 @@ fn render(
             })
             .collect();
         let doc = serde_json::json!({
-            "check": check,
+            "op_id": report.op_id,
+            "check": args.check,
             "tunnels": t,
-            "hosts": results,
-            "summary": {"ok": ok, "failed": failed, "changed": changed, "halted": halted},
+            "staging": report.staging,
+            "hosts": rows,
+            "summary": {
+                "ok": rows.iter().filter(|r| r.ok).count(),
+                "failed": rows.iter().filter(|r| !r.ok).count(),
+                "changed": rows.iter().filter(|r| r.upgrade.moved || (!r.plan.is_empty() && r.ok)).count(),
+                "halted": report.halted,
+                "rolled_back": report.rolled_back,
+                "interrupted": report.interrupted,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-        return;
+    } else if args.check {
+        staged::render_staging(&report.staging, &rows, "deploy", args.diff);
+    } else {
+        staged::render_outcome(&rows, report.halted.as_deref(), interrupted);
     }
-    if check {
-        for r in results {
-            println!("{}:", r.name);
-            match (&r.error, &r.plan) {
-                (Some(e), _) => println!("  FAILED: {e}"),
-                (None, Some(p)) => {
-                    for l in p.describe() {
-                        println!("  {l}");
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .map(|r| {
-            vec![
-                r.name.clone(),
-                if r.ok { "ok".into() } else { "FAILED".into() },
-                r.tunnel.clone(),
-                if r.changed {
-                    "changed".into()
-                } else {
-                    "-".into()
-                },
-                r.gate_ms
-                    .map(|g| format!("{g} ms"))
-                    .unwrap_or_else(|| "-".into()),
-                match (&r.error, &r.hint) {
-                    (Some(e), Some(h)) => format!("{}: {e} (hint: {h})", r.stage),
-                    (Some(e), None) => format!("{}: {e}", r.stage),
-                    _ => r
-                        .plan
-                        .as_ref()
-                        .map(|p| p.describe().join("; "))
-                        .unwrap_or_default(),
-                },
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
-            &["HOST", "STATUS", "TUNNEL", "CHANGE", "READY IN", "DETAIL"],
-            &rows
-        )
-    );
-    let verb = if check { "would change" } else { "changed" };
-    println!("{ok} ok ({changed} {verb}), {failed} failed");
-    if let Some(h) = halted {
-        println!("rollout halted: {h}");
-    }
+    Ok(if report.interrupted {
+        staged::EXIT_INTERRUPTED
+    } else if all_ok {
+        EXIT_OK
+    } else {
+        EXIT_HOST_FAILED
+    })
 }

@@ -19,6 +19,7 @@ pub mod render;
 mod renew;
 mod rotate;
 mod run_playbook;
+mod staged;
 mod status;
 pub mod style;
 mod unlock;

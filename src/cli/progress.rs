@@ -12,7 +12,8 @@
 //! Verbs: `let p = Progress::for_tunnels("deploy", &tunnels, &hosts);` then `p.step(host,
 //! "connecting")` / `p.done(host, ok, msg)` (or hand `&p` to the rollout engine, whose step
 //! names are turned into phrases by [`phrase`]), `p.suspend(|| prompt())` around anything
-//! that reads the terminal, and `p.finish()` before printing the recap.
+//! that reads the terminal (or [`suspend_current`] where no `Progress` is at hand), and
+//! `p.finish()` before printing the recap.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
@@ -61,6 +62,37 @@ pub fn header(operation: &str, tunnels: &[String], hosts: usize) -> String {
         if hosts == 1 { "" } else { "s" }
     ));
     h
+}
+
+/// The live display of the run, if any, for prompts far from the [`Progress`] value (the
+/// engine's pause hook asks the operator between batches).
+enum Live {
+    Multi(MultiProgress),
+    Bar(ProgressBar),
+}
+
+static ACTIVE: Mutex<Option<Live>> = Mutex::new(None);
+
+fn set_active(live: Option<Live>) {
+    if let Ok(mut a) = ACTIVE.lock() {
+        *a = live;
+    }
+}
+
+/// Runs `f` (a prompt, or a message on stderr) with the run's live display cleared, and
+/// redraws it after; without a live display, just runs `f`. For code that has no
+/// [`Progress`] at hand; with one, use [`Progress::suspend`].
+pub fn suspend_current<R>(f: impl FnOnce() -> R) -> R {
+    let live = ACTIVE.lock().ok().and_then(|a| match &*a {
+        Some(Live::Multi(m)) => Some(Live::Multi(m.clone())),
+        Some(Live::Bar(b)) => Some(Live::Bar(b.clone())),
+        None => None,
+    });
+    match live {
+        Some(Live::Multi(m)) => m.suspend(f),
+        Some(Live::Bar(b)) => b.suspend(f),
+        None => f(),
+    }
 }
 
 enum Mode {
@@ -149,6 +181,7 @@ impl Progress {
                 b.enable_steady_tick(Duration::from_millis(120));
                 bars.insert(h.clone(), b);
             }
+            set_active(Some(Live::Multi(multi.clone())));
             Mode::PerHost { multi, head, bars }
         } else {
             let bar = ProgressBar::with_draw_target(
@@ -161,6 +194,7 @@ impl Progress {
                 ))
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
+            set_active(Some(Live::Bar(bar.clone())));
             Mode::Summary { bar }
         };
         Progress {
@@ -308,6 +342,9 @@ impl Progress {
     /// Clears the live display (the recap follows on stdout).
     pub fn finish(&self) {
         let Ok(mode) = self.mode.lock() else { return };
+        if matches!(&*mode, Mode::PerHost { .. } | Mode::Summary { .. }) {
+            set_active(None);
+        }
         match &*mode {
             Mode::Quiet | Mode::Lines => {}
             Mode::PerHost { multi, head, bars } => {

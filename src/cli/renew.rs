@@ -139,7 +139,7 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
         return Ok(EXIT_OK);
     }
     let mut registry = StepRegistry::new();
-    register_deploy_steps(&mut registry, None);
+    register_deploy_steps(&mut registry, Default::default());
     crate::ops::setup::register_setup_steps(&mut registry, Some(args.renew_before));
     let mut contexts = Vec::new();
     let mut records = Vec::new();

@@ -18,6 +18,7 @@ use crate::ops::rotate::{RotationState, register_rotation_steps};
 use crate::playbook::{Playbook, StepRegistry};
 use crate::rollout::{BatchSize, Engine, HostCtx, HostStatus, Journal, Phase, Strategy, new_op_id};
 use crate::secrets::{Secret, TokenSource, validate_tunnel_token};
+use crate::state::StateDir;
 
 /// The built-in rotation playbook (playbooks/rotate-token.yaml, compiled in).
 pub const ROTATE_PLAYBOOK: &str = include_str!("../../playbooks/rotate-token.yaml");
@@ -78,23 +79,7 @@ pub struct RotateArgs {
 }
 
 fn parse_batch(s: &str) -> Result<BatchSize, String> {
-    if let Some(p) = s.strip_suffix('%') {
-        let n: u8 = p
-            .parse()
-            .map_err(|_| format!("'{s}': a percentage from 1% to 100%"))?;
-        if n == 0 || n > 100 {
-            return Err(format!("'{s}': a percentage from 1% to 100%"));
-        }
-        Ok(BatchSize::Percent(n))
-    } else {
-        let n: usize = s
-            .parse()
-            .map_err(|_| format!("'{s}': a number of hosts (e.g. 5) or a percentage (25%)"))?;
-        if n == 0 {
-            return Err("--batch must be at least 1".into());
-        }
-        Ok(BatchSize::Count(n))
-    }
+    s.parse()
 }
 
 /// What the journal directory keeps about a rotation besides the engine's step records:
@@ -125,26 +110,10 @@ struct HostReport {
     rotation: RotationState,
 }
 
-/// Where the controller keeps the last `--token-version` its setup runs used for a tunnel
-/// (hosts keep their own record too; the highest wins).
-fn setup_version_path(state_dir: &Path, tunnel: &str) -> PathBuf {
-    state_dir
-        .join("journal")
-        .join(format!("setup-{tunnel}.token-version"))
-}
-
-fn read_setup_version(state_dir: &Path, tunnel: &str) -> Option<u32> {
-    std::fs::read_to_string(setup_version_path(state_dir, tunnel))
+fn read_setup_version(state: &StateDir, tunnel: &str) -> Option<u32> {
+    std::fs::read_to_string(state.setup_version(tunnel))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-}
-
-fn journal_paths(state_dir: &Path, tunnel: &str) -> (PathBuf, PathBuf) {
-    let dir = state_dir.join("journal");
-    (
-        dir.join(format!("rotate-{tunnel}.jsonl")),
-        dir.join(format!("rotate-{tunnel}.op.json")),
-    )
 }
 
 async fn token_from_api(args: &RotateArgs) -> Result<Secret, CliError> {
@@ -336,9 +305,16 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             "--setup-host {name}: not one of the selected hosts of tunnel '{tunnel}'"
         )));
     }
-    let (journal_path, op_path) = journal_paths(&state_dir, &tunnel);
+    let state = StateDir::new(&state_dir);
+    state
+        .ensure_journal_dir()
+        .map_err(|e| CliError::input(format!("{}: {e}", state.journal_dir().display())))?;
+    let (journal_path, op_path) = (
+        state.journal("rotate", &tunnel),
+        state.op_record("rotate", &tunnel),
+    );
     // One rotation per tunnel per controller: the op record and journal are this tunnel's.
-    let _controller_lock = controller_lock(&state_dir, &tunnel, args.lock_wait).await?;
+    let _controller_lock = controller_lock(&state, &tunnel, args.lock_wait).await?;
 
     // Resume: the unfinished operation, its token fingerprint, and only its pending hosts.
     let mut resume_setup: Option<(String, Option<u32>)> = None;
@@ -532,7 +508,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
                 resume_setup.as_ref(),
                 setup_reader.take(),
                 &connector,
-                read_setup_version(&state_dir, &tunnel),
+                read_setup_version(&state, &tunnel),
             )
             .await
             {
@@ -540,7 +516,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
                     rec.setup_host = Some(host.clone());
                     rec.setup_version = version;
                     if let Some(v) = version {
-                        write_private(&setup_version_path(&state_dir, &tunnel), &format!("{v}\n"))?;
+                        write_private(&state.setup_version(&tunnel), &format!("{v}\n"))?;
                     }
                     eprintln!(
                         "setup component on {host}: token {} (token version {})",
@@ -766,74 +742,27 @@ fn fewest_ready(rows: &[HostReport], total: usize) -> usize {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| CliError::input(format!("{}: {e}", tmp.display())))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| CliError::input(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+    crate::state::write_private(path, text)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))
 }
 
-/// An exclusive `flock` on `<state>/journal/rotate-<tunnel>.lock`, held for the whole run,
-/// naming its holder (pid, time) in the file. Waits up to `wait` for another holder.
+/// One rotation per tunnel on this controller (see [`StateDir::lock`]).
 async fn controller_lock(
-    state_dir: &Path,
+    state: &StateDir,
     tunnel: &str,
     wait: Duration,
 ) -> Result<std::fs::File, CliError> {
-    use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
-    let dir = state_dir.join("journal");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CliError::input(format!("{}: {e}", dir.display())))?;
-    let path = dir.join(format!("rotate-{tunnel}.lock"));
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
-    let started = Instant::now();
-    loop {
-        // SAFETY: flock on an open descriptor we own; released when the file is closed.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            let _ = f.set_len(0);
-            let _ = f.rewind();
-            let _ = write!(
-                f,
-                "pid {} since {}",
-                std::process::id(),
-                crate::ops::deploy::now_rfc3339()
-            );
-            return Ok(f);
-        }
-        if started.elapsed() >= wait {
-            let mut holder = String::new();
-            let _ = f.read_to_string(&mut holder);
-            return Err(CliError {
+    state
+        .lock("rotate", tunnel, wait)
+        .await
+        .map_err(|e| match e {
+            crate::state::LockError::Held { .. } => CliError {
                 code: 3,
                 message: format!(
-                    "another rotate-token for tunnel '{tunnel}' runs on this controller: the lock {} is held by {} \
-                     (wait with --lock-wait 5m, or let it finish)",
-                    path.display(),
-                    if holder.is_empty() {
-                        "another process".to_string()
-                    } else {
-                        holder
-                    }
+                    "another rotate-token for tunnel '{tunnel}' runs on this controller: {e} \
+                     (wait with --lock-wait 5m, or let it finish)"
                 ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            },
+            other => CliError::input(other.to_string()),
+        })
 }

@@ -53,33 +53,6 @@ pub fn append(state_dir: &Path, entry: &ControllerAudit<'_>) {
     }
 }
 
-/// Records an operation run through the rollout engine in the controller's audit log:
-/// `outcomes` is each host's name and whether it succeeded. `state_dir` as given on the
-/// command line (`~` expanded here).
-pub fn record(
-    state_dir: &str,
-    operation: &str,
-    tunnels: Vec<String>,
-    outcomes: impl IntoIterator<Item = (String, bool)>,
-    token_fingerprint: Option<String>,
-    cert_serial: Option<String>,
-) {
-    let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, ok)| *ok);
-    append(
-        &crate::ssh::config::expand_tilde(state_dir),
-        &ControllerAudit {
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            operator: operator(),
-            operation,
-            tunnels,
-            ok: ok.into_iter().map(|(h, _)| h).collect(),
-            failed: failed.into_iter().map(|(h, _)| h).collect(),
-            token_fingerprint,
-            cert_serial,
-        },
-    );
-}
-
 /// The operator's name on the controller: `$SUDO_USER` (the person behind `sudo`), else
 /// `$USER`, else `$LOGNAME`, else the name of the process's uid in the user database, else
 /// `uid N`. Never "unknown".

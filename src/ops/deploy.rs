@@ -320,7 +320,12 @@ pub struct StackHost {
     /// How long the gate waited.
     pub gate_ms: Option<u64>,
     /// What a token rotation did on this host.
-    pub rotation: super::rotate::RotationState,
+    pub rotation: super::host_state::RotationState,
+    /// What a release change (deploy, rollback) did on this host.
+    pub upgrade: super::host_state::UpgradeState,
+    /// The audit line is written after the gate by the operation (with the real outcome),
+    /// not by the apply script.
+    pub deferred_audit: bool,
     /// Certificates only (renew-cert): the plan keeps only the certificate writes.
     pub certs_only: bool,
 }
@@ -346,6 +351,8 @@ impl StackHost {
             ready: None,
             gate_ms: None,
             rotation: Default::default(),
+            upgrade: Default::default(),
+            deferred_audit: false,
             certs_only: false,
         }
     }
@@ -475,6 +482,7 @@ impl Step<StackHost> for ApplyStep {
             operation: h.operation.clone(),
             outcome: AuditOutcome::Succeeded,
             release: Some(plan.release_id.clone()),
+            from_release: None,
             token_fingerprint: desired_fp,
             cert_serial: if plan.write_certs.is_empty() {
                 None
@@ -490,10 +498,13 @@ impl Step<StackHost> for ApplyStep {
             .filter(|(c, _, _)| plan.write_certs.contains(c))
             .map(|(c, b, _)| (*c, b.as_slice()))
             .collect();
+        h.upgrade.from = facts.facts.current_release.clone();
+        h.upgrade.to = Some(plan.release_id.clone());
         let spec = ApplySpec {
             layout: &h.input.layout,
             release: &h.input.release,
-            write_release: plan.write_release,
+            // Staged earlier (files and links): only the switch is left.
+            write_release: plan.write_release && !h.upgrade.staged,
             switch_current: plan.switch_current,
             env: if plan.write_env {
                 h.input.env.as_ref().map(|e| e.as_bytes())
@@ -506,11 +517,14 @@ impl Step<StackHost> for ApplyStep {
             holder_json: &holder,
             expect_current: facts.facts.current_release.as_deref(),
             expect_env_sha256: facts.facts.env_sha256.as_deref(),
-            audit: &audit,
+            audit: (!h.deferred_audit).then_some(&audit),
         };
         let (script, stdin) =
             scripts::apply_script(&spec).map_err(|e| StepFailure::new(e.to_string()))?;
         let out = session.exec(&script, &stdin).await.map_err(|e| {
+            // The connection went during the apply: the script completes on the host
+            // (it ignores SIGHUP/SIGPIPE), so count the host as moved for a rollback.
+            h.upgrade.moved = plan.switch_current || !plan.actions.is_empty();
             let f = StepFailure::new(e.message.clone());
             match e.hint {
                 Some(hint) => f.with_hint(hint),
@@ -519,6 +533,13 @@ impl Step<StackHost> for ApplyStep {
         })?;
         match out.status.map(|s| s as i32) {
             Some(0) => {}
+            Some(crate::stack::release_scripts::COMPOSE_FAILED_EXIT) => {
+                // `current` was switched and files written before Compose failed.
+                h.upgrade.moved = true;
+                h.upgrade.wrote_env = plan.write_env;
+                return Err(StepFailure::new(h.redact(out.stderr_text().trim()))
+                    .with_hint("the new release is in place but did not start"));
+            }
             Some(LOCK_HELD_EXIT) => {
                 return Err(StepFailure::new(format!(
                     "another operation holds the fleet lock: {}",
@@ -542,15 +563,22 @@ impl Step<StackHost> for ApplyStep {
             }
         }
         h.restarted = !plan.actions.is_empty();
+        h.upgrade.moved = plan.switch_current || !plan.actions.is_empty();
+        h.upgrade.wrote_env = plan.write_env;
         Ok(StepOutcome::changed(plan.describe().join("; ")))
     }
 }
 
-/// `health_gate {timeout}`: after a restart, a connector the host did not have before is
-/// ready (a stopping connector keeps answering /ready while it drains).
+/// `health_gate {timeout, min_healthy}`: after a restart, a connector the host did not have
+/// before is ready (a stopping connector keeps answering /ready while it drains), the proxy and
+/// the connector run, and both still run, unrestarted, after `min_healthy` (a crash-looping
+/// container passes a one-shot check). A container found down while waiting fails the gate
+/// at once, with its last log lines (see [`super::upgrade::gate`]).
 pub struct HealthGateStep {
-    /// How long to wait.
+    /// How long to wait (the healthy deadline).
     pub timeout: Duration,
+    /// How long both containers must stay up after the connector is ready.
+    pub min_healthy: Duration,
 }
 
 #[async_trait::async_trait]
@@ -558,25 +586,11 @@ impl Step<StackHost> for HealthGateStep {
     fn name(&self) -> &str {
         "health_gate"
     }
-    async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+    async fn run(&self, h: &mut StackHost, cx: &StepCx) -> Result<StepOutcome, StepFailure> {
         if !h.restarted {
             return Ok(StepOutcome::unchanged("nothing restarted"));
         }
-        let session = h.session()?;
-        let (c, waited) = health::wait_new_ready(&session, &h.old_connector_ids, self.timeout)
-            .await
-            .map_err(|e| {
-                StepFailure::new(e).with_hint(
-                    "see the connector's logs: docker compose -p mcp-tunnel logs cloudflared",
-                )
-            })?;
-        let detail = format!(
-            "connector {} ready in {} ms",
-            c.connector_id.as_deref().unwrap_or("?"),
-            waited.as_millis()
-        );
-        h.gate_ms = Some(waited.as_millis() as u64);
-        h.ready = Some(c);
+        let detail = super::upgrade::gate(h, cx, self.timeout, self.min_healthy).await?;
         Ok(StepOutcome::unchanged(detail))
     }
 }
@@ -597,9 +611,17 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The deploy steps, by playbook name. `gate_override` (an operator's flag) wins over a
-/// playbook's `timeout`, which wins over [`DEFAULT_GATE_TIMEOUT`].
-pub fn register_deploy_steps(r: &mut StepRegistry<StackHost>, gate_override: Option<Duration>) {
+/// The operator's overrides of the health gate's playbook parameters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GateOverrides {
+    /// Wins over the playbook's `timeout` (default [`DEFAULT_GATE_TIMEOUT`]).
+    pub deadline: Option<Duration>,
+    /// Wins over the playbook's `min_healthy` (default none).
+    pub min_healthy: Option<Duration>,
+}
+
+/// The deploy steps, by playbook name, with the operator's gate overrides.
+pub fn register_deploy_steps(r: &mut StepRegistry<StackHost>, gate: GateOverrides) {
     r.register("connect", |p| {
         Params::new(p, &[])?;
         Ok(Arc::new(ConnectStep) as Arc<dyn Step<StackHost>>)
@@ -613,11 +635,18 @@ pub fn register_deploy_steps(r: &mut StepRegistry<StackHost>, gate_override: Opt
         Ok(Arc::new(ApplyStep) as Arc<dyn Step<StackHost>>)
     });
     r.register("health_gate", move |p| {
-        let params = Params::new(p, &["timeout"])?;
-        let timeout = match gate_override {
+        let params = Params::new(p, &["timeout", "min_healthy"])?;
+        let timeout = match gate.deadline {
             Some(d) => d,
             None => params.duration("timeout")?.unwrap_or(DEFAULT_GATE_TIMEOUT),
         };
-        Ok(Arc::new(HealthGateStep { timeout }) as Arc<dyn Step<StackHost>>)
+        let min_healthy = match gate.min_healthy {
+            Some(d) => d,
+            None => params.duration("min_healthy")?.unwrap_or(Duration::ZERO),
+        };
+        Ok(Arc::new(HealthGateStep {
+            timeout,
+            min_healthy,
+        }) as Arc<dyn Step<StackHost>>)
     });
 }

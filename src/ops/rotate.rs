@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 
 use super::deploy::{StackHost, holder_json_for, now_rfc3339, operator};
 use super::health;
@@ -19,46 +18,7 @@ use crate::rollout::{Step, StepCx, StepFailure, StepOutcome};
 use crate::ssh::{ExecOutput, Session};
 use crate::stack::scripts::{self, ConnectorContainer};
 
-/// What a rotation did on one host, with times in ms since the new token was in hand.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RotationState {
-    /// When the new token was on the host's disk.
-    pub persisted_ms: Option<u64>,
-    /// When a connector on the new token was ready.
-    pub new_ready_ms: Option<u64>,
-    /// When the old connector(s) had stopped.
-    pub old_stopped_ms: Option<u64>,
-    /// The new connector's container.
-    pub new_container: Option<String>,
-    /// The new connector's id.
-    pub new_connector_id: Option<String>,
-    /// The old connectors' containers.
-    pub old_containers: Vec<String>,
-    /// Whether this host was recreated in place (without a second connector).
-    pub in_place: bool,
-    /// When (ms) the host had no ready connector, in place only: from stop to ready.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unavailable_from_ms: Option<u64>,
-    /// Whether this run holds the host's fleet lock.
-    #[serde(skip)]
-    pub locked: bool,
-    /// The lock holder record this run wrote.
-    #[serde(skip)]
-    pub holder: String,
-    /// When the new token was in hand (the clock of the times above).
-    #[serde(skip)]
-    pub t0: Option<Instant>,
-    /// The connector containers listed during preflight (the fleet lock has been held
-    /// since), so the window does not pay for listing them again.
-    #[serde(skip)]
-    pub listed: Option<Vec<ConnectorContainer>>,
-}
-
-impl RotationState {
-    fn now_ms(&self) -> Option<u64> {
-        self.t0.map(|t| t.elapsed().as_millis() as u64)
-    }
-}
+pub use super::host_state::RotationState;
 
 fn failure(e: crate::ssh::SshError) -> StepFailure {
     let f = StepFailure::new(e.message.clone());
@@ -525,6 +485,7 @@ impl Step<StackHost> for AuditStep {
                 AuditOutcome::Failed
             },
             release: None,
+            from_release: None,
             token_fingerprint: h.input.token_fp.clone(),
             cert_serial: None,
         };
@@ -545,7 +506,13 @@ pub fn register_rotation_steps(
     lock_wait: Duration,
     gate_override: Option<Duration>,
 ) {
-    super::deploy::register_deploy_steps(r, gate_override);
+    super::deploy::register_deploy_steps(
+        r,
+        super::deploy::GateOverrides {
+            deadline: gate_override,
+            min_healthy: None,
+        },
+    );
     r.register("healthy", |p| {
         Params::new(p, &[])?;
         Ok(Arc::new(HealthyStep) as Arc<dyn Step<StackHost>>)

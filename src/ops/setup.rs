@@ -185,6 +185,7 @@ impl Step<StackHost> for SetupRenewCertStep {
             operation: h.operation.clone(),
             outcome: AuditOutcome::Succeeded,
             release: None,
+            from_release: None,
             token_fingerprint: None,
             cert_serial: Some(info.serial.clone()),
         };

@@ -256,6 +256,7 @@ impl<C: HostCtx> Checker<'_, C> {
             max_unavailable: max_unavailable?,
             steps: steps?,
             hosts: hosts?,
+            pause_between_batches: false,
         })
     }
 

@@ -31,6 +31,9 @@ pub struct AuditEntry {
     /// Release id deployed or switched to, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
+    /// The release the host ran before (a release change), so `rollback` knows where to go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_release: Option<String>,
     /// Fingerprint of the tunnel token now in use, if the operation touched it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,

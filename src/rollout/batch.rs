@@ -20,6 +20,29 @@ impl BatchSize {
     }
 }
 
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+
+    /// `5` (hosts) or `25%` (of the hosts concerned, 1% to 100%).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            match p.trim().parse::<u8>() {
+                Ok(n) if (1..=100).contains(&n) => Ok(BatchSize::Percent(n)),
+                _ => Err(format!("'{s}': a percentage from 1% to 100%")),
+            }
+        } else {
+            match s.parse::<usize>() {
+                Ok(0) => Err(format!("'{s}': at least 1 host")),
+                Ok(n) => Ok(BatchSize::Count(n)),
+                Err(_) => Err(format!(
+                    "'{s}': a number of hosts (e.g. 5) or a percentage (25%)"
+                )),
+            }
+        }
+    }
+}
+
 impl Strategy {
     /// The sizes of the successive batches for `hosts` hosts, in order; they sum to `hosts`.
     /// For a canary strategy the first entry is the canary batch.
@@ -62,6 +85,16 @@ mod tests {
         assert_eq!(BatchSize::Count(0).of(5), 1);
         assert_eq!(BatchSize::Count(9).of(5), 5);
         assert_eq!(BatchSize::Count(2).of(0), 0);
+    }
+
+    #[test]
+    fn batch_sizes_parse() {
+        assert_eq!("5".parse::<BatchSize>(), Ok(BatchSize::Count(5)));
+        assert_eq!("25%".parse::<BatchSize>(), Ok(BatchSize::Percent(25)));
+        assert!("0".parse::<BatchSize>().is_err());
+        assert!("0%".parse::<BatchSize>().is_err());
+        assert!("101%".parse::<BatchSize>().is_err());
+        assert!("x".parse::<BatchSize>().is_err());
     }
 
     #[test]

@@ -27,6 +27,16 @@ pub trait Reporter: Send + Sync {
     fn batch(&self, _phase: &str, _index: usize, _count: usize, _hosts: &[String]) {}
 }
 
+/// Decides what happens between two batches of a phase that pauses
+/// ([`super::Phase::pause_between_batches`]): wait a while, or ask the operator.
+#[async_trait::async_trait]
+pub trait PauseHook: Send + Sync {
+    /// Called before batch `next` (0-based; the first is never paused before) of `total`
+    /// batches of `phase` starts. `Err(reason)` halts the rollout: the remaining batches are
+    /// skipped with that reason.
+    async fn pause(&self, phase: &str, next: usize, total: usize) -> Result<(), String>;
+}
+
 /// A [`Reporter`] that ignores everything.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NullReporter;
@@ -192,6 +202,7 @@ pub struct Engine<'a> {
     resume: Option<Arc<JournalLog>>,
     op_id: Arc<str>,
     stop: StopHandle,
+    pause: Option<Arc<dyn PauseHook>>,
 }
 
 impl<'a> Engine<'a> {
@@ -203,7 +214,27 @@ impl<'a> Engine<'a> {
             resume: None,
             op_id: Arc::from(new_op_id()),
             stop: StopHandle::new(),
+            pause: None,
         }
+    }
+
+    /// Calls `hook` between the batches of phases that pause.
+    pub fn with_pause(mut self, hook: Arc<dyn PauseHook>) -> Self {
+        self.pause = Some(hook);
+        self
+    }
+
+    /// Uses `stop` as this engine's stop handle (shared with a Ctrl-C handler installed
+    /// before the engine exists, or with the engines of the next parts of an operation).
+    pub fn with_stop(mut self, stop: StopHandle) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Uses `op_id` as the operation id (without a journal).
+    pub fn with_op_id(mut self, op_id: &str) -> Self {
+        self.op_id = Arc::from(op_id);
+        self
     }
 
     /// Journals every step's end (and the operation's end) to `journal`; the operation id
@@ -310,10 +341,19 @@ impl<'a> Engine<'a> {
             let mut phase_halt: Option<String> = None;
             let mut offset = 0;
             let sizes = phase.strategy.batch_sizes(selected.len());
-            let batch_count = sizes.len();
+            let total_batches = sizes.len();
             for (b, size) in sizes.into_iter().enumerate() {
                 let batch = &selected[offset..offset + size];
                 offset += size;
+                if b > 0
+                    && phase_halt.is_none()
+                    && !self.stop.is_requested()
+                    && phase.pause_between_batches
+                    && let Some(hook) = &self.pause
+                    && let Err(reason) = hook.pause(&phase.name, b, total_batches).await
+                {
+                    phase_halt = Some(reason);
+                }
                 let reason = if let Some(r) = &phase_halt {
                     Some(r.clone())
                 } else if self.stop.is_requested() {
@@ -337,7 +377,7 @@ impl<'a> Engine<'a> {
                 }
                 let batch_names: Vec<String> = batch.iter().map(|&i| names[i].clone()).collect();
                 self.reporter
-                    .batch(&phase.name, b, batch_count, &batch_names);
+                    .batch(&phase.name, b, total_batches, &batch_names);
                 let members: Vec<(usize, C)> = batch
                     .iter()
                     .filter_map(|&i| slots[i].take().map(|c| (i, c)))

@@ -26,15 +26,17 @@ mod journal;
 mod step;
 
 pub use engine::{
-    Engine, HostRecord, HostStatus, NullReporter, Reporter, RolloutReport, StepRecord, StepStatus,
+    Engine, HostRecord, PauseHook, HostStatus, NullReporter, Reporter, RolloutReport, StepRecord, StepStatus,
     Summary, new_op_id,
 };
 pub use journal::{Journal, JournalLog, OpStatus, PendingOp};
+pub(crate) use step::fmt_duration;
 pub use step::{HostCtx, Step, StepCx, StepFailure, StepOutcome, StopHandle};
 
 use std::sync::Arc;
 
 /// How many hosts make a batch: a fixed count, or a percentage of the hosts concerned.
+/// Parses from `5` or `25%` (`str::parse`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchSize {
     /// This many hosts (0 is treated as 1).
@@ -86,6 +88,9 @@ pub struct Phase<C: HostCtx> {
     pub steps: Vec<Arc<dyn Step<C>>>,
     /// Which hosts the phase runs on (default: those that passed earlier phases).
     pub hosts: HostFilter,
+    /// Call the engine's [`PauseHook`] before every batch after the first (a timed pause, or
+    /// the operator's go-ahead after the canary).
+    pub pause_between_batches: bool,
 }
 
 impl<C: HostCtx> Phase<C> {
@@ -98,6 +103,7 @@ impl<C: HostCtx> Phase<C> {
             max_unavailable: 0,
             steps: Vec::new(),
             hosts: HostFilter::Passed,
+            pause_between_batches: false,
         }
     }
 
@@ -124,6 +130,12 @@ impl<C: HostCtx> Phase<C> {
         self.hosts = hosts;
         self
     }
+
+    /// Pauses (through the engine's [`PauseHook`]) before every batch after the first.
+    pub fn pause_between_batches(mut self, pause: bool) -> Self {
+        self.pause_between_batches = pause;
+        self
+    }
 }
 
 impl<C: HostCtx> Clone for Phase<C> {
@@ -134,6 +146,7 @@ impl<C: HostCtx> Clone for Phase<C> {
             max_unavailable: self.max_unavailable,
             steps: self.steps.clone(),
             hosts: self.hosts,
+            pause_between_batches: self.pause_between_batches,
         }
     }
 }

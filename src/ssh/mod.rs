@@ -718,11 +718,18 @@ impl Session {
             .handle
             .channel_open_direct_tcpip(addr, u32::from(port), "127.0.0.1", 0)
             .await
-            .map_err(|e| {
-                SshError::new(
+            .map_err(|e| match e {
+                // sshd could not connect (on a loopback: nothing listens there).
+                russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed) => {
+                    SshError::new(
+                        ErrorKind::Unreachable,
+                        format!("{addr}:{port} on the host: connection refused"),
+                    )
+                }
+                e => SshError::new(
                     ErrorKind::Transport,
                     format!("open a connection to {addr}:{port} on the host: {e}"),
-                )
+                ),
             })?;
         Ok(ch.into_stream())
     }

@@ -6,9 +6,11 @@
 //! bytes, so tunnelfleet can hash them to detect drift.
 
 mod compose;
+pub mod diff;
 mod error;
 mod plan;
 mod render;
+pub mod release_scripts;
 pub mod scripts;
 mod settings;
 mod yaml;

@@ -246,8 +246,9 @@ pub struct ApplySpec<'a> {
     pub expect_current: Option<&'a str>,
     /// The `.env` hash the plan was computed against (None: no `.env`).
     pub expect_env_sha256: Option<&'a str>,
-    /// The audit record written on success.
-    pub audit: &'a AuditEntry,
+    /// The audit record written on success (None: the caller records the outcome itself,
+    /// after its health gate).
+    pub audit: Option<&'a AuditEntry>,
 }
 
 /// Exit code of the apply script when the host changed between facts and apply.
@@ -287,7 +288,10 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
     let lock = lock_dir(l);
     let take = remote::mkdir_lock(&lock, spec.holder_json)?;
     let release = remote::unlock(&lock, spec.holder_json)?;
-    let audit = remote::audit_line(&audit_log(l), spec.audit)?;
+    let audit = match spec.audit {
+        Some(a) => Some(remote::audit_line(&audit_log(l), a)?),
+        None => None,
+    };
 
     let mut body = String::new();
     let cur = quote(&l.current());
@@ -311,6 +315,15 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
         shared = quote(&format!("{}/shared", l.deploy_dir())),
         data = quote(&l.data_dir())
     );
+    if spec.env.is_some() {
+        // The previous .env stays beside it (0600), so a deploy whose new token the edge
+        // refuses can be undone on the hosts it reached.
+        let prev = quote(&format!("{}.prev", l.env_file()));
+        let _ = writeln!(
+            body,
+            "if [ -f {env} ]; then cp -p {env} {prev}.tmp && mv -f {prev}.tmp {prev} || echo 'keep the previous .env: failed' >&2; fi"
+        );
+    }
     if !write.is_empty() {
         let _ = writeln!(body, "( {write} ) || exit $?");
     }
@@ -333,17 +346,20 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
         );
     }
     for a in &spec.actions {
-        let _ = writeln!(
-            body,
-            "{cmd} >&2 || {{ echo \"compose {what} failed\" >&2; exit 5; }}",
-            cmd = spec.compose.action_command(l, *a),
-            what = a.describe()
-        );
+        body.push_str(&super::release_scripts::logged_compose(
+            &spec.compose.action_command(l, *a),
+            a.describe(),
+        ));
     }
-    let _ = writeln!(body, "( {audit} ) || echo 'audit log: not written' >&2");
+    if let Some(audit) = audit {
+        let _ = writeln!(body, "( {audit} ) || echo 'audit log: not written' >&2");
+    }
 
+    // Once the files are in (stdin consumed), the script completes whatever happens to the
+    // connection: SIGHUP/SIGPIPE ignored, Compose's output to a log on the host.
     let script = format!(
-        "# tunnelfleet: apply\n( {take} ) || exit $?\n( {body} ); tf_rc=$?\n( {release} ) >/dev/null\nexit $tf_rc\n"
+        "# tunnelfleet: apply\n{pre}( {take} ) || exit $?\n( {body} ); tf_rc=$?\n( {release} ) >/dev/null\nexit $tf_rc\n",
+        pre = super::release_scripts::detached_preamble(l)
     );
     Ok((script, payload))
 }

@@ -57,6 +57,9 @@ pub struct StackSettings {
     pub log_level: String,
     /// Whether the guide's sample MCP server (`hello-mcp`) is deployed and routed.
     pub sample_server: bool,
+    /// How many release directories a host keeps (`keep_releases`, default 5, at least 2): older
+    /// ones are pruned after a successful rollout, never the current or the previous one.
+    pub keep_releases: usize,
     /// The setup component (programmatic access through Workload Identity Federation), when
     /// `setup_tunnel_id` is set.
     pub setup: Option<SetupSettings>,
@@ -98,6 +101,9 @@ pub struct TunnelGroup {
     /// Settings of every host of the tunnel, in the order they were given.
     pub members: Vec<StackSettings>,
 }
+
+/// Release directories a host keeps unless `keep_releases` says otherwise.
+pub const DEFAULT_KEEP_RELEASES: usize = 5;
 
 impl StackSettings {
     /// Reads and validates the stack settings from one host's merged vars.
@@ -178,7 +184,30 @@ impl StackSettings {
             None => "info".to_string(),
         };
 
+        let keep_releases = match r.get("keep_releases") {
+            None => DEFAULT_KEEP_RELEASES,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(k) if (2..=1000).contains(&k) => k as usize,
+                _ => {
+                    return Err(r.err(
+                        "keep_releases",
+                        format!(
+                            "{n} is out of range: keep at least 2 releases (the current and \
+                             the previous, for rollback) and at most 1000"
+                        ),
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(r.err(
+                    "keep_releases",
+                    format!("expected a number of releases, got {}", type_name(other)),
+                ));
+            }
+        };
+
         Ok(StackSettings {
+            keep_releases,
             host: host.to_string(),
             tunnel_name,
             tunnel_domain,
@@ -1221,6 +1250,21 @@ mod tests {
         match StackSettings::from_vars(name, &v) {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn keep_releases_defaults_and_bounds() {
+        assert_eq!(host("h1", json!({})).keep_releases, DEFAULT_KEEP_RELEASES);
+        assert_eq!(host("h1", json!({"keep_releases": 3})).keep_releases, 3);
+        for bad in [json!(1), json!(0), json!(-2), json!("5"), json!(2.5)] {
+            let mut v = vars(base());
+            v.insert("keep_releases".into(), bad.clone());
+            let e = StackSettings::from_vars("h1", &v)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"))
+                .to_string();
+            assert!(e.contains("h1") && e.contains("keep_releases"), "{e}");
         }
     }
 

@@ -61,8 +61,10 @@ routes:
 EOF
         ln -sfn ../../shared/data data
         ln -sfn ../../shared/.env .env
-        echo cert-1 > /srv/mcp-tunnel/shared/data/tls.crt
-        echo key > /srv/mcp-tunnel/shared/data/tls.key
+        # The proxy serves TLS: a real (self-signed) certificate for its domain.
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj /CN=t-1.tunnels.example.com -addext subjectAltName=DNS:t-1.tunnels.example.com \
+            -keyout /srv/mcp-tunnel/shared/data/tls.key -out /srv/mcp-tunnel/shared/data/tls.crt 2>/dev/null
         chmod 644 /srv/mcp-tunnel/shared/data/tls.key
         ln -sfn releases/r1 /srv/mcp-tunnel/current'
     set_token "$dir" "$host" "$tokenfile"
@@ -90,7 +92,9 @@ wait_edge "$C" "[(c['host'], c['token_fp']) for c in d['current']] == [('h1', '$
 ready=$("$T" exec --dir "$C" h1 -- curl -s 127.0.0.1:20241/ready)
 echo "$ready" | $PY -c 'import json,sys; r=json.load(sys.stdin); assert r["status"]==200 and r["readyConnections"]==4' \
     || fail "/ready: $ready"
-"$T" exec --dir "$C" h1 -- curl -sf 127.0.0.1:8080/testbed/info >/dev/null || fail "proxy not listening"
+"$T" exec --dir "$C" h1 -- curl -sf --cacert /srv/mcp-tunnel/shared/data/tls.crt \
+    --resolve t-1.tunnels.example.com:8080:127.0.0.1 https://t-1.tunnels.example.com:8080/testbed/info >/dev/null \
+    || fail "proxy not serving TLS"
 ssh -F "$C/ssh_config" h1 "$DC logs cloudflared" | grep -c "Registered tunnel connection" | grep -qx 4 \
     || fail "expected four Registered lines"
 names=$(ssh -F "$C/ssh_config" h1 "$DC ps --format json" | $PY -c 'import json,sys; print(" ".join(sorted(json.loads(l)["Name"] for l in sys.stdin)))')

@@ -15,7 +15,7 @@ PHASE2=1
 
 cleanup() {
     local ok=1
-    for d in "$A" "$B" "$C" "$C-bastion"; do
+    for d in "$A" "$B" "$C" "$C-bastion" "$C-standins"; do
         "$T" down --dir "$d" >/dev/null 2>&1 || ok=0
     done
     # Files only, once nothing runs from them any more.
@@ -149,6 +149,9 @@ EOF
 
 if [ "$PHASE2" = 1 ] && [ -x "$HERE/selftest-phase2.sh" ]; then
     "$HERE/selftest-phase2.sh" "$T" "$C"
+fi
+if [ "$PHASE2" = 1 ] && [ -x "$HERE/selftest-standins.sh" ]; then
+    "$HERE/selftest-standins.sh" "$T" "$C-standins"
 fi
 
 step "down A and B; down is idempotent"

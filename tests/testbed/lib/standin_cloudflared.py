@@ -21,10 +21,21 @@ http://localhost:8080`). Behaviour modelled on the real connector:
   2000 ms; the real default is 30 s), then unregisters and exits 0. A second
   signal exits at once.
 The token is never printed or logged.
+
+Failure modes, selected by the image reference (TESTBED_IMAGE, set by the
+stand-in docker), so a bad release is real behaviour of the connector:
+- `never-ready`: starts, logs its start lines and connector id, serves
+  metrics, but never registers: /ready answers 503 forever; it keeps running
+  and logs failed connection attempts (as a connector that cannot reach the
+  edge does).
+- `crash-after-Ns` (e.g. `crash-after-5s`): registers normally, then exits 1
+  N seconds after registering (a restart policy restarts it; every run
+  re-registers).
 """
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -35,6 +46,7 @@ import uuid
 
 VERSION = "2024.6.1-testbed"
 state = {"ready": 0, "shutting_down": False, "sock": None}
+registered = threading.Event()
 lock = threading.Lock()
 connector_id = str(uuid.uuid4())
 
@@ -211,6 +223,7 @@ def run_connection(token, edge, register_ms):
                    "protocol=quic")
     with lock:
         state["ready"] = 4
+    registered.set()
     sock.settimeout(3.5)
     while True:
         send(sock, {"type": "ping"})
@@ -237,6 +250,31 @@ def connection_loop(token, edge, register_ms):
             log("INF", f"Retrying connection in up to {backoff}s connIndex=0 event=0 ip={edge}")
             time.sleep(backoff)
             backoff = min(backoff * 2, 8)
+
+
+def never_ready_loop(edge):
+    """`never-ready` image: every connection attempt fails, as for a connector
+    that cannot reach the edge; it keeps trying (and running)."""
+    backoff = 1
+    while not state["shutting_down"]:
+        for i in range(4):
+            log("ERR", f'Failed to dial a quic connection error="failed to dial to edge with quic: '
+                       f'timeout: no recent network activity" connIndex={i} event=0 ip={edge}')
+        log("INF", f"Retrying connection in up to {backoff}s connIndex=0 event=0 ip={edge}")
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 8)
+
+
+def crash_after(seconds):
+    """`crash-after-Ns` image: exit 1 N seconds after the first registration."""
+    registered.wait()
+    time.sleep(seconds)
+    if state["shutting_down"]:
+        return
+    log("ERR", f'Serve tunnel error error="datagram manager encountered a failure while serving: '
+               f'testbed crash-after-{seconds:g}s image" connIndex=0 event=0')
+    log("ERR", "Tunnel server stopped with error: exit status 1")
+    os._exit(1)
 
 
 def main():
@@ -282,7 +320,14 @@ def main():
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    threading.Thread(target=connection_loop, args=(raw, edge, register_ms), daemon=True).start()
+    image = os.environ.get("TESTBED_IMAGE", "")
+    crash = re.search(r"crash-after-(\d+(?:\.\d+)?)s", image)
+    if "never-ready" in image:
+        threading.Thread(target=never_ready_loop, args=(edge,), daemon=True).start()
+    else:
+        if crash:
+            threading.Thread(target=crash_after, args=(float(crash.group(1)),), daemon=True).start()
+        threading.Thread(target=connection_loop, args=(raw, edge, register_ms), daemon=True).start()
     done.wait()
     # Drain: keep serving (and answering /ready) for the grace period.
     deadline = time.monotonic() + grace_ms / 1000.0

@@ -9,6 +9,9 @@ is a real process on the host running a stand-in program chosen by image name:
                                   entrypoint (else the command) is `setup`,
                                   standin_setup.py with the remaining words
   anything else                -> a sleep loop (the command is NOT run)
+Images: a per-host store (see "images" below); `up`/`run` pull missing ones
+first. The image reference also selects the stand-ins' failure modes
+(TESTBED_IMAGE: never-ready, crash-after-Ns, bad-config; unpullable here).
 No filesystem or network isolation: every container of a host shares the
 host's (namespaced) filesystem and loopback, so `network_mode: service:X` is
 satisfied trivially. Volumes are recorded and handed to stand-ins as a
@@ -246,6 +249,8 @@ def program_env(c):
             env[k] = str(cfg[ck])
     env["TESTBED_HOST"] = host
     env["TESTBED_CONTAINER"] = c["name"]
+    # The image reference selects a stand-in's failure mode (never-ready, crash-after-5s, bad-config).
+    env["TESTBED_IMAGE"] = c["image"]
     env["TESTBED_USER"] = c.get("user") or ""
     env["TESTBED_VOLUMES"] = json.dumps(c.get("volumes") or [])
     return env
@@ -860,6 +865,16 @@ def compose_up(p, services, opts):
                 progress(p, nc["name"], "Started")
 
 
+def up_services(p, services, no_deps):
+    """The services `up services` (or `run`) starts: named (else enabled) ones, plus
+    their dependencies unless --no-deps."""
+    targets = services or [n for n in p.services if p.enabled(n)]
+    for n in targets:
+        if n not in p.services:
+            raise UserError(f"no such service: {n}")
+    return targets if no_deps else p.order(targets)
+
+
 def pick(p, services, oneoff=False):
     for s in services:
         if s not in p.services:
@@ -923,6 +938,13 @@ def ps_record(c):
     }
 
 
+def go_text(v):
+    """A value as Go's text/template prints it (booleans `true`/`false`)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
 def go_template(fmt, rec):
     if fmt.strip() in ("json", "{{json .}}"):
         return json.dumps(rec, ensure_ascii=False, separators=(",", ":"))
@@ -935,7 +957,17 @@ def go_template(fmt, rec):
             v = rec
             for part in expr[1:].split("."):
                 v = v.get(part, "") if isinstance(v, dict) else ""
-            return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+            return go_text(v)
+        if expr.startswith("index ."):
+            # {{index .Config.Labels "com.docker.compose.project"}}
+            m2 = re.fullmatch(r'index \.([\w.]*)\s+"([^"]*)"', expr)
+            if not m2:
+                raise UserError(f"template: unsupported expression {{{{{expr}}}}} in the testbed stand-in")
+            v = rec
+            for part in m2.group(1).split("."):
+                v = v.get(part, {}) if isinstance(v, dict) else {}
+            v = v.get(m2.group(2), "") if isinstance(v, dict) else ""
+            return go_text(v)
         if expr.startswith("json ."):
             v = rec
             for part in expr[6:].split("."):
@@ -1114,9 +1146,11 @@ def compose_main(args, v1):
 
     if cmd == "config":
         o, pos = parse_opts(rest, {"--services": "services", "-q": "quiet", "--quiet": "quiet",
-                                   "--hash": ("hash", "one")})
+                                   "--hash": ("hash", "one"), "--images": "images"})
         if o.get("services"):
             print("\n".join(n for n in p.services if p.enabled(n)))
+        elif o.get("images"):
+            print("\n".join(p.services[n]["image"] for n in p.services if p.enabled(n)))
         elif o.get("hash"):
             for s in (p.services if o["hash"] == "*" else o["hash"].split(",")):
                 print(f"{s} {p.services[s]['config_hash']}")
@@ -1125,6 +1159,8 @@ def compose_main(args, v1):
                     for n, s in p.services.items()}
             print(json.dumps({"name": p.name, "project_dir": p.dir, "services": view}, indent=2))
         return 0
+    if cmd == "pull":
+        return compose_pull(p, v1, rest)
     if cmd == "up":
         o, pos = parse_opts(rest, {
             "-d": "detach", "--detach": "detach", "--no-deps": "no_deps",
@@ -1143,6 +1179,8 @@ def compose_main(args, v1):
             k, _, v = sc.partition("=")
             scale[k] = int(v)
         with global_lock():
+            # Compose pulls missing images first: nothing changes when one cannot be had.
+            ensure_images(p, up_services(p, pos, o.get("no_deps")), o.get("pull"))
             compose_up(p, pos, {"no_deps": o.get("no_deps"), "force_recreate": o.get("force_recreate"),
                                 "no_recreate": o.get("no_recreate"), "scale": scale,
                                 "remove_orphans": o.get("remove_orphans"),
@@ -1280,6 +1318,7 @@ def compose_main(args, v1):
         sep = "_" if v1 else "-"
         name = o.get("name") or f"{p.name}{sep}{sname}{sep}run{sep}{secrets.token_hex(6)}"
         with global_lock():
+            ensure_images(p, up_services(p, [sname], o.get("no_deps")), o.get("pull"))
             if any(c["name"] == name for c in all_containers()):
                 raise UserError(f'Error response from daemon: Conflict. The container name '
                                 f'"/{name}" is already in use')
@@ -1323,12 +1362,367 @@ def compose_version(v1, rest):
     return 0
 
 
+# -------------------------------------------------------- inspect shape ----
+
+def rfc3339(t):
+    """A time as Docker prints it (RFC 3339, nanoseconds, UTC); Docker's zero
+    time for "never"."""
+    if not t:
+        return "0001-01-01T00:00:00Z"
+    ns = int(round((t - int(t)) * 1e9))
+    if ns >= 1_000_000_000:
+        t, ns = int(t) + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(t))) + f".{ns:09d}Z"
+
+
+def network_settings(c):
+    """NetworkSettings as Docker shows them. Stand-in containers run on the
+    host's own network namespace, so an address is 127.0.0.1; a container
+    that joins another's namespace (`network_mode: service:X` /
+    `container:X`) has none, as on Docker; `host` has none either."""
+    nm = c.get("network_mode") or ""
+    if nm.startswith(("service:", "container:")):
+        return {"IPAddress": "", "Gateway": "", "Networks": {}}
+    if nm in ("host", "none"):
+        return {"IPAddress": "", "Gateway": "", "Networks": {nm: {"IPAddress": "", "Gateway": ""}}}
+    net = nm if nm and nm not in ("default", "bridge") else f"{c['project']}_default"
+    return {"IPAddress": "127.0.0.1", "Gateway": "", "Networks": {
+        net: {"IPAddress": "127.0.0.1", "Gateway": "", "Aliases": [c["service"], c["id"][:12]]}}}
+
+
+# --------------------------------------------------------------- images ----
+# A per-host image store: ROOT/images/<sha256 of the reference>.json, one
+# record per reference (ROOT survives reboots, as dockerd's image store does).
+# Nothing is downloaded: "pulling" records the reference. A reference that
+# contains "unpullable" cannot be pulled ("manifest unknown"), which is how the
+# testbed models a release whose image does not exist in the registry. While
+# ROOT/registry-offline exists, no pull succeeds on that host (a registry out of
+# reach): what is in the store is all there is.
+
+IMAGES = os.path.join(ROOT, "images")
+
+
+def split_ref(ref):
+    """(repository, tag or None, digest or None) of an image reference."""
+    name, _, digest = ref.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    tag = None
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1:]
+    return name, tag, digest or None
+
+
+def norm_ref(ref):
+    """The reference as the store keys it: `:latest` added when neither a tag
+    nor a digest is given (as Docker does)."""
+    repo, tag, digest = split_ref(ref.strip())
+    if not tag and not digest:
+        tag = "latest"
+    return repo + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+
+
+def fake_digest(ref, what):
+    return "sha256:" + hashlib.sha256(f"{what}:{norm_ref(ref)}".encode()).hexdigest()
+
+
+def image_file(ref):
+    return os.path.join(IMAGES, hashlib.sha256(norm_ref(ref).encode()).hexdigest() + ".json")
+
+
+def all_images():
+    out = []
+    try:
+        names = os.listdir(IMAGES)
+    except FileNotFoundError:
+        return out
+    for n in names:
+        if not n.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(IMAGES, n)) as f:
+                out.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    out.sort(key=lambda i: (i["created"], i["ref"]))
+    return out
+
+
+def find_image(ref):
+    """The stored image for a reference or an image id (full, `sha256:`-less,
+    or a prefix of at least 3 hex digits), else None."""
+    try:
+        with open(image_file(ref)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    want = ref[7:] if ref.startswith("sha256:") else ref
+    if len(want) >= 3 and re.fullmatch(r"[0-9a-f]+", want):
+        hits = [i for i in all_images() if i["id"][7:].startswith(want)]
+        if len({i["id"] for i in hits}) == 1:
+            return hits[0]
+    return None
+
+
+def registry_offline():
+    return os.path.exists(os.path.join(ROOT, "registry-offline"))
+
+
+def pull_error(ref):
+    if registry_offline():
+        return f"pull {ref}: registry unreachable: dial tcp: i/o timeout (testbed: registry-offline)"
+    return f"manifest for {ref} not found: manifest unknown: manifest unknown"
+
+
+def pull_image(ref):
+    """Records ref in the store ("pulls" it); returns (record, was_new).
+    UserError for an unpullable reference (nothing recorded)."""
+    if "unpullable" in ref or registry_offline():
+        raise UserError(f"Error response from daemon: {pull_error(ref)}")
+    old = find_image(ref)
+    if old is not None and old["ref"] == norm_ref(ref):
+        return old, False
+    repo, tag, digest = split_ref(norm_ref(ref))
+    rec = {"ref": norm_ref(ref), "repository": repo, "tag": tag,
+           "digest": digest or fake_digest(ref, "manifest"), "id": fake_digest(ref, "config"),
+           "created": time.time(), "size": 20_000_000 + int(fake_digest(ref, "size")[7:13], 16) % 50_000_000}
+    os.makedirs(IMAGES, mode=0o700, exist_ok=True)
+    path = image_file(ref)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(rec, f, indent=1)
+    os.rename(tmp, path)
+    return rec, True
+
+
+def containers_using(img):
+    return [c for c in all_containers() if norm_ref(c["image"]) == img["ref"]]
+
+
+def ensure_images(p, snames, policy=None, quiet=False):
+    """Compose's implicit pull before `up`/`run`: every image of snames that is
+    not in the store is pulled (`--pull always`: every one; `never`: none, a
+    missing one is an error). Fails before anything is created or stopped."""
+    errors = []
+    for sname in snames:
+        ref = p.services[sname]["image"]
+        present = find_image(ref) is not None and find_image(ref)["ref"] == norm_ref(ref)
+        if policy == "never":
+            if not present:
+                errors.append((sname, f"No such image: {ref}"))
+            continue
+        if present and policy != "always":
+            continue
+        if not quiet:
+            progress(p, sname, "Pulling")
+        try:
+            pull_image(ref)
+        except UserError:
+            err(f" {sname} Error {pull_error(ref)}" if not p.v1 else f"ERROR: for {sname}  {pull_error(ref)}")
+            errors.append((sname, pull_error(ref)))
+            continue
+        if not quiet:
+            progress(p, sname, "Pulled")
+    if errors:
+        raise UserError(f"Error response from daemon: {errors[0][1]}")
+
+
+def compose_pull(p, v1, rest):
+    """`compose pull [-q] [--ignore-pull-failures] [svc...]`: every named (else
+    every enabled) service's image; all are tried, the first failure is the
+    error (exit 1)."""
+    o, pos = parse_opts(rest, {"-q": "quiet", "--quiet": "quiet", "--ignore-pull-failures": "ignore",
+                               "--include-deps": "deps", "--parallel": "x", "--no-parallel": "x",
+                               "--policy": ("policy", "one"), "--ignore-buildable": "x"})
+    names = pos or [n for n in p.services if p.enabled(n)]
+    for n in names:
+        if n not in p.services:
+            raise UserError(f"no such service: {n}")
+    if o.get("deps"):
+        names = p.order(names)
+    failed = []
+    with global_lock():
+        for n in names:
+            ref = p.services[n]["image"]
+            if o.get("policy") == "missing" and find_image(ref) is not None:
+                continue
+            if not o.get("quiet"):
+                err(f"Pulling {n} ... " if v1 else f" {n} Pulling")
+            try:
+                pull_image(ref)
+            except UserError:
+                err(f"ERROR: for {n}  {pull_error(ref)}" if v1 else f" {n} Error {pull_error(ref)}")
+                failed.append(ref)
+                continue
+            if not o.get("quiet"):
+                err(f"Pulling {n} ... done" if v1 else f" {n} Pulled")
+    if failed and not o.get("ignore"):
+        err(f"ERROR: {pull_error(failed[0])}" if v1 else f"Error response from daemon: {pull_error(failed[0])}")
+        return 1
+    return 0
+
+
+def image_record(img):
+    """One image as `docker images --format` sees it."""
+    return {"Repository": img["repository"], "Tag": img["tag"] or "<none>",
+            "Digest": img["digest"], "ID": img["id"][7:19],
+            "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(img["created"])),
+            "CreatedSince": human_duration(time.time() - img["created"]) + " ago",
+            "Size": f"{img['size'] / 1e6:.1f}MB", "Containers": "N/A", "SharedSize": "N/A",
+            "UniqueSize": "N/A", "VirtualSize": f"{img['size'] / 1e6:.1f}MB"}
+
+
+def image_inspect_record(img):
+    """`docker image inspect` of one image, Docker's shape (the fields a client reads)."""
+    return {"Id": img["id"],
+            "RepoTags": [f"{img['repository']}:{img['tag']}"] if img["tag"] else [],
+            "RepoDigests": [f"{img['repository']}@{img['digest']}"],
+            "Created": rfc3339(img["created"]), "Size": img["size"],
+            "Architecture": "amd64", "Os": "linux",
+            "Config": {"Labels": {}, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+            "Metadata": {"LastTagTime": rfc3339(img["created"])}}
+
+
+def docker_pull(rest):
+    o, pos = parse_opts(rest, {"-q": "quiet", "--quiet": "quiet", "-a": "x", "--all-tags": "x",
+                               "--platform": ("platform", "one"),
+                               "--disable-content-trust": "x"})
+    if len(pos) != 1:
+        raise UserError('"docker pull" requires exactly 1 argument.')
+    ref = pos[0]
+    with global_lock():
+        rec, new = pull_image(ref)
+    if o.get("quiet"):
+        print(rec["ref"])
+        return 0
+    repo, tag, digest = split_ref(rec["ref"])
+    print(f"{digest or tag}: Pulling from {repo}")
+    print(f"Digest: {rec['digest']}")
+    print(f"Status: {'Downloaded newer image' if new else 'Image is up to date'} for {rec['ref']}")
+    print(rec["ref"])
+    return 0
+
+
+def docker_images(rest):
+    o, pos = parse_opts(rest, {"-q": "quiet", "--quiet": "quiet", "--format": ("format", "one"),
+                               "--no-trunc": "notrunc", "--digests": "digests", "-a": "x",
+                               "--all": "x", "-f": ("filter", "list"), "--filter": ("filter", "list")})
+    imgs = all_images()
+    pats = list(pos)
+    for flt in o.get("filter", []):
+        k, _, v = flt.partition("=")
+        if k != "reference":
+            raise UserError(f"testbed stand-in: unsupported filter {k}")
+        pats.append(v)
+    if pats:
+        import fnmatch
+        imgs = [i for i in imgs if any(
+            fnmatch.fnmatchcase(i["repository"], pt) or fnmatch.fnmatchcase(i["ref"], pt)
+            or fnmatch.fnmatchcase(f"{i['repository']}:{i['tag']}", pt) for pt in pats)]
+    if o.get("quiet"):
+        seen = []
+        for i in imgs:
+            x = i["id"] if o.get("notrunc") else i["id"][7:19]
+            if x not in seen:
+                seen.append(x)
+                print(x)
+        return 0
+    if o.get("format"):
+        for i in imgs:
+            r = image_record(i)
+            if o.get("notrunc"):
+                r["ID"] = i["id"]
+            print(go_template(o["format"], r))
+        return 0
+    rows = [("REPOSITORY", "TAG") + (("DIGEST",) if o.get("digests") else ()) +
+            ("IMAGE ID", "CREATED", "SIZE")]
+    for i in imgs:
+        r = image_record(i)
+        rows.append((r["Repository"], r["Tag"]) + ((r["Digest"],) if o.get("digests") else ()) +
+                    (i["id"] if o.get("notrunc") else r["ID"], r["CreatedSince"], r["Size"]))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def docker_rmi(rest):
+    """`docker rmi [-f] REF...`: refused for an image a container (running or
+    not) uses, unless -f (which untags it; the container keeps running)."""
+    o, pos = parse_opts(rest, {"-f": "force", "--force": "force", "--no-prune": "x"})
+    if not pos:
+        raise UserError('"docker rmi" requires at least 1 argument.')
+    rc = 0
+    with global_lock():
+        for ref in pos:
+            img = find_image(ref)
+            if img is None:
+                err(f"Error response from daemon: No such image: {ref}")
+                rc = 1
+                continue
+            users = containers_using(img)
+            if users and not o.get("force"):
+                err(f'Error response from daemon: conflict: unable to remove repository reference '
+                    f'"{ref}" (must force) - container {users[0]["id"][:12]} is using its '
+                    f'referenced image {img["id"][7:19]}')
+                rc = 1
+                continue
+            try:
+                os.unlink(image_file(img["ref"]))
+            except FileNotFoundError:
+                pass
+            print(f"Untagged: {img['ref']}")
+            if not users:
+                print(f"Deleted: {img['id']}")
+    return rc
+
+
+def docker_image_inspect(names, fmt):
+    out, rc = [], 0
+    for n in names:
+        img = find_image(n)
+        if img is None:
+            err(f"Error: No such image: {n}")
+            rc = 1
+            continue
+        out.append(image_inspect_record(img))
+    print_inspect(out, fmt)
+    return rc
+
+
+def print_inspect(records, fmt):
+    if fmt:
+        for rec in records:
+            print(go_template(fmt, rec))
+    else:
+        print(json.dumps(records, indent=4))
+
+
+def docker_image(rest):
+    """`docker image ls|inspect|pull|rm|prune`."""
+    if not rest:
+        raise UserError('"docker image" requires a subcommand (ls, inspect, pull, rm)')
+    sub, rest = rest[0], rest[1:]
+    if sub in ("ls", "list"):
+        return docker_images(rest)
+    if sub == "pull":
+        return docker_pull(rest)
+    if sub in ("rm", "remove"):
+        return docker_rmi(rest)
+    if sub == "inspect":
+        o, names = parse_opts(rest, {"-f": ("format", "one"), "--format": ("format", "one")})
+        if not names:
+            raise UserError('"docker image inspect" requires at least 1 argument.')
+        return docker_image_inspect(names, o.get("format"))
+    raise UserError(f"docker image: unknown command {sub!r} (testbed stand-in)")
+
+
 # --------------------------------------------------------------- docker ----
 
 def docker_main(args):
     if not args or args[0] in ("-h", "--help"):
         print("Usage: docker [OPTIONS] COMMAND  (testbed stand-in: compose, ps, stop, start, "
-              "restart, rm, kill, logs, inspect, version, info)")
+              "restart, rm, kill, logs, inspect, pull, images, image, rmi, version, info)")
         return 0
     if args[0] in ("-v", "--version"):
         print(f"Docker version {ENGINE_VERSION}, build 297e128")
@@ -1336,6 +1730,14 @@ def docker_main(args):
     cmd, rest = args[0], args[1:]
     if cmd == "compose":
         return compose_main(rest, v1=False)
+    if cmd == "pull":
+        return docker_pull(rest)
+    if cmd == "images":
+        return docker_images(rest)
+    if cmd == "image":
+        return docker_image(rest)
+    if cmd == "rmi":
+        return docker_rmi(rest)
     if cmd == "version":
         o, _ = parse_opts(rest, {"-f": ("format", "one"), "--format": ("format", "one")})
         rec = {"Client": {"Version": ENGINE_VERSION.split("+")[0], "ApiVersion": "1.41"},
@@ -1437,20 +1839,36 @@ def docker_main(args):
     if cmd == "inspect":
         o, names = parse_opts(rest, {"-f": ("format", "one"), "--format": ("format", "one"),
                                      "--type": ("type", "one"), "-s": "x"})
+        if not names:
+            raise UserError('"docker inspect" requires at least 1 argument.')
+        if o.get("type") == "image":
+            return docker_image_inspect(names, o.get("format"))
         out, rc = [], 0
         for n in names:
             try:
                 c = find_container(n)
             except UserError as e:
-                err(str(e))
-                rc = 1
+                # As Docker: a name that is no container may be an image.
+                img = find_image(n) if o.get("type") != "container" else None
+                if img is not None:
+                    out.append(image_inspect_record(img))
+                else:
+                    err(str(e) if o.get("type") == "container" else f"Error: No such object: {n}")
+                    rc = 1
                 continue
             rec = {"Id": c["id"], "Name": "/" + c["name"], "Created": c["created"],
-                   "State": {"Status": c["status"], "Running": c["status"] == "running",
+                   # Docker keeps Running true while a container waits to be restarted.
+                   "State": {"Status": c["status"],
+                             "Running": c["status"] in ("running", "restarting"),
                              "Restarting": c["status"] == "restarting",
+                             "Paused": False, "OOMKilled": False, "Dead": False,
                              "Pid": c.get("pid") or 0, "ExitCode": c.get("exit_code", 0),
-                             "StartedAt": c.get("started_at"), "FinishedAt": c.get("finished_at")},
+                             "Error": "",
+                             "StartedAt": rfc3339(c.get("started_at")),
+                             "FinishedAt": rfc3339(c.get("finished_at"))},
+                   "Image": (find_image(c["image"]) or {}).get("id") or fake_digest(c["image"], "config"),
                    "RestartCount": c.get("restart_count", 0),
+                   "NetworkSettings": network_settings(c),
                    "Config": {"Image": c["image"], "Labels": c["labels"],
                               "Cmd": c.get("command"), "Entrypoint": c.get("entrypoint"),
                               # As real Docker: the values, readable by whoever may run
@@ -1461,11 +1879,7 @@ def docker_main(args):
                    "Mounts": [{"Source": s, "Destination": d, "RW": m != "ro"}
                               for s, d, m in c.get("volumes") or []]}
             out.append(rec)
-        if o.get("format"):
-            for rec in out:
-                print(go_template(o["format"], rec))
-        else:
-            print(json.dumps(out, indent=4))
+        print_inspect(out, o.get("format"))
         return rc
     raise UserError(f"docker: '{cmd}' is not a docker command (testbed stand-in)")
 

@@ -14,17 +14,27 @@ Modelled behaviour (see STACK-FACTS.md):
   user (TESTBED_USER, from compose `user:`; a non-root user needs "other"
   read permission, else "open /data/tls.key: permission denied"). Exits 1 on
   an invalid config.
-- Listens on 127.0.0.1:<port of listen_addr> (default 8080).
-- Polls tls.cert_file every TESTBED_CERT_POLL_MS (default 1000) and reloads a
-  changed certificate by itself, logging "reloaded TLS certificate".
-- GET /testbed/info answers JSON {config_sha256, cert_sha256, routes,
-  started_ms, cert_reloads} so tests can see what the running proxy uses.
+- Terminates TLS (1.2/1.3) on 127.0.0.1:<port of listen_addr> (default 8080)
+  with tls.cert_file / tls.key_file, as the real proxy terminates the inner
+  TLS; a certificate or key that does not load exits 1 at start ("tls: ...").
+  Any SNI is accepted; the certificate is the same for every name.
+- Polls tls.cert_file every TESTBED_CERT_POLL_MS (default 1000); on a change it
+  loads the new certificate and key for NEW connections, logging "reloaded
+  TLS certificate" (a pair that does not load is logged once and retried at
+  the next poll, the previous certificate stays in use).
+- GET /testbed/info (over TLS) answers JSON {config_sha256, cert_sha256,
+  routes, started_ms, cert_reloads} so tests can see what the running proxy
+  uses.
+- An image whose reference (TESTBED_IMAGE) contains `bad-config` rejects every
+  config: it logs a fatal config error and exits 1 at start, as the real proxy
+  does on a config it cannot load.
 """
 import hashlib
 import json
 import os
 import re
 import signal
+import ssl
 import stat
 import sys
 import threading
@@ -126,6 +136,27 @@ def load_config(cpath):
     return raw, cfg
 
 
+def bad_config(cpath, raw):
+    """`bad-config` image: the config is rejected (a field this proxy does not know)."""
+    field, line = "routes", 1
+    for i, text in enumerate(raw.decode(errors="replace").splitlines(), 1):
+        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*):", text)
+        if m:
+            field, line = m.group(1), i
+            break
+    log("fatal", f"config: {cpath}: yaml: unmarshal errors: line {line}: field {field} not found "
+                 "in type config.Config")
+    sys.exit(1)
+
+
+def tls_context(cert_hp, key_hp):
+    """A server context from the certificate (chain) and key files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_hp, key_hp)
+    return ctx
+
+
 def main():
     argv = sys.argv[1:]
     cpath = "/config/mcp-proxy.yaml"
@@ -135,9 +166,16 @@ def main():
         elif a.startswith(("-config=", "--config=")):
             cpath = a.split("=", 1)[1]
     raw, cfg = load_config(cpath)
+    if "bad-config" in os.environ.get("TESTBED_IMAGE", ""):
+        bad_config(cpath, raw)
     tls = cfg["tls"]
     cert = read_as_user(tls["cert_file"], "cert")
     read_as_user(tls["key_file"], "key")
+    cert_hp, key_hp = host_path(tls["cert_file"]), host_path(tls["key_file"])
+    try:
+        current = {"ctx": tls_context(cert_hp, key_hp)}
+    except (ssl.SSLError, OSError) as e:
+        fatal(f"tls: loading {tls['cert_file']} and {tls['key_file']}: {e}")
     info["config_sha256"] = hashlib.sha256(raw).hexdigest()
     info["cert_sha256"] = hashlib.sha256(cert).hexdigest()
     info["routes"] = sorted(str(k) for k in (cfg.get("routes") or {}))
@@ -162,30 +200,59 @@ def main():
             self.end_headers()
             self.wfile.write(body)
 
+    class TLSServer(ThreadingHTTPServer):
+        """HTTPS: the handshake runs in the connection's own thread, with the
+        context current when the connection arrived."""
+        daemon_threads = True
+
+        def finish_request(self, request, client_address):
+            request.settimeout(10)
+            try:
+                conn = current["ctx"].wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                log("info", f"http: TLS handshake error from {client_address[0]}:{client_address[1]}: {e}")
+                return
+            try:
+                self.RequestHandlerClass(conn, client_address, self)
+            except (ssl.SSLError, OSError):
+                pass
+            finally:
+                conn.close()
+
     try:
-        srv = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        srv = TLSServer(("127.0.0.1", port), Handler)
     except OSError as e:
         fatal(f"listen tcp {listen}: {e.strerror}")
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    log("info", f"mcp-proxy (testbed stand-in) listening on {listen} with "
+    log("info", f"mcp-proxy (testbed stand-in) listening on {listen} (TLS) with "
                 f"{len(info['routes'])} routes, tunnel_domain={info['tunnel_domain']}")
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     poll = int(os.environ.get("TESTBED_CERT_POLL_MS", "1000")) / 1000.0
-    hp = host_path(tls["cert_file"])
+    failed = None
     while not stop.wait(poll):
         try:
-            with open(hp, "rb") as f:
+            with open(cert_hp, "rb") as f:
                 h = hashlib.sha256(f.read()).hexdigest()
         except OSError:
             continue
-        if h != info["cert_sha256"]:
-            info["cert_sha256"] = h
-            info["cert_reloads"] += 1
-            log("info", f"reloaded TLS certificate {tls['cert_file']} (sha256 {h[:12]})")
+        if h == info["cert_sha256"]:
+            continue
+        try:
+            ctx = tls_context(cert_hp, key_hp)
+        except (ssl.SSLError, OSError) as e:
+            if failed != h:   # once per certificate; retried at every poll
+                log("error", f"failed to reload TLS certificate {tls['cert_file']}: {e} "
+                             "(the previous certificate stays in use)")
+                failed = h
+            continue
+        current["ctx"] = ctx
+        info["cert_sha256"] = h
+        info["cert_reloads"] += 1
+        log("info", f"reloaded TLS certificate {tls['cert_file']} (sha256 {h[:12]})")
     log("info", "shutting down")
     srv.shutdown()
 

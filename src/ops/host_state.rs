@@ -1,0 +1,100 @@
+//! What the operations record about each host as they run, kept apart from the steps so
+//! that the host context (`deploy::StackHost`) depends on no operation module.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::stack::release_scripts::GateContainer;
+use crate::stack::scripts::ConnectorContainer;
+
+/// What a rotation did on one host, with times in ms since the new token was in hand.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RotationState {
+    /// When the new token was on the host's disk.
+    pub persisted_ms: Option<u64>,
+    /// When a connector on the new token was ready.
+    pub new_ready_ms: Option<u64>,
+    /// When the old connector(s) had stopped.
+    pub old_stopped_ms: Option<u64>,
+    /// The new connector's container.
+    pub new_container: Option<String>,
+    /// The new connector's id.
+    pub new_connector_id: Option<String>,
+    /// The old connectors' containers.
+    pub old_containers: Vec<String>,
+    /// Whether this host was recreated in place (without a second connector).
+    pub in_place: bool,
+    /// When (ms) the host had no ready connector, in place only: from stop to ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable_from_ms: Option<u64>,
+    /// Whether this run holds the host's fleet lock.
+    #[serde(skip)]
+    pub locked: bool,
+    /// The lock holder record this run wrote.
+    #[serde(skip)]
+    pub holder: String,
+    /// When the new token was in hand (the clock of the times above).
+    #[serde(skip)]
+    pub t0: Option<Instant>,
+    /// The connector containers listed during preflight (the fleet lock has been held
+    /// since), so the window does not pay for listing them again.
+    #[serde(skip)]
+    pub listed: Option<Vec<ConnectorContainer>>,
+}
+
+impl RotationState {
+    pub(crate) fn now_ms(&self) -> Option<u64> {
+        self.t0.map(|t| t.elapsed().as_millis() as u64)
+    }
+}
+
+/// What a release change (deploy, rollback) did on one host.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UpgradeState {
+    /// The release `current` pointed to before this run (None: a first deploy).
+    pub from: Option<String>,
+    /// The release this run takes the host to.
+    pub to: Option<String>,
+    /// Moved make-before-break: only the connector's image changes, so a second connector
+    /// on the new image starts beside the old one (the host never lacks a ready connector).
+    pub surge: bool,
+    /// The release's files and images were staged on the host.
+    pub staged: bool,
+    /// Images pulled while staging.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pulled: Vec<String>,
+    /// `current` was switched or containers were changed by this run.
+    pub moved: bool,
+    /// This run wrote `.env` (a rollback of this run puts the previous one back).
+    pub wrote_env: bool,
+    /// The host was rolled back (to `from`) after a failure.
+    pub rolled_back: bool,
+    /// Why the rollback of this host failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_error: Option<String>,
+    /// Surge: the connector containers that ran before the new one started.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub old_connectors: Vec<String>,
+    /// Surge: the connector container this run started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_connector: Option<String>,
+    /// Surge: the old connectors were retired.
+    pub retired: bool,
+    /// The stack's containers when the gate passed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gate_containers: Vec<GateContainer>,
+    /// The failing containers' last log lines (secrets redacted), when a gate failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<(String, Vec<String>)>,
+    /// Releases pruned after the rollout.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+    /// The host's releases, when read (rollback, `--check --diff`).
+    #[serde(skip)]
+    pub releases: Option<crate::stack::release_scripts::ReleasesFacts>,
+    /// Milliseconds from the rollout's start when the host stopped having a ready connector
+    /// (recreated in place) and when it had one again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub down_ms: Option<(u64, Option<u64>)>,
+}
