@@ -13,6 +13,10 @@
 //!   timeline, when the canary and the median host were ready, and the CPU of the controller
 //!   and of the whole machine during the run (the simulated hosts share its 2 cores)
 //!   (goal, issue 4: the window on 50 hosts at most 1.2x the window on 10).
+//! - upgrade: a staged upgrade on 10 and 50 hosts at 20 ms: a connector-only release (every
+//!   host make-before-break, --batch 25%) and a proxy release (config change: every host
+//!   recreated, --max-unavailable 10%), both with --min-healthy 2s: wall time, time per batch,
+//!   fewest hosts up per the edge, remote commands per host, controller and machine CPU.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -272,6 +276,108 @@ fn bench_rotate() {
     }
 }
 
+/// Sets fleet-group vars in a testbed inventory (lines under `tunnel_name: testbed`).
+fn set_group_vars(tb: &common::Testbed, lines: &[&str]) {
+    let inv = tb.inventory();
+    let text = std::fs::read_to_string(&inv).expect("inventory");
+    let mut out = String::new();
+    for l in text.lines() {
+        out.push_str(l);
+        out.push('\n');
+        if l.trim() == "tunnel_name: testbed" {
+            for n in lines {
+                out.push_str(&format!("        {n}\n"));
+            }
+        }
+    }
+    std::fs::write(&inv, out).expect("write inventory");
+}
+
+struct UpgradeRun {
+    wall: f64,
+    batches: usize,
+    fewest: usize,
+    commands_per_host: f64,
+    cpu: f64,
+    machine_cpu: f64,
+}
+
+fn upgrade_once(tb: &common::Testbed, state: &str, hosts: usize, flags: &[&str]) -> UpgradeRun {
+    let token = tb.path().join("token").to_string_lossy().into_owned();
+    let mut args = vec!["--state-dir", state, "--token-file", token.as_str(), "--json"];
+    args.extend(flags);
+    let before = tb.edge_stats();
+    let cmds = tb.recorded_commands().lines().count();
+    let c = children_cpu();
+    let busy = machine_busy();
+    let t = Instant::now();
+    let out = tb.tf("deploy", &args);
+    let wall = t.elapsed();
+    let machine_cpu = machine_busy().saturating_sub(busy);
+    let cpu = children_cpu().saturating_sub(c);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let batches = v["staging"]["batches"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(
+        v["staging"]["hosts"].as_array().map(Vec::len),
+        Some(hosts),
+        "every host upgrades: {v}"
+    );
+    UpgradeRun {
+        wall: ms(wall),
+        batches,
+        fewest: common::fewest_hosts_up(&before, &tb.edge_stats()),
+        commands_per_host: (tb.recorded_commands().lines().count() - cmds) as f64 / hosts as f64,
+        cpu: ms(cpu),
+        machine_cpu: ms(machine_cpu),
+    }
+}
+
+fn bench_upgrade() {
+    println!("staged upgrade, 20 ms one-way latency, --min-healthy 2s:");
+    for hosts in [10usize, 50] {
+        let (tb, state) = deployed(hosts);
+        set_group_vars(
+            &tb,
+            &[
+                "allow_unpinned_images: true",
+                "cloudflared_image: cloudflare/cloudflared:2024.7",
+            ],
+        );
+        let conn = upgrade_once(
+            &tb,
+            &state,
+            hosts,
+            &["--min-healthy", "2s", "--batch", "25%", "--drain", "2s"],
+        );
+        set_group_vars(&tb, &["log_level: debug"]);
+        let proxy = upgrade_once(
+            &tb,
+            &state,
+            hosts,
+            &["--min-healthy", "2s", "--max-unavailable", "10%"],
+        );
+        for (what, r) in [
+            ("connector-only (make-before-break, --batch 25%)", &conn),
+            ("proxy config (recreate, --max-unavailable 10%)", &proxy),
+        ] {
+            println!(
+                "  {hosts:>2} hosts, {what}: wall {:>7.0} ms, {} batches ({:.0} ms per batch), \
+                 fewest hosts up (edge) {}/{hosts}, {:.1} remote commands per host; CPU: \
+                 controller {:.0} ms, whole machine {:.0} ms ({:.0} ms per simulated host)",
+                r.wall,
+                r.batches,
+                r.wall / r.batches.max(1) as f64,
+                r.fewest,
+                r.commands_per_host,
+                r.cpu,
+                r.machine_cpu,
+                (r.machine_cpu - r.cpu) / hosts as f64
+            );
+        }
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -289,5 +395,8 @@ fn main() {
     }
     if wants("rotate") {
         bench_rotate();
+    }
+    if wants("upgrade") {
+        bench_upgrade();
     }
 }

@@ -6,9 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Testbed, describe};
-use tunnelfleet::cli::ConnArgs;
 use tunnelfleet::ops::tls_probe::{TlsPeer, handshake};
-use tunnelfleet::ssh::{Connector, Session};
+use tunnelfleet::ssh::Session;
 
 const DOMAIN: &str = "testbed.example.com";
 const CRT: &str = "/srv/mcp-tunnel/shared/data/tls.crt";
@@ -32,24 +31,8 @@ impl Fleet {
         std::fs::read_to_string(format!("{}/pki/testbed/ca.crt", self.state)).expect("ca.crt")
     }
 
-    /// One SSH session to h1, as tunnelfleet itself connects.
     async fn session(&self) -> Session {
-        let args = ConnArgs {
-            inventory: self.tb.inventory(),
-            limit: Some("h1".into()),
-            known_hosts: self.tb.known_hosts().to_string_lossy().into_owned(),
-            accept_new: false,
-            connect_timeout: Duration::from_secs(10),
-            command_timeout: Duration::from_secs(60),
-            max_starts: 4,
-            ssh_config: "none".into(),
-        };
-        let (_inv, hosts) = args.select().await.expect("select h1");
-        let connector = Connector::new(args.ssh_options()).expect("connector");
-        connector
-            .connect(&hosts[0].target)
-            .await
-            .expect("connect h1")
+        self.tb.session("h1").await
     }
 
     /// What the host itself says of the certificate on disk: serial (lowercase hex) and the

@@ -15,8 +15,10 @@ mod init;
 mod inventory_cmd;
 pub mod pki;
 pub mod progress;
+mod releases;
 pub mod render;
 mod renew;
+mod rollback;
 mod rotate;
 mod run_playbook;
 mod staged;
@@ -41,9 +43,10 @@ pub const EXIT_BROKEN_PIPE: i32 = 141;
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    every host ok
-  1    some host failed
+  1    some host failed (or was rolled back)
   2    bad input (nothing was touched)
   3    the run could not start (another run holds the controller's lock)
+  130  interrupted (Ctrl-C or SIGTERM; the recap names the command that finishes the job)
   141  the output was closed early (e.g. piped into head)
 
 Project file: tunnelfleet.toml in the current directory may set `inventory` and `state_dir`
@@ -98,6 +101,11 @@ enum Command {
     /// Renew the shared server certificate when it is close to expiry and put it on every
     /// host (no restart: the proxy reloads it).
     RenewCert(renew::RenewArgs),
+    /// Take hosts back to their previous release (or --to RELEASE), staged and gated like a
+    /// deploy.
+    Rollback(rollback::RollbackArgs),
+    /// Show the releases each host keeps: current, previous, when and by whom, images, config.
+    Releases(releases::ReleasesArgs),
     /// Run an operator's own playbook with tunnelfleet's typed steps.
     Run(run_playbook::RunArgs),
     /// The fleet's history: the controller's audit log merged with every host's.
@@ -236,6 +244,8 @@ pub fn main() -> i32 {
             Command::RotateToken(a) => rotate::run(a).await,
             Command::RenewCert(a) => renew::run(a).await,
             Command::Run(a) => run_playbook::run(a).await,
+            Command::Rollback(a) => rollback::run(a).await,
+            Command::Releases(a) => releases::run(a).await,
             Command::Audit(a) => audit::run(a).await,
             Command::Unlock(a) => unlock::run(a).await,
             Command::Completions { .. } | Command::Man => Ok(EXIT_OK),

@@ -229,9 +229,22 @@ pub struct StagedHost {
     pub gate_ms: Option<u64>,
     /// What the run did on the host (a release change's state).
     pub upgrade: crate::ops::host_state::UpgradeState,
-    /// The plan's lines.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// The plan's lines, as the recap prints them.
+    #[serde(rename = "plan_lines", skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<String>,
+    /// The plan (hashes and fingerprints only), as computed from the host's facts.
+    #[serde(rename = "plan")]
+    pub plan_detail: Option<crate::stack::Plan>,
+    /// The tunnel the host serves.
+    pub tunnel: String,
+    /// The step where the host stopped (`done` when it passed).
+    pub stage: String,
+    /// Whether the run changed anything on the host.
+    pub changed: bool,
+    /// Fingerprint of the token the host was given, when one was.
+    pub token_fingerprint: Option<String>,
+    /// The connector that passed the gate.
+    pub connector: Option<crate::ops::health::ConnectorReady>,
     /// Unified diffs of the changed files, by path (`--diff`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub diffs: BTreeMap<String, String>,
@@ -462,6 +475,20 @@ pub fn staged_host(
             lines
         },
         diffs: BTreeMap::new(),
+        plan_detail: h.plan.clone(),
+        tunnel: h.input.settings.tunnel_name.clone(),
+        stage: match rec {
+            Some(r) if r.status == HostStatus::Ok => "done".to_string(),
+            Some(r) => r
+                .step
+                .clone()
+                .or_else(|| r.phase.clone())
+                .unwrap_or_default(),
+            None => "done".to_string(),
+        },
+        changed: h.upgrade.moved || h.plan.as_ref().is_some_and(|p| !p.is_empty()),
+        token_fingerprint: h.input.token_fp.clone(),
+        connector: h.ready.clone(),
     }
 }
 

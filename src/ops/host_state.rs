@@ -68,6 +68,8 @@ pub struct UpgradeState {
     pub moved: bool,
     /// This run wrote `.env` (a rollback of this run puts the previous one back).
     pub wrote_env: bool,
+    /// The gate saw the edge refuse the connector's token (the run's new token is bad).
+    pub token_refused: bool,
     /// The host was rolled back (to `from`) after a failure.
     pub rolled_back: bool,
     /// Why the rollback of this host failed, if it did.

@@ -375,7 +375,12 @@ impl Step<StackHost> for SwitchStep {
         }
         let session = h.session()?;
         let compose = compose(h)?;
-        let mut actions = vec![Action::UpChanged];
+        // Same release (only `.env` to put back): recreating the connector is enough.
+        let mut actions = if target_is_current(&h.upgrade, self.back) {
+            vec![Action::RecreateConnector]
+        } else {
+            vec![Action::UpChanged]
+        };
         let mut note = String::new();
         // A surge host whose old connector still runs (the new one never passed the gate):
         // removing the new connector is the whole undo.
@@ -460,6 +465,10 @@ impl Step<StackHost> for SwitchStep {
             }
         )))
     }
+}
+
+fn target_is_current(u: &super::host_state::UpgradeState, back: bool) -> bool {
+    back && u.from.is_some() && u.from == u.to
 }
 
 /// The stack's containers as the gate sees them (one round trip).
@@ -574,6 +583,9 @@ async fn collect_logs(h: &mut StackHost, session: &Session, names: &[String]) ->
             .iter()
             .map(|l| redact_token_like(&h.redact(l)))
             .collect();
+        if lines.iter().any(|l| l.contains("Unauthorized")) {
+            h.upgrade.token_refused = true;
+        }
         if let Some(l) = lines.iter().rev().find(|l| {
             let low = l.to_ascii_lowercase();
             low.contains("error") || low.contains("fatal") || low.contains("unauthorized")
@@ -688,13 +700,17 @@ pub async fn gate(
 }
 
 fn gate_failure(why: String, telling: Option<String>) -> StepFailure {
+    let refused = telling.as_deref().is_some_and(|t| t.contains("Unauthorized"));
     let msg = match telling {
         Some(t) => format!("{why}; last log: {t}"),
         None => why,
     };
-    StepFailure::new(msg).with_hint(
-        "the containers' last log lines are in the report (--json: hosts[].upgrade.logs)",
-    )
+    StepFailure::new(msg).with_hint(if refused {
+        "the edge refused the token: the previous .env is put back on the hosts this run \
+         reached; a token change belongs to `tunnelfleet rotate-token`"
+    } else {
+        "the containers' last log lines are in the report (--json: hosts[].upgrade.logs)"
+    })
 }
 
 /// `releases`: the releases on the host, with their compose files and configs (read-only).
@@ -896,8 +912,18 @@ impl StagedRun<'_> {
                 interrupted,
             };
         }
-        let (moved, rest): (Vec<StackHost>, Vec<StackHost>) =
-            ctxs.drain(..).partition(|h| h.upgrade.moved);
+        // What a rollback undoes: release switches; and, when the edge refused the run's new
+        // token, the `.env` it wrote. A token or certificate that is merely new is shared
+        // state, not part of a release: never brought back.
+        let refused = ctxs.iter().any(|h| h.upgrade.token_refused);
+        for h in ctxs.iter_mut() {
+            if !refused {
+                h.upgrade.wrote_env = false;
+            }
+        }
+        let (moved, rest): (Vec<StackHost>, Vec<StackHost>) = ctxs.drain(..).partition(|h| {
+            h.upgrade.moved && (h.upgrade.from != h.upgrade.to || h.upgrade.wrote_env)
+        });
         if moved.is_empty() {
             return RolloutOutcome {
                 hosts: rest,

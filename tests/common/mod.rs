@@ -151,6 +151,32 @@ impl Testbed {
         }
     }
 
+    /// An SSH session to one host, connected as tunnelfleet connects (the testbed's inventory
+    /// and known_hosts, no ssh_config), for tests that call `tunnelfleet::ops` directly.
+    pub async fn session(&self, host: &str) -> tunnelfleet::ssh::Session {
+        let args = tunnelfleet::cli::ConnArgs {
+            inventory: self.inventory(),
+            limit: Some(host.to_string()),
+            known_hosts: self.known_hosts().to_string_lossy().into_owned(),
+            accept_new: false,
+            connect_timeout: std::time::Duration::from_secs(10),
+            command_timeout: std::time::Duration::from_secs(60),
+            max_starts: 4,
+            ssh_config: "none".into(),
+        };
+        let (_inv, hosts) = args
+            .select()
+            .await
+            .unwrap_or_else(|e| panic!("select {host}: {e}"));
+        assert_eq!(hosts.len(), 1, "--limit {host} selects one host");
+        let connector =
+            tunnelfleet::ssh::Connector::new(args.ssh_options()).expect("ssh connector");
+        connector
+            .connect(&hosts[0].target)
+            .await
+            .unwrap_or_else(|e| panic!("connect {host}: {e}"))
+    }
+
     /// Runs tunnelfleet VERB with the testbed's inventory and known_hosts, then `args`.
     pub fn tf(&self, verb: &str, args: &[&str]) -> Output {
         self.tf_with(verb, &self.inventory(), &self.known_hosts(), args)
@@ -167,6 +193,9 @@ impl Testbed {
             .args(args)
             .env_remove("SSH_AUTH_SOCK")
             .env("HOME", self.path())
+            // Tests about something else need not wait a release's minimum healthy time; the
+            // upgrade tests pass --min-healthy themselves.
+            .env("TUNNELFLEET_MIN_HEALTHY", "0s")
             .stdin(Stdio::null())
             .output()
             .expect("run tunnelfleet")

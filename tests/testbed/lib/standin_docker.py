@@ -1391,7 +1391,7 @@ def network_settings(c):
 
 
 # --------------------------------------------------------------- images ----
-# A per-host image store: ROOT/images/<sha256 of the reference>.json, one
+# A per-host image store: ROOT/images/<reference, escaped>.json, one
 # record per reference (ROOT survives reboots, as dockerd's image store does).
 # Nothing is downloaded: "pulling" records the reference. A reference that
 # contains "unpullable" cannot be pulled ("manifest unknown"), which is how the
@@ -1427,7 +1427,10 @@ def fake_digest(ref, what):
 
 
 def image_file(ref):
-    return os.path.join(IMAGES, hashlib.sha256(norm_ref(ref).encode()).hexdigest() + ".json")
+    """The record's path: the normalised reference with `%` and `/` escaped (reversible, so
+    no two references share a file; no hashing, which inspect would pay on every call)."""
+    name = norm_ref(ref).replace("%", "%25").replace("/", "%2F")
+    return os.path.join(IMAGES, name + ".json")
 
 
 def all_images():
