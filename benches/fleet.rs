@@ -304,7 +304,13 @@ struct UpgradeRun {
 
 fn upgrade_once(tb: &common::Testbed, state: &str, hosts: usize, flags: &[&str]) -> UpgradeRun {
     let token = tb.path().join("token").to_string_lossy().into_owned();
-    let mut args = vec!["--state-dir", state, "--token-file", token.as_str(), "--json"];
+    let mut args = vec![
+        "--state-dir",
+        state,
+        "--token-file",
+        token.as_str(),
+        "--json",
+    ];
     args.extend(flags);
     let before = tb.edge_stats();
     let cmds = tb.recorded_commands().lines().count();
@@ -317,7 +323,10 @@ fn upgrade_once(tb: &common::Testbed, state: &str, hosts: usize, flags: &[&str])
     let cpu = children_cpu().saturating_sub(c);
     assert!(out.status.success(), "{}", common::describe(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let batches = v["staging"]["batches"].as_array().map(Vec::len).unwrap_or(0);
+    let batches = v["staging"]["batches"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
     assert_eq!(
         v["staging"]["hosts"].as_array().map(Vec::len),
         Some(hosts),

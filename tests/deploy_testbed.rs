@@ -450,7 +450,10 @@ fn a_host_with_only_docker_compose_v1_is_deployed_with_it() {
     }
     // h2's stack was started by docker-compose (v1 names its containers project_service_N).
     let names = f.tb.host_exec("h2", "docker ps --format '{{.Names}}'");
-    assert!(names.contains("mcp-tunnel_cloudflared_1"), "{names}");
+    assert!(
+        names.contains("mcp-tunnel-testbed_cloudflared_1"),
+        "{names}"
+    );
     // And a second deploy is a no-op there too.
     let out = f.deploy_token("token", &[]);
     assert_eq!(json(&out)["summary"]["changed"], 0, "{}", describe(&out));

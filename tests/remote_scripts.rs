@@ -535,7 +535,7 @@ fn setup_token_script_bumps_the_version_and_keeps_the_identity_token_off_argv() 
     let bin = tmp.path().join("bin");
     let log = tmp.path().join("docker.log");
     fake_docker(&bin, &log, &data);
-    let layout = Layout::new(deploy.to_str().expect("utf-8 path"));
+    let layout = Layout::new(deploy.to_str().expect("utf-8 path"), "testbed");
     let path = format!(
         "{}:{}",
         bin.display(),

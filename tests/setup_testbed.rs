@@ -42,7 +42,7 @@ impl Fleet {
             &format!(
                 "cd /srv/mcp-tunnel/current && ANTHROPIC_IDENTITY_TOKEN=$(cat '{}') && \
                  export ANTHROPIC_IDENTITY_TOKEN && \
-                 docker compose -p mcp-tunnel run --rm -T setup --token-version=1 --output=dir:/data 2>&1 && \
+                 docker compose -p mcp-tunnel-testbed run --rm -T setup --token-version=1 --output=dir:/data 2>&1 && \
                  [ \"$(cat /srv/mcp-tunnel/shared/data/tunnel-token)\" = \"$(cat '{}')\" ] && echo same-token",
                 f.file("identity-token"),
                 f.file("token")

@@ -158,10 +158,13 @@ fn deploy_then_redeploy() {
     assert!(!json.contains(TOKEN));
     assert!(!format!("{env:?}").contains(TOKEN));
 
-    let cmd = ComposeCli::V2.action_command(&Layout::new(&s.deploy_dir), first.actions[0]);
+    let cmd = ComposeCli::V2.action_command(
+        &Layout::new(&s.deploy_dir, &s.tunnel_name),
+        first.actions[0],
+    );
     assert_eq!(
         cmd,
-        "docker compose -p mcp-tunnel --project-directory /srv/mcp-tunnel/current -f \
+        "docker compose -p mcp-tunnel-prod --project-directory /srv/mcp-tunnel/current -f \
          /srv/mcp-tunnel/current/docker-compose.yaml up -d --remove-orphans"
     );
 }

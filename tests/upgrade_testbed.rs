@@ -21,7 +21,11 @@ impl Fleet {
     fn deployed(n: usize) -> Fleet {
         let tb = Testbed::up(n, &[]);
         let state = tb.state_with_ca();
-        let f = Fleet { tb, state, hosts: n };
+        let f = Fleet {
+            tb,
+            state,
+            hosts: n,
+        };
         let out = f.deploy(&["--token-file", &f.file("token")]);
         assert!(out.status.success(), "first deploy: {}", describe(&out));
         f
@@ -48,10 +52,10 @@ impl Fleet {
         let mut out = String::new();
         for l in text.lines() {
             // Drop earlier values of the vars being set.
-            if lines
-                .iter()
-                .any(|n| l.trim_start().starts_with(n.split(':').next().unwrap_or("")))
-                && l.starts_with("        ")
+            if lines.iter().any(|n| {
+                l.trim_start()
+                    .starts_with(n.split(':').next().unwrap_or(""))
+            }) && l.starts_with("        ")
                 && !l.starts_with("          ")
             {
                 continue;
@@ -176,7 +180,11 @@ fn connector_only_upgrade_moves_make_before_break_and_keeps_every_host_up() {
     assert_eq!(batches, vec![1, 2, 2], "{doc}");
     let release = Fleet::release_of(&out);
     f.assert_on(&release, "cloudflared:2024.7");
-    assert_eq!(fewest(&f, &before), 5, "the edge saw a host without a connector");
+    assert_eq!(
+        fewest(&f, &before),
+        5,
+        "the edge saw a host without a connector"
+    );
     // A second deploy of the same release is a no-op.
     let out = f.deploy(&["--token-file", &f.file("token"), "--json"]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -204,9 +212,9 @@ fn config_change_never_takes_more_than_max_unavailable_down() {
     let doc = json(&out);
     assert_eq!(doc["staging"]["recreate"].as_array().map(Vec::len), Some(5));
     assert!(
-        doc["staging"]["notes"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|s| s.as_str().unwrap_or("").contains("--max-unavailable"))),
+        doc["staging"]["notes"].as_array().is_some_and(|n| n
+            .iter()
+            .any(|s| s.as_str().unwrap_or("").contains("--max-unavailable"))),
         "the lowered batch is said: {doc}"
     );
     let release = Fleet::release_of(&out);
@@ -252,7 +260,10 @@ fn a_connector_that_never_registers_is_rolled_back_without_losing_a_host() {
     );
     assert!(text.contains("rolled back"), "{text}");
     assert!(text.contains("not touched"), "{text}");
-    assert!(text.contains("last log lines of"), "the containers' logs: {text}");
+    assert!(
+        text.contains("last log lines of"),
+        "the containers' logs: {text}"
+    );
     f.assert_on(&old, "cloudflared@sha256");
     assert_eq!(fewest(&f, &before), 3, "a host lost its connector");
     assert_eq!(
@@ -260,7 +271,10 @@ fn a_connector_that_never_registers_is_rolled_back_without_losing_a_host() {
         env_before
     );
     // Each host's audit log says what happened to it.
-    let audit = f.sh("h1", &format!("tail -n 1 {DEPLOY_DIR}/.tunnelfleet/audit.log"));
+    let audit = f.sh(
+        "h1",
+        &format!("tail -n 1 {DEPLOY_DIR}/.tunnelfleet/audit.log"),
+    );
     assert!(audit.contains("\"outcome\":\"rolled_back\""), "{audit}");
 }
 
@@ -327,7 +341,11 @@ fn a_connector_crashing_after_it_registered_is_caught_by_min_healthy() {
     );
     assert_eq!(doc["hosts"][0]["outcome"], "rolled back", "{doc}");
     f.assert_on(&old, "cloudflared@sha256");
-    assert_eq!(fewest(&f, &before), 3, "make-before-break kept every host up");
+    assert_eq!(
+        fewest(&f, &before),
+        3,
+        "make-before-break kept every host up"
+    );
 }
 
 #[test]
@@ -360,7 +378,12 @@ fn a_failure_in_a_later_batch_rolls_back_only_the_hosts_that_moved() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let doc = json(&out);
-    let outcome = |i: usize| doc["hosts"][i]["outcome"].as_str().unwrap_or("").to_string();
+    let outcome = |i: usize| {
+        doc["hosts"][i]["outcome"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
     assert_eq!(outcome(0), "rolled back", "{doc}");
     assert_eq!(outcome(1), "rolled back", "{doc}");
     assert_eq!(outcome(2), "FAILED", "{doc}");
@@ -424,14 +447,16 @@ fn rollback_returns_to_the_previous_release_or_a_named_one_and_refuses_a_missing
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no complete release 0123456789ab"), "{err}");
-    assert!(err.contains(&r1) && err.contains("(current)"), "lists what hosts have: {err}");
-    let new_cmds: Vec<String> = f
-        .tb
-        .recorded_commands()
-        .lines()
-        .skip(cmds_before)
-        .map(str::to_string)
-        .collect();
+    assert!(
+        err.contains(&r1) && err.contains("(current)"),
+        "lists what hosts have: {err}"
+    );
+    let new_cmds: Vec<String> =
+        f.tb.recorded_commands()
+            .lines()
+            .skip(cmds_before)
+            .map(str::to_string)
+            .collect();
     assert!(
         new_cmds
             .iter()
@@ -448,7 +473,10 @@ fn rollback_returns_to_the_previous_release_or_a_named_one_and_refuses_a_missing
     let out = f.tf("rollback", &["--to", &r1, "--min-healthy", "0s"]);
     assert!(out.status.success(), "{}", describe(&out));
     f.assert_on(&r1, "cloudflared@sha256");
-    let audit = f.sh("h2", &format!("tail -n 1 {DEPLOY_DIR}/.tunnelfleet/audit.log"));
+    let audit = f.sh(
+        "h2",
+        &format!("tail -n 1 {DEPLOY_DIR}/.tunnelfleet/audit.log"),
+    );
     assert!(
         audit.contains("\"operation\":\"rollback\"") && audit.contains(&r1),
         "{audit}"
@@ -512,4 +540,64 @@ fn an_image_no_host_can_pull_fails_before_any_host_switches() {
     );
     let token = std::fs::read_to_string(f.file("token")).expect("token");
     assert!(!text.contains(token.trim()), "the token is never printed");
+}
+
+#[test]
+fn a_token_the_edge_refuses_given_to_deploy_is_undone_on_the_canary_within_seconds() {
+    let f = Fleet::deployed(3);
+    let env_before = f.sh("h1", &format!("sha256sum < {DEPLOY_DIR}/shared/.env"));
+    // Well-formed (base64 JSON with a, t, s) but not a token the edge knows.
+    let bad = f.tb.path().join("bad.token");
+    std::fs::write(
+        &bad,
+        "eyJhIjoiYWNjb3VudCIsInQiOiJ0dW5uZWwiLCJzIjoibm90LXRoZS1zZWNyZXQifQ==\n",
+    )
+    .expect("write token");
+    let mut perms = std::fs::metadata(&bad).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&bad, perms).expect("chmod");
+    let before = f.tb.edge_stats();
+    let out = f.deploy(&[
+        "--token-file",
+        &bad.to_string_lossy(),
+        "--healthy-deadline",
+        "60s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let doc = json(&out);
+    let h1 = &doc["hosts"][0];
+    assert_eq!(h1["outcome"], "rolled back", "{doc}");
+    let err = h1["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("Unauthorized"),
+        "the connector's own words: {err}"
+    );
+    assert!(
+        !err.contains("within 60s"),
+        "detected within seconds: {err}"
+    );
+    assert!(
+        h1["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rotate-token"),
+        "{doc}"
+    );
+    for i in [1, 2] {
+        assert_eq!(doc["hosts"][i]["outcome"], "skipped", "{doc}");
+    }
+    assert_eq!(
+        f.sh("h1", &format!("sha256sum < {DEPLOY_DIR}/shared/.env")),
+        env_before,
+        "the canary's previous .env is back"
+    );
+    f.assert_on(&f.current("h2"), "cloudflared@sha256");
+    assert!(fewest(&f, &before) >= 2);
+    // The token is never printed.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("bm90LXRoZS1zZWNyZXQ"));
+    // And the next plan is honest: h1 is up to date again with its old token.
+    let out = f.deploy(&["--token-file", &f.file("token"), "--check", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(json(&out)["staging"]["hosts"], serde_json::json!([]));
 }

@@ -240,7 +240,8 @@ pub async fn run(args: AuditArgs) -> Result<i32, CliError> {
         let (c, p) = (connector.clone(), &progress);
         async move {
             p.step(&h.name, "reading the audit log");
-            let log = scripts::audit_log(&Layout::new(&h.conn.deploy_dir));
+            // The audit log depends on the deploy dir only, not on the tunnel.
+            let log = scripts::audit_log(&Layout::new(&h.conn.deploy_dir, ""));
             let script = format!("cat -- {} 2>/dev/null || true", quote(&log));
             let r = match c.connect(&h.target).await {
                 Ok(s) => {

@@ -25,7 +25,8 @@ pub struct ConnArgs {
     /// Learn host keys of hosts not yet in known_hosts (a changed key is still refused).
     #[arg(long)]
     pub accept_new: bool,
-    /// Deadline to connect and authenticate, per host (e.g. 10s, 1500ms).
+    /// Deadline for one connection attempt (connect, key exchange, authentication), per hop,
+    /// counted once the attempt holds a start slot (e.g. 10s, 1500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Deadline for one remote command.
@@ -79,7 +80,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("'{s}' is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Too large for a Duration (found by fuzzing: `--connect-timeout 99999999999999999999999`
+    // panicked in from_secs_f64).
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long a duration"))
 }
 
 impl ConnArgs {
@@ -238,6 +241,9 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5y").is_err());
+        // Found by fuzzing: these panicked.
+        assert!(parse_duration("99999999999999999999999").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct DeployArgs {
     /// Print one JSON document on stdout instead of the recap.
     #[arg(long)]
     json: bool,
+    /// Deploy even into a system directory (/etc, /usr, /root, ...) or a non-empty directory
+    /// tunnelfleet did not create.
+    #[arg(long)]
+    force: bool,
 }
 
 /// The built-in deploy playbook (playbooks/deploy.yaml, compiled in).
@@ -132,13 +136,14 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
         return Err(CliError::input("--diff goes with --check"));
     }
     let (_inv, hosts) = args.conn.select().await?;
-    let (tunnels, inputs) = load_inputs(
+    let (tunnels, mut inputs) = load_inputs(
         hosts,
         args.token.flag_or_env(),
         &args.state.state_dir,
         !args.check,
     )
     .await?;
+    inputs.iter_mut().for_each(|i| i.force_dir = args.force);
     let mut registry = StepRegistry::new();
     register_deploy_steps(
         &mut registry,

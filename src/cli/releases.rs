@@ -126,9 +126,8 @@ pub async fn run(args: ReleasesArgs) -> Result<i32, CliError> {
                     deployed: first
                         .and_then(|a| a["time"].as_str().map(str::to_string))
                         .or_else(|| {
-                            chrono::DateTime::from_timestamp(r.mtime, 0).map(|t| {
-                                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                            })
+                            chrono::DateTime::from_timestamp(r.mtime, 0)
+                                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                         }),
                     by: first.and_then(|a| a["operator"].as_str().map(str::to_string)),
                     operation: first.and_then(|a| a["operation"].as_str().map(str::to_string)),
@@ -149,8 +148,7 @@ pub async fn run(args: ReleasesArgs) -> Result<i32, CliError> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "hosts": out }))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&serde_json::json!({ "hosts": out })).unwrap_or_default()
         );
     } else {
         // Hosts with the same releases (same ids, roles, times) are shown once.

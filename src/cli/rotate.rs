@@ -116,6 +116,15 @@ fn read_setup_version(state: &StateDir, tunnel: &str) -> Option<u32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
+/// The journal and operation record of a tunnel's rotation (`status` reads them too).
+pub(crate) fn journal_paths(state_dir: &Path, tunnel: &str) -> (PathBuf, PathBuf) {
+    let state = StateDir::new(state_dir);
+    (
+        state.journal("rotate", tunnel),
+        state.op_record("rotate", tunnel),
+    )
+}
+
 async fn token_from_api(args: &RotateArgs) -> Result<Secret, CliError> {
     let (Some(base), Some(id)) = (&args.api_base, &args.tunnel_id) else {
         return Err(CliError::input("--api-base needs --tunnel-id"));

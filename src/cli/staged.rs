@@ -95,9 +95,9 @@ impl StagedArgs {
                 }
                 Pause::Prompt
             }
-            Some(d) => Pause::For(
-                parse_duration(d).map_err(|e| CliError::input(format!("--pause: {e}")))?,
-            ),
+            Some(d) => {
+                Pause::For(parse_duration(d).map_err(|e| CliError::input(format!("--pause: {e}")))?)
+            }
         };
         Ok((
             StagedOptions {
@@ -140,17 +140,19 @@ impl PauseHook for BatchPause {
             }
             Pause::Prompt if next == 1 => {
                 // The progress display is cleared while the operator answers.
-                let answer = tokio::task::spawn_blocking(|| super::progress::suspend_current(|| {
-                    let mut err = std::io::stderr();
-                    let _ = write!(
-                        err,
-                        "\nThe canary passed its gate. Continue with the other batches? [y/N] "
-                    );
-                    let _ = err.flush();
-                    let mut line = String::new();
-                    let _ = std::io::stdin().lock().read_line(&mut line);
-                    line
-                }))
+                let answer = tokio::task::spawn_blocking(|| {
+                    super::progress::suspend_current(|| {
+                        let mut err = std::io::stderr();
+                        let _ = write!(
+                            err,
+                            "\nThe canary passed its gate. Continue with the other batches? [y/N] "
+                        );
+                        let _ = err.flush();
+                        let mut line = String::new();
+                        let _ = std::io::stdin().lock().read_line(&mut line);
+                        line
+                    })
+                })
                 .await
                 .unwrap_or_default();
                 if matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
@@ -353,11 +355,7 @@ pub fn render_outcome(hosts: &[StagedHost], halted: Option<&str>, interrupted: O
         .filter(|h| h.error.is_some() && h.outcome != "skipped")
     {
         println!();
-        println!(
-            "{}: {}",
-            h.name,
-            h.error.as_deref().unwrap_or_default()
-        );
+        println!("{}: {}", h.name, h.error.as_deref().unwrap_or_default());
         if let Some(hint) = &h.hint {
             println!("  hint: {hint}");
         }
@@ -438,11 +436,11 @@ pub fn staged_host(
         name: h.name().to_string(),
         outcome,
         ok,
-        from: h
-            .upgrade
-            .from
-            .clone()
-            .or_else(|| h.facts.as_ref().and_then(|f| f.facts.current_release.clone())),
+        from: h.upgrade.from.clone().or_else(|| {
+            h.facts
+                .as_ref()
+                .and_then(|f| f.facts.current_release.clone())
+        }),
         to: h
             .upgrade
             .to

@@ -47,6 +47,15 @@ struct HostStatus {
     cert_serial: Option<String>,
     cert_not_after: Option<String>,
     containers: BTreeMap<String, String>,
+    /// Containers not running: state, restart count, last log line (redacted).
+    down: Vec<String>,
+    /// A deploy not done yet: the host runs the last deployed release, the inventory or
+    /// templates now render another.
+    pending: Option<String>,
+    /// The fleet lock on the host, when held: holder and age.
+    lock: Option<String>,
+    /// Operations of this controller that did not finish, with the command that finishes them.
+    unfinished: Vec<String>,
     connectors: Vec<health::ConnectorReady>,
     connector_ready: bool,
 }
@@ -80,17 +89,57 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
         s.cert_not_after = Some(info.not_after);
     }
     for (svc, (name, st)) in &facts.containers {
-        let st = match st {
-            ContainerState::Running => "running",
-            ContainerState::Exited => "exited",
-            ContainerState::Missing => "missing",
+        let diag = facts.diagnostics.get(name);
+        let st = match (st, diag) {
+            (ContainerState::Running, _) => "running".to_string(),
+            // Docker's own word: restarting, exited, created, dead.
+            (_, Some(d)) => d.state.clone(),
+            (ContainerState::Exited, None) => "exited".to_string(),
+            (ContainerState::Missing, None) => "missing".to_string(),
         };
         s.containers.insert(svc.clone(), format!("{st} ({name})"));
+        if let Some(d) = diag {
+            let restarts = d
+                .restarts
+                .map(|r| format!("{r} restarts"))
+                .unwrap_or_else(|| "restarts unknown".into());
+            let secrets: Vec<&crate::secrets::Secret> = input.token.iter().collect();
+            let log =
+                crate::secrets::redact_token_shaped(&crate::secrets::redact(&d.last_log, &secrets));
+            s.down
+                .push(format!("{svc} {}, {restarts}, last log: {log}", d.state));
+        }
+    }
+    if let Some(h) = &facts.lock_holder {
+        s.lock = Some(super::unlock::Holder::parse(h).describe(chrono::Utc::now()));
     }
     match desired_state(input, &facts) {
         Ok(d) => {
             let plan = stack::compute_plan(&d, &facts.facts);
-            if !plan.is_empty() {
+            let current = facts.facts.current_release.as_deref();
+            if plan.switch_current && current.is_some() && current == facts.last_deployed.as_deref()
+            {
+                // The host runs what the last deploy installed; the inventory or templates
+                // changed since. That is a deploy to do, not drift: drift is what differs
+                // beyond it (files as if the new release were installed).
+                s.pending = Some(format!(
+                    "release {} -> {} not deployed yet (the inventory or templates changed since \
+                     the last deploy): run `tunnelfleet deploy`",
+                    current.unwrap_or("-"),
+                    d.release_id
+                ));
+                let mut as_if = facts.facts.clone();
+                as_if.current_release = Some(d.release_id.clone());
+                as_if.files = d
+                    .files
+                    .iter()
+                    .map(|(p, h)| (p.clone(), Some(h.clone())))
+                    .collect();
+                let rest = stack::compute_plan(&d, &as_if);
+                if !rest.is_empty() {
+                    s.drift = rest.describe();
+                }
+            } else if !plan.is_empty() {
                 s.drift = plan.describe();
             }
         }
@@ -150,9 +199,33 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
             };
         }
     }
+    // Operations of this controller that did not finish: a rotation whose journal has no
+    // clean end, per host it did not complete.
+    let state_dir = crate::ssh::config::expand_tilde(&args.state.state_dir);
+    for t in tunnels.values() {
+        let (journal, _) = super::rotate::journal_paths(&state_dir, &t.name);
+        let Ok(log) = crate::rollout::Journal::load(&journal) else {
+            continue;
+        };
+        let Some(op) = log.pending_op() else {
+            continue;
+        };
+        for r in results.iter_mut().filter(|r| r.tunnel == t.name) {
+            if !log.is_done(&op.op_id, &r.name, "retire", "stop_old") {
+                r.unfinished.push(format!(
+                    "rotation unfinished ({}): run `tunnelfleet rotate-token --resume`",
+                    op.op_id
+                ));
+            }
+        }
+    }
     for r in &mut results {
         r.ok = r.error.is_none()
+            && r.unfinished.is_empty()
+            && r.pending.is_none()
             && r.drift.is_empty()
+            && r.down.is_empty()
+            && r.lock.is_none()
             && r.connector_ready
             && r.token_matches_fleet != Some(false);
     }
@@ -202,10 +275,20 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
                 } else {
                     "NOT READY".into()
                 },
-                match &r.error {
-                    Some(e) => e.clone(),
-                    None if r.drift.is_empty() => "no drift".into(),
-                    None => format!("drift: {}", r.drift.join("; ")),
+                {
+                    let mut d: Vec<String> = Vec::new();
+                    match &r.error {
+                        Some(e) => d.push(e.clone()),
+                        None if r.drift.is_empty() => d.push("no drift".into()),
+                        None => d.push(format!("drift: {}", r.drift.join("; "))),
+                    }
+                    d.extend(r.pending.iter().cloned());
+                    d.extend(r.down.iter().map(|x| format!("down: {x}")));
+                    if let Some(l) = &r.lock {
+                        d.push(format!("locked: {l}"));
+                    }
+                    d.extend(r.unfinished.iter().cloned());
+                    d.join("; ")
                 },
             ]);
         }

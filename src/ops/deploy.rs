@@ -167,6 +167,9 @@ pub struct HostInput {
     pub certs: Vec<(CertFile, Vec<u8>, String)>,
     /// Serial of the server certificate.
     pub cert_serial: Option<String>,
+    /// `--force`: deploy into a system directory or a non-empty directory tunnelfleet did
+    /// not create.
+    pub force_dir: bool,
 }
 
 impl HostInput {
@@ -211,7 +214,7 @@ pub fn host_inputs(
             cert_serial = cert_info(&server.cert_pem).ok().map(|i| i.serial);
         }
         let mut input = HostInput {
-            layout: Layout::new(&settings.deploy_dir),
+            layout: Layout::new(&settings.deploy_dir, &settings.tunnel_name),
             release: stack::render_release(&settings),
             token_fp: None,
             token: None,
@@ -220,6 +223,7 @@ pub fn host_inputs(
             env: None,
             certs,
             cert_serial,
+            force_dir: false,
         };
         if let Some(tok) = &t.token {
             input.set_token(tok)?;
@@ -288,7 +292,8 @@ pub fn operator() -> String {
     super::audit::operator()
 }
 
-fn controller_name() -> String {
+/// This controller's hostname, as lock holders and audit lines record it.
+pub fn controller_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "controller".into())
@@ -423,6 +428,15 @@ impl Step<StackHost> for FactsStep {
             return Err(StepFailure::new("no Docker Compose on the host")
                 .with_hint("install docker compose (v2) or docker-compose (v1)"));
         }
+        if !h.input.force_dir
+            && let Some(why) =
+                stack::deploy_dir_refusal(h.input.layout.deploy_dir(), facts.dir_state.as_deref())
+        {
+            return Err(StepFailure::new(why).with_hint(
+                "set deploy_dir to a directory of its own (default /srv/mcp-tunnel), or deploy \
+                 with --force if this directory is really meant for the stack",
+            ));
+        }
         let desired = desired_state(&h.input, &facts).map_err(|e| {
             StepFailure::new(e)
                 .with_hint("give the token: --token-file F, --token-stdin, or TUNNEL_TOKEN")
@@ -518,6 +532,7 @@ impl Step<StackHost> for ApplyStep {
             expect_current: facts.facts.current_release.as_deref(),
             expect_env_sha256: facts.facts.env_sha256.as_deref(),
             audit: (!h.deferred_audit).then_some(&audit),
+            fix_perms: plan.fix_perms.clone(),
         };
         let (script, stdin) =
             scripts::apply_script(&spec).map_err(|e| StepFailure::new(e.to_string()))?;

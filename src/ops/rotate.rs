@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use super::deploy::{StackHost, holder_json_for, now_rfc3339, operator};
 use super::health;
 use crate::playbook::{Params, StepRegistry};
@@ -16,6 +15,7 @@ use crate::remote::{
 };
 use crate::rollout::{Step, StepCx, StepFailure, StepOutcome};
 use crate::ssh::{ExecOutput, Session};
+use crate::stack::Layout;
 use crate::stack::scripts::{self, ConnectorContainer};
 
 pub use super::host_state::RotationState;
@@ -32,8 +32,11 @@ async fn run(session: &Session, script: &str, stdin: &[u8]) -> Result<ExecOutput
     session.exec(script, stdin).await.map_err(failure)
 }
 
-async fn containers(session: &Session) -> Result<Vec<ConnectorContainer>, StepFailure> {
-    let out = run(session, &scripts::connectors_script(), b"").await?;
+async fn containers(
+    session: &Session,
+    layout: &Layout,
+) -> Result<Vec<ConnectorContainer>, StepFailure> {
+    let out = run(session, &scripts::connectors_script(layout), b"").await?;
     Ok(scripts::parse_connectors(&out.stdout_text()))
 }
 
@@ -64,7 +67,10 @@ impl Step<StackHost> for HealthyStep {
         let session = h.session()?;
         // The readiness probes and the container listing at once: start_connector uses the
         // listing instead of taking a round trip for it after the token is in hand.
-        let (probes, listed) = tokio::join!(health::connectors(&session), containers(&session));
+        let (probes, listed) = tokio::join!(
+            health::connectors(&session),
+            containers(&session, &h.input.layout)
+        );
         h.rotation.listed = listed.ok();
         let ready: Vec<health::ConnectorReady> =
             probes.into_iter().filter(|c| c.is_ready()).collect();
@@ -196,7 +202,7 @@ impl Step<StackHost> for StartConnectorStep {
         let fp = new_fp(h)?;
         let before = match h.rotation.listed.take() {
             Some(listed) => listed,
-            None => containers(&session).await?,
+            None => containers(&session, &h.input.layout).await?,
         };
         let running = |c: &&ConnectorContainer| c.state == "running";
         h.rotation.old_containers = before
@@ -226,7 +232,7 @@ impl Step<StackHost> for StartConnectorStep {
         let script = format!(
             "{} || exit 1\n{}",
             scripts::scale_connectors_script(&h.input.layout, compose(h)?, count).trim_end(),
-            scripts::new_connectors_script(&known)
+            scripts::new_connectors_script(&h.input.layout, &known)
         );
         let out = run(&session, &script, b"").await?;
         if !out.success() {
@@ -264,7 +270,7 @@ impl Step<StackHost> for RecreateConnectorStep {
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
         let session = h.session()?;
         let fp = new_fp(h)?;
-        let before = containers(&session).await?;
+        let before = containers(&session, &h.input.layout).await?;
         if let Some(c) = before
             .iter()
             .find(|c| c.state == "running" && c.token_fp.as_deref() == Some(fp.as_str()))
@@ -293,7 +299,7 @@ impl Step<StackHost> for RecreateConnectorStep {
             )));
         }
         h.rotation.old_stopped_ms = h.rotation.now_ms();
-        let after = containers(&session).await?;
+        let after = containers(&session, &h.input.layout).await?;
         h.rotation.new_container = after
             .iter()
             .find(|c| c.state == "running" && c.token_fp.as_deref() == Some(fp.as_str()))
@@ -409,7 +415,7 @@ impl Step<StackHost> for StopOldStep {
         let session = h.session()?;
         let fp = new_fp(h)?;
         // Re-read: stop exactly the connectors not on the new token.
-        let old: Vec<String> = containers(&session)
+        let old: Vec<String> = containers(&session, &h.input.layout)
             .await?
             .into_iter()
             .filter(|c| c.token_fp.as_deref() != Some(fp.as_str()))

@@ -143,8 +143,16 @@ pub fn stage(
     (
         Staging {
             hosts: hosts.to_vec(),
-            surge: hosts.iter().filter(|h| surge.contains(*h)).cloned().collect(),
-            down: hosts.iter().filter(|h| down.contains(*h)).cloned().collect(),
+            surge: hosts
+                .iter()
+                .filter(|h| surge.contains(*h))
+                .cloned()
+                .collect(),
+            down: hosts
+                .iter()
+                .filter(|h| down.contains(*h))
+                .cloned()
+                .collect(),
             recreate,
             batches,
             max_unavailable,
@@ -267,18 +275,16 @@ impl Step<StackHost> for SurgeStep {
             return Ok(StepOutcome::unchanged("second connector already started"));
         }
         let session = h.session()?;
-        let list = scripts::connectors_script();
-        let (ids, listed) = tokio::join!(
-            health::connector_ids(&session),
-            exec(&session, &list, b"")
-        );
+        let list = scripts::connectors_script(&h.input.layout);
+        let (ids, listed) =
+            tokio::join!(health::connector_ids(&session), exec(&session, &list, b""));
         let before = scripts::parse_connectors(&listed?.stdout_text());
         let known: Vec<String> = before.iter().map(|c| c.name.clone()).collect();
         let script = format!(
             "{} || exit 1\n{}",
             scripts::scale_connectors_script(&h.input.layout, compose(h)?, known.len() + 1)
                 .trim_end(),
-            scripts::new_connectors_script(&known)
+            scripts::new_connectors_script(&h.input.layout, &known)
         );
         let out = exec(&session, &script, b"").await?;
         if !out.success() {
@@ -440,7 +446,9 @@ impl Step<StackHost> for SwitchStep {
             }
             Some(COMPOSE_FAILED_EXIT) => {
                 h.upgrade.moved = true;
-                return Err(StepFailure::new(h.redact(&out.stderr_text()).trim().to_string()));
+                return Err(StepFailure::new(
+                    h.redact(&out.stderr_text()).trim().to_string(),
+                ));
             }
             _ => {
                 return Err(StepFailure::new(h.redact(&last_line(&out.stderr_text()))));
@@ -472,14 +480,18 @@ fn target_is_current(u: &super::host_state::UpgradeState, back: bool) -> bool {
 }
 
 /// The stack's containers as the gate sees them (one round trip).
-async fn gate_state(session: &Session) -> Result<Vec<GateContainer>, StepFailure> {
-    Ok(gate_state_ip(session).await?.0)
+async fn gate_state(
+    session: &Session,
+    layout: &crate::stack::Layout,
+) -> Result<Vec<GateContainer>, StepFailure> {
+    Ok(gate_state_ip(session, layout).await?.0)
 }
 
 async fn gate_state_ip(
     session: &Session,
+    layout: &crate::stack::Layout,
 ) -> Result<(Vec<GateContainer>, Option<String>), StepFailure> {
-    let out = exec(session, &rs::gate_state_script(), b"").await?;
+    let out = exec(session, &rs::gate_state_script(layout), b"").await?;
     let text = out.stdout_text();
     Ok((rs::parse_gate_state(&text), rs::parse_proxy_ip(&text)))
 }
@@ -615,7 +627,10 @@ pub async fn gate(
     let mut down_twice = 0u32;
     let mut tls_error: Option<String> = None;
     let ready = loop {
-        let (probes, state) = tokio::join!(health::connectors(&session), gate_state_ip(&session));
+        let (probes, state) = tokio::join!(
+            health::connectors(&session),
+            gate_state_ip(&session, &h.input.layout)
+        );
         let (state, proxy_ip) = state?;
         if let Some(c) = probes.iter().find(|c| {
             c.is_ready()
@@ -667,7 +682,10 @@ pub async fn gate(
             _ = tokio::time::sleep(min_healthy) => {}
             _ = cx.stop().requested() => {}
         }
-        let (probes, state) = tokio::join!(health::connectors(&session), gate_state(&session));
+        let (probes, state) = tokio::join!(
+            health::connectors(&session),
+            gate_state(&session, &h.input.layout)
+        );
         let state = state?;
         let still_ready = probes.iter().any(|p| p.is_ready());
         let why = unhealthy(&state, Some(&baseline)).or_else(|| {
@@ -700,7 +718,9 @@ pub async fn gate(
 }
 
 fn gate_failure(why: String, telling: Option<String>) -> StepFailure {
-    let refused = telling.as_deref().is_some_and(|t| t.contains("Unauthorized"));
+    let refused = telling
+        .as_deref()
+        .is_some_and(|t| t.contains("Unauthorized"));
     let msg = match telling {
         Some(t) => format!("{why}; last log: {t}"),
         None => why,
@@ -999,8 +1019,7 @@ pub async fn record_outcomes(hosts: &mut [StackHost], ok: &BTreeSet<String>, op_
             },
             cert_serial: None,
         };
-        let Ok(audit) =
-            crate::remote::audit_line(&scripts::audit_log(&h.input.layout), &entry)
+        let Ok(audit) = crate::remote::audit_line(&scripts::audit_log(&h.input.layout), &entry)
         else {
             return;
         };
@@ -1050,7 +1069,10 @@ pub fn previous_release(
             continue;
         };
         if v["release"].as_str() == Some(cur)
-            && matches!(v["outcome"].as_str(), Some("succeeded") | Some("rolled_back"))
+            && matches!(
+                v["outcome"].as_str(),
+                Some("succeeded") | Some("rolled_back")
+            )
             && let Some(from) = v["from_release"].as_str()
             && from != cur
             && complete(from)
@@ -1226,8 +1248,11 @@ pub async fn run_release_change(
         .iter()
         .map(|r| (r.host.clone(), r.clone()))
         .collect();
-    let reached =
-        |h: &StackHost| facts_report.host(h.name()).is_some_and(|r| r.status == HostStatus::Ok);
+    let reached = |h: &StackHost| {
+        facts_report
+            .host(h.name())
+            .is_some_and(|r| r.status == HostStatus::Ok)
+    };
 
     // 2. Targets (rollback) and the surge decision.
     let mut diffs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -1238,10 +1263,7 @@ pub async fn run_release_change(
                 continue;
             };
             let target = match &inputs.to {
-                Some(t) => rf
-                    .release(t)
-                    .filter(|r| r.complete)
-                    .map(|r| r.id.clone()),
+                Some(t) => rf.release(t).filter(|r| r.complete).map(|r| r.id.clone()),
                 None => previous_release(h.name(), &rf, unfinished.as_ref()),
             };
             let Some(target) = target else {
@@ -1590,7 +1612,13 @@ mod tests {
         );
         assert!(s.recreate.is_empty() && s.notes.is_empty());
         // Hosts with nothing serving yet do not count against max_unavailable either.
-        let (s, _) = stage(&names(9), &BTreeSet::new(), &all, 9, &StagedOptions::default());
+        let (s, _) = stage(
+            &names(9),
+            &BTreeSet::new(),
+            &all,
+            9,
+            &StagedOptions::default(),
+        );
         assert_eq!(
             s.batches.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![1, 3, 3, 2]
@@ -1606,7 +1634,10 @@ mod tests {
         // 2 of 10 hosts change; half the fleet may be down: both after the canary at once.
         let (s, _) = stage(&names(2), &BTreeSet::new(), &BTreeSet::new(), 10, &opts);
         assert_eq!(s.max_unavailable, 5);
-        assert_eq!(s.batches, vec![vec!["h1".to_string()], vec!["h2".to_string()]]);
+        assert_eq!(
+            s.batches,
+            vec![vec!["h1".to_string()], vec!["h2".to_string()]]
+        );
     }
 
     #[test]

@@ -26,8 +26,8 @@ mod journal;
 mod step;
 
 pub use engine::{
-    Engine, HostRecord, PauseHook, HostStatus, NullReporter, Reporter, RolloutReport, StepRecord, StepStatus,
-    Summary, new_op_id,
+    Engine, HostRecord, HostStatus, NullReporter, PauseHook, Reporter, RolloutReport, StepRecord,
+    StepStatus, Summary, new_op_id,
 };
 pub use journal::{Journal, JournalLog, OpStatus, PendingOp};
 pub(crate) use step::fmt_duration;

@@ -87,6 +87,40 @@ impl fmt::Debug for Secret {
 /// Minimum length of a line of a multi-line secret that [`redact`] also hides on its own.
 const REDACT_MIN_LINE: usize = 16;
 
+/// Shortest run of base64 characters that [`redact_token_shaped`] treats as a credential.
+/// Tunnel tokens are a few hundred characters; 40 keeps short hashes, ids and words intact.
+pub const TOKEN_SHAPED_MIN: usize = 40;
+
+/// Replaces every token-shaped run in `text` (at least [`TOKEN_SHAPED_MIN`] characters of the
+/// standard or URL-safe base64 alphabet, padding included) with `<redacted>`. For text from
+/// outside tunnelfleet's control, such as a failing token command's stderr, which may print a
+/// token the caller never saw.
+pub fn redact_token_shaped(text: &str) -> String {
+    fn b64(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_' | '=')
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().count() >= TOKEN_SHAPED_MIN {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if b64(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 /// Replaces every occurrence of the value of any of `secrets` in `text` with
 /// `<redacted:FINGERPRINT>`.
 ///
@@ -179,5 +213,16 @@ mod tests {
         );
         assert!(!out.contains("MIGHAgEAMBMGByqGSM49AgEGCCqGSM49"));
         assert!(out.contains(&format!("<redacted:{}>", key.fingerprint())));
+    }
+
+    #[test]
+    fn token_shaped_runs_are_redacted_and_short_words_kept() {
+        let tok = "eyJhIjoiRVhBTVBMRSIsInQiOiJFWEFNUExFIiwicyI6IkVYQU1QTEUifQ==";
+        let out = redact_token_shaped(&format!("error: bad token {tok}: sha 1a2b3c4d"));
+        assert_eq!(out, "error: bad token <redacted>: sha 1a2b3c4d");
+        let url = "x".repeat(39);
+        assert_eq!(redact_token_shaped(&url), url);
+        assert_eq!(redact_token_shaped(""), "");
+        assert_eq!(redact_token_shaped("ünïcödé ok"), "ünïcödé ok");
     }
 }

@@ -2,7 +2,7 @@
 //! on the controller. Every source is validated after loading.
 
 use super::token::{TokenError, strip_one_trailing_newline, validate_tunnel_token};
-use super::{Secret, redact};
+use super::{Secret, redact, redact_token_shaped};
 use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -75,14 +75,24 @@ pub enum SecretError {
         path: PathBuf,
     },
     /// The token file can be read by group or others.
-    #[error(
-        "token file {path}: mode {mode:04o} lets group or others read it; run `chmod 600 {path}` and rotate the token if others may have read it"
-    )]
+    #[error("token file {path}: mode {mode:04o} lets group or others read it; {advice}")]
     FileTooOpen {
-        /// The path given.
-        path: PathBuf,
+        /// The path given (with the symlink's target named, when it is one).
+        path: String,
         /// Its permission bits.
         mode: u32,
+        /// What to do: `chmod 600` only for the operator's own regular file named directly.
+        advice: String,
+    },
+    /// The path is not a regular file (a device such as /dev/null, a socket).
+    #[error(
+        "token file {path}: is {what}, not a regular file; give the path of a file of your own holding only the token (mode 0600), or use --token-stdin"
+    )]
+    NotRegular {
+        /// The path given (with the symlink's target named, when it is one).
+        path: String,
+        /// What it is, e.g. "a character device".
+        what: &'static str,
     },
     /// The path is a directory.
     #[error("token file {path}: is a directory; give the path of the file holding the token")]
@@ -297,11 +307,64 @@ fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretError> {
             path: path.to_path_buf(),
         });
     }
+    // Name what the operator really pointed at: a symlink's target, so that no advice ever
+    // applies to a link whose target is someone else's file (e.g. /etc/shadow).
+    let link_target = std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_symlink())
+        .map(|_| {
+            std::fs::canonicalize(path)
+                .or_else(|_| std::fs::read_link(path))
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "an unreadable target".into())
+        });
+    let shown = match &link_target {
+        Some(t) => format!("{} (a symlink to {t})", path.display()),
+        None => path.display().to_string(),
+    };
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_fifo() {
+        // A pipe: process substitution (`--token-file <(cmd)`) or a named pipe with a writer.
+        // Its mode says nothing about who can read the token.
+        return read_capped(&origin, file);
+    }
+    if !ft.is_file() {
+        let what = if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(SecretError::NotRegular { path: shown, what });
+    }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o044 != 0 {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        let own = meta.uid() == unsafe { libc::geteuid() };
+        let advice = match (&link_target, own) {
+            (None, true) => format!(
+                "run `chmod 600 {}` and rotate the token if others may have read it",
+                path.display()
+            ),
+            (Some(_), _) => "copy the token into a file of your own with mode 0600 and give \
+                             that path (tunnelfleet does not advise changing a link's target); \
+                             rotate the token if others may have read it"
+                .to_string(),
+            (None, false) => format!(
+                "the file belongs to uid {}, not to you: copy the token into a file of your \
+                 own with mode 0600; rotate the token if others may have read it",
+                meta.uid()
+            ),
+        };
         return Err(SecretError::FileTooOpen {
-            path: path.to_path_buf(),
+            path: shown,
             mode,
+            advice,
         });
     }
     read_capped(&origin, file)
@@ -348,7 +411,9 @@ async fn run_command(
         let partial =
             Secret::new(strip_one_trailing_newline(&String::from_utf8_lossy(&stdout)).to_string());
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let stderr = redact(stderr.trim_end(), &[&partial]);
+        // Then anything token-shaped: the command may print a token it read elsewhere
+        // (`cat tokenfile >&2`), which tunnelfleet never saw.
+        let stderr = redact_token_shaped(&redact(stderr.trim_end(), &[&partial]));
         return Err(SecretError::CommandFailed {
             origin: origin.to_string(),
             status,
@@ -464,6 +529,67 @@ mod tests {
     }
 
     #[test]
+    fn file_advice_never_names_a_devices_or_a_links_target_for_chmod() {
+        // /dev/null: refused as not a regular file, no chmod advice.
+        let err = rt()
+            .block_on(TokenSource::File("/dev/null".into()).load())
+            .expect_err("device");
+        let msg = err.to_string();
+        assert!(matches!(err, SecretError::NotRegular { .. }), "{msg}");
+        assert!(msg.contains("a character device"), "{msg}");
+        assert!(!msg.contains("chmod"), "{msg}");
+
+        // A symlink to an open file (think /etc/shadow): the target is named, and no chmod
+        // is suggested on either the link or the target.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = write_file(dir.path(), "shadow", EXAMPLE, 0o640);
+        let link = dir.path().join("tok");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = rt()
+            .block_on(TokenSource::File(link.clone()).load())
+            .expect_err("open target");
+        let msg = err.to_string();
+        assert!(matches!(err, SecretError::FileTooOpen { .. }), "{msg}");
+        let real = std::fs::canonicalize(&target).expect("canonicalize");
+        assert!(
+            msg.contains(&format!("a symlink to {}", real.display())),
+            "{msg}"
+        );
+        assert!(!msg.contains("chmod"), "{msg}");
+        assert!(!msg.contains(EXAMPLE), "{msg}");
+
+        // Someone else's file: no chmod either.
+        if unsafe { libc::geteuid() } == 0 {
+            let other = write_file(dir.path(), "other", EXAMPLE, 0o644);
+            std::os::unix::fs::chown(&other, Some(65534), None).expect("chown");
+            let err = rt()
+                .block_on(TokenSource::File(other).load())
+                .expect_err("not ours");
+            let msg = err.to_string();
+            assert!(msg.contains("belongs to uid 65534"), "{msg}");
+            assert!(!msg.contains("chmod"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn file_source_reads_a_pipe_as_process_substitution_gives_it() {
+        // What `--token-file <(cmd)` hands over: /dev/fd/N, a pipe with a writer. Its mode
+        // is no reason to refuse.
+        let (r, mut w) = std::io::pipe().expect("pipe");
+        let writer = std::thread::spawn(move || {
+            w.write_all(format!("{EXAMPLE}\n").as_bytes())
+                .expect("write");
+        });
+        use std::os::fd::AsRawFd;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", r.as_raw_fd()));
+        let s = rt()
+            .block_on(TokenSource::File(path).load())
+            .expect("a pipe is read");
+        writer.join().expect("writer");
+        assert_eq!(s.expose(), EXAMPLE);
+    }
+
+    #[test]
     fn file_source_missing_and_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = rt()
@@ -531,13 +657,26 @@ mod tests {
         assert!(!msg.contains(EXAMPLE), "{msg}");
         // The description shows only the command's first word.
         assert!(msg.starts_with("token from command `printf …`"), "{msg}");
+
+        // A failing command that prints a token it read elsewhere (never on its stdout):
+        // redacted by its shape.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write_file(dir.path(), "tok", EXAMPLE, 0o600);
+        let cmd = format!("cat '{}' >&2; exit 1", p.display());
+        let err = rt()
+            .block_on(TokenSource::Command(cmd).load())
+            .expect_err("failing");
+        let msg = err.to_string();
+        assert!(!msg.contains(EXAMPLE), "{msg}");
+        assert!(!msg.contains(&EXAMPLE[..30]), "{msg}");
+        assert!(msg.contains("<redacted>"), "{msg}");
     }
 
     #[test]
     fn command_stderr_is_capped() {
         let err = rt()
             .block_on(
-                TokenSource::Command("head -c 5000 /dev/zero | tr '\\0' x >&2; exit 1".into())
+                TokenSource::Command("yes 'no token here' | head -c 5000 >&2; exit 1".into())
                     .load(),
             )
             .expect_err("failing");

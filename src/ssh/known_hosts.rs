@@ -192,6 +192,14 @@ impl KnownHosts {
         }
     }
 
+    /// True when the file holds hashed host names (written with OpenSSH's HashKnownHosts):
+    /// new entries are then hashed too.
+    pub fn is_hashed(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.hosts, HostSpec::Hashed { .. }))
+    }
+
     /// The file this was read from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -235,6 +243,19 @@ impl KnownHosts {
     }
 }
 
+/// `|1|base64(salt)|base64(HMAC-SHA1(salt, name))`: OpenSSH's hashed host name.
+pub fn hash_host_name(name: &str, salt: &[u8]) -> String {
+    // HMAC takes a key of any length: new_from_slice cannot fail for HMAC-SHA1.
+    let h = match Hmac::<Sha1>::new_from_slice(salt) {
+        Ok(mut mac) => {
+            mac.update(name.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+        Err(_) => Vec::new(),
+    };
+    format!("|1|{}|{}", B64.encode(salt), B64.encode(h))
+}
+
 static WRITE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Appends `host key` to a known_hosts file. Serialised in the process and with `flock`
@@ -275,11 +296,15 @@ pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Re
     if needs_newline {
         line.push('\n');
     }
-    line.push_str(&format!(
-        "{} {}\n",
-        host_pattern_name(host, port),
-        key_text.join(" ")
-    ));
+    // A file that already holds hashed entries (OpenSSH's HashKnownHosts) gets a hashed one:
+    // a plaintext name would undo what hashing protects (the list of hosts this user reaches).
+    let name = host_pattern_name(host, port);
+    let shown = if current.is_hashed() {
+        hash_host_name(&name, &rand::random::<[u8; 20]>())
+    } else {
+        name
+    };
+    line.push_str(&format!("{shown} {}\n", key_text.join(" ")));
     file.write_all(line.as_bytes())?;
     file.sync_all()?;
     Ok(Verdict::Unknown)
@@ -357,6 +382,45 @@ mod tests {
         let kh = KnownHosts::load(&path).expect("load");
         assert_eq!(kh.check("10.0.0.2", 2222, &key(KEY_A)), Verdict::Known);
         assert_eq!(kh.check("10.0.0.9", 22, &key(KEY_B)), Verdict::Known);
+    }
+
+    #[test]
+    fn learn_hashes_new_entries_in_a_hashed_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("known_hosts");
+        std::fs::write(&path, format!("{}\n", hashed("10.0.0.9", KEY_B))).expect("write");
+        assert_eq!(
+            learn(&path, "10.0.0.2", 2222, &key(KEY_A)).expect("learn"),
+            Verdict::Unknown
+        );
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("10.0.0.2"), "a plaintext name: {text}");
+        let last = text.lines().last().unwrap_or_default();
+        assert!(last.starts_with("|1|"), "{text}");
+        let kh = KnownHosts::load(&path).expect("load");
+        assert_eq!(kh.check("10.0.0.2", 2222, &key(KEY_A)), Verdict::Known);
+        assert_eq!(kh.check("10.0.0.2", 22, &key(KEY_A)), Verdict::Unknown);
+        // Each entry has its own salt, as OpenSSH writes them.
+        learn(&path, "10.0.0.3", 22, &key(KEY_A)).expect("learn");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let salts: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("|1|")?.split('|').next())
+            .collect();
+        assert_eq!(salts.len(), 3);
+        assert!(salts[1] != salts[2]);
+        // ssh-keygen -F finds what we wrote, when OpenSSH is installed.
+        if let Ok(out) = std::process::Command::new("ssh-keygen")
+            .args(["-F", "[10.0.0.2]:2222", "-f"])
+            .arg(&path)
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     #[test]

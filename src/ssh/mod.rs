@@ -138,7 +138,8 @@ pub struct SshOptions {
     pub known_hosts: PathBuf,
     /// Learn keys of hosts not in known_hosts (never replaces a changed key).
     pub accept_new: bool,
-    /// Deadline for TCP connect + key exchange + authentication, through every hop.
+    /// Deadline for one connection attempt (TCP connect + key exchange + authentication of one
+    /// hop), counted from when the attempt holds a start slot.
     pub connect_timeout: Duration,
     /// Default deadline for one remote command.
     pub command_timeout: Duration,
@@ -383,31 +384,16 @@ impl Connector {
         &self.opts
     }
 
-    /// Connects to a target (through its jump hosts), within the connect deadline.
+    /// Connects to a target (through its jump hosts). Each connection attempt (one per hop) has
+    /// the whole connect deadline once it holds a start slot: time spent waiting for a slot
+    /// behind other hosts (`--max-starts`) does not count against it.
     pub async fn connect(&self, target: &Target) -> Result<Session, SshError> {
         let started = Instant::now();
-        let deadline = self.opts.connect_timeout;
-        let fut = async {
-            let mut parent: Option<Arc<Link>> = None;
-            for i in 0..target.proxy_jump.len() {
-                parent = Some(self.jump(&target.proxy_jump[..=i], parent).await?);
-            }
-            self.open_link(&target.hop, parent).await
-        };
-        let link = match tokio::time::timeout(deadline, fut).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(SshError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no SSH session with {} within the connect deadline ({:?})",
-                        target.hop.label(),
-                        deadline
-                    ),
-                )
-                .hint("the host may be down, hung or firewalled; raise --connect-timeout for slow links"));
-            }
-        };
+        let mut parent: Option<Arc<Link>> = None;
+        for i in 0..target.proxy_jump.len() {
+            parent = Some(self.jump(&target.proxy_jump[..=i], parent).await?);
+        }
+        let link = self.open_link(&target.hop, parent).await?;
         Ok(Session {
             host: target.name.clone(),
             auth: link.auth.clone(),
@@ -471,6 +457,33 @@ impl Connector {
             .acquire()
             .await
             .map_err(|_| SshError::new(ErrorKind::Transport, "connection limiter closed"))?;
+        // The deadline starts now that this attempt holds a start slot: waiting in line behind
+        // other hosts is not the host's fault (decisions: "connect deadline per attempt").
+        let deadline = self.opts.connect_timeout;
+        let attempt = self.attempt_link(hop, parent, config, handler, outcome, &label);
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(SshError::new(
+                ErrorKind::Timeout,
+                format!("no SSH session with {label} within the connect deadline ({deadline:?})"),
+            )
+            .hint(
+                "the host may be down, hung or firewalled; raise --connect-timeout for slow links",
+            )),
+        }
+    }
+
+    /// The connection attempt proper (TCP or direct-tcpip, key exchange, host key check,
+    /// authentication), run while holding a start slot.
+    async fn attempt_link(
+        &self,
+        hop: &Hop,
+        parent: Option<Arc<Link>>,
+        config: Arc<client::Config>,
+        handler: Client,
+        outcome: Arc<std::sync::Mutex<Option<KeyOutcome>>>,
+        label: &str,
+    ) -> Result<Arc<Link>, SshError> {
         let connected = match &parent {
             None => client::connect(config, (hop.address.as_str(), hop.port), handler).await,
             Some(p) => {
@@ -499,7 +512,7 @@ impl Connector {
             Err(e) => {
                 return Err(match recorded {
                     Some(KeyOutcome::Refused(err)) => err,
-                    _ => map_connect_error(e, &label),
+                    _ => map_connect_error(e, label),
                 });
             }
         };

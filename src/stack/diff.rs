@@ -153,11 +153,17 @@ mod tests {
     #[test]
     fn far_apart_changes_make_two_hunks_and_additions_count() {
         let old: String = (1..=20).map(|i| format!("{i}\n")).collect();
-        let new = old.replace("2\n", "two\n").replace("19\n", "19\nnew\n");
+        let new: String = (1..=20)
+            .map(|i| match i {
+                2 => "two\n".to_string(),
+                19 => "19\nnew\n".to_string(),
+                _ => format!("{i}\n"),
+            })
+            .collect();
         let d = unified("o", "n", &old, &new);
         assert_eq!(d.matches("@@ -").count(), 2, "{d}");
         assert!(d.contains("-2\n+two\n"), "{d}");
-        assert!(d.contains("@@ -16,5 +16,6 @@"), "{d}");
+        assert!(d.contains("@@ -17,4 +17,5 @@"), "{d}");
         assert!(d.contains(" 19\n+new\n 20\n"), "{d}");
     }
 

@@ -9,16 +9,17 @@ mod compose;
 pub mod diff;
 mod error;
 mod plan;
-mod render;
 pub mod release_scripts;
+mod render;
 pub mod scripts;
 mod settings;
 mod yaml;
 
-pub use compose::{ComposeCli, PROJECT_NAME};
+pub use compose::{ComposeCli, LEGACY_PROJECT_NAME, project_name};
 pub use error::StackError;
 pub use plan::{
-    Action, CertFile, ContainerState, DesiredState, FileChange, HostFacts, Plan, compute_plan,
+    Action, CertFile, ContainerState, DesiredState, FileChange, HostFacts, PROXY_GID, PermFix,
+    Plan, compute_plan, wanted_perms,
 };
 pub use render::{
     COMPOSE_FILE, EnvFile, Layout, PROXY_CONFIG, Release, ReleaseFile, ReleaseSymlink,
@@ -27,5 +28,6 @@ pub use render::{
 };
 pub use settings::{
     DEFAULT_CLOUDFLARED_IMAGE, DEFAULT_DEPLOY_DIR, DEFAULT_MCP_PROXY_IMAGE, SAMPLE_ROUTE,
-    SAMPLE_UPSTREAM, SetupSettings, StackSettings, TunnelGroup, group_by_tunnel,
+    SAMPLE_UPSTREAM, SetupSettings, StackSettings, TunnelGroup, deploy_dir_refusal,
+    group_by_tunnel,
 };

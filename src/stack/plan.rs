@@ -23,7 +23,8 @@ use super::{PROXY_CONFIG, Release};
 pub enum ContainerState {
     /// The container exists and runs.
     Running,
-    /// The container exists but is not running (exited, created, dead, restarting).
+    /// The container exists but is not running: exited, created, dead, or restarting (a
+    /// crash loop: Docker's `restarting` is between two failed starts, never serving).
     Exited,
     /// There is no such container in the project.
     #[default]
@@ -73,6 +74,9 @@ pub struct DesiredState {
     /// SHA-256 of each certificate file tunnelfleet manages on this host; files not listed are
     /// left alone (e.g. when the setup component writes them).
     pub certs: BTreeMap<CertFile, String>,
+    /// Permission bits of each release file, by path relative to the release directory (a
+    /// proxy config the container user cannot read crash-loops the proxy).
+    pub file_modes: BTreeMap<String, u32>,
 }
 
 impl DesiredState {
@@ -85,6 +89,11 @@ impl DesiredState {
             env_sha256,
             token_fingerprint: None,
             certs: BTreeMap::new(),
+            file_modes: release
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.mode))
+                .collect(),
         }
     }
 }
@@ -109,6 +118,51 @@ pub struct HostFacts {
     /// tell. Lets a plan recreate a connector left on an old token after an interrupted run,
     /// when `.env` already holds the new one.
     pub connector_token_fingerprint: Option<String>,
+    /// Containers of the old shared project name ([`super::LEGACY_PROJECT_NAME`]) run from
+    /// this deploy dir: the host was deployed before project names derived from the tunnel.
+    pub legacy_project: bool,
+    /// Containers of this tunnel's project run from another directory than
+    /// `<deploy_dir>/current` (their `com.docker.compose.project.working_dir` label).
+    pub runs_elsewhere: bool,
+    /// Mode, owner uid and group gid of the secret-bearing paths, by path relative to the
+    /// deploy dir (`shared`, `shared/.env`, `shared/data`, `shared/data/tls.key`); a path
+    /// absent from the map does not exist.
+    pub perms: BTreeMap<String, (u32, u32, u32)>,
+    /// The uid tunnelfleet's commands run as on the host (the owner its writes get).
+    pub remote_uid: Option<u32>,
+}
+
+/// The gid the stack's containers run as (`user: "65532:65532"` in the compose file): the
+/// group that may read `tls.key`.
+pub const PROXY_GID: u32 = 65532;
+
+/// The modes (and group) tunnelfleet keeps on the secret-bearing paths: `shared/` 0700,
+/// `.env` 0600, `shared/data/` 0755 (the proxy's bind mount needs to traverse it), and, when
+/// tunnelfleet manages the certificates, `tls.key` 0640 in the proxy's group. Paths are
+/// relative to the deploy dir.
+pub fn wanted_perms(desired: &DesiredState) -> Vec<(&'static str, u32, Option<u32>)> {
+    let mut v = vec![
+        ("shared", 0o700, None),
+        ("shared/.env", 0o600, None),
+        ("shared/data", 0o755, None),
+    ];
+    if desired.certs.contains_key(&CertFile::TlsKey) {
+        v.push(("shared/data/tls.key", 0o640, Some(PROXY_GID)));
+    }
+    v
+}
+
+/// A permission repair: `chown` then `chmod` of one path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PermFix {
+    /// Path relative to the deploy dir.
+    pub path: String,
+    /// Wanted permission bits.
+    pub mode: u32,
+    /// Wanted owner for `chown` (`uid` or `uid:gid`), when the host's uid is known.
+    pub owner: Option<String>,
+    /// What the host has: `mode uid:gid`.
+    pub from: String,
 }
 
 /// A Compose operation on the host's stack. [`super::ComposeCli::action_command`] spells it.
@@ -129,6 +183,10 @@ pub enum Action {
     /// The compose file changed: `up -d --force-recreate --remove-orphans` recreates every
     /// service, so the connector never outlives the proxy whose namespace it shares.
     UpChanged,
+    /// The stack runs under the old shared project name: `down --remove-orphans` in that
+    /// project (it publishes the same loopback ports), before the stack comes up under the
+    /// tunnel's own project.
+    MigrateProject,
 }
 
 impl Action {
@@ -148,6 +206,7 @@ impl Action {
                 &["up", "-d", "--no-deps", "--force-recreate", "cloudflared"]
             }
             Action::UpChanged => &["up", "-d", "--force-recreate", "--remove-orphans"],
+            Action::MigrateProject => &["down", "--remove-orphans"],
         }
     }
 
@@ -162,7 +221,14 @@ impl Action {
             Action::RecreateConnector => {
                 "recreate cloudflared (it reads TUNNEL_TOKEN only when created)"
             }
-            Action::UpChanged => "recreate every service (the compose file changed)",
+            Action::UpChanged => {
+                "recreate every service (the compose file changed, or containers of this \
+                 tunnel's project run from another directory)"
+            }
+            Action::MigrateProject => {
+                "remove the containers of the old project `mcp-tunnel` (the stack moves to the \
+                 tunnel's own project)"
+            }
         }
     }
 }
@@ -200,6 +266,8 @@ pub struct Plan {
     pub write_certs: Vec<CertFile>,
     /// Compose operations, in order.
     pub actions: Vec<Action>,
+    /// Modes and owners of secret-bearing paths to repair (after the writes).
+    pub fix_perms: Vec<PermFix>,
 }
 
 impl Plan {
@@ -210,6 +278,7 @@ impl Plan {
             && !self.write_env
             && self.write_certs.is_empty()
             && self.actions.is_empty()
+            && self.fix_perms.is_empty()
     }
 
     /// Human lines for `--check`: files that would change and services that would restart.
@@ -255,6 +324,16 @@ impl Plan {
         }
         if self.switch_current {
             lines.push(format!("switch current -> releases/{}", self.release_id));
+        }
+        for f in &self.fix_perms {
+            let owner = match &f.owner {
+                Some(o) => format!(" owner {o}"),
+                None => String::new(),
+            };
+            lines.push(format!(
+                "fix permissions of {}: {:04o}{owner} (was {})",
+                f.path, f.mode, f.from
+            ));
         }
         for action in &self.actions {
             lines.push(action.describe().to_string());
@@ -303,9 +382,14 @@ pub fn compute_plan(desired: &DesiredState, facts: &HostFacts) -> Plan {
         .collect();
 
     let mut actions = Vec::new();
-    if facts.proxy == ContainerState::Missing && facts.connector == ContainerState::Missing {
+    if facts.legacy_project {
+        actions.push(Action::MigrateProject);
+    }
+    let none_here =
+        facts.proxy == ContainerState::Missing && facts.connector == ContainerState::Missing;
+    if none_here && !facts.runs_elsewhere {
         actions.push(Action::UpAll);
-    } else if compose_changed {
+    } else if compose_changed || facts.runs_elsewhere {
         actions.push(Action::UpChanged);
     } else if config_changed || facts.proxy != ContainerState::Running {
         actions.push(Action::RestartProxy);
@@ -313,6 +397,42 @@ pub fn compute_plan(desired: &DesiredState, facts: &HostFacts) -> Plan {
         actions.push(Action::RecreateConnector);
     }
     // A certificate change alone adds no action: the proxy polls tls.cert_file.
+
+    let fix_perms = wanted_perms(desired)
+        .into_iter()
+        .filter_map(|(path, mode, gid)| {
+            let (m, u, g) = *facts.perms.get(path)?;
+            let wrong_owner = facts.remote_uid.is_some_and(|me| me != u);
+            let wrong_group = gid.is_some_and(|want| want != g);
+            (m != mode || wrong_owner || wrong_group).then(|| PermFix {
+                path: path.to_string(),
+                mode,
+                owner: facts.remote_uid.map(|me| match gid {
+                    Some(gid) => format!("{me}:{gid}"),
+                    None => me.to_string(),
+                }),
+                from: format!("{m:04o} {u}:{g}"),
+            })
+        })
+        .collect::<Vec<PermFix>>();
+    let mut fix_perms = fix_perms;
+    if !write_release {
+        // The files of the live release, seen through `current/` (a new release gets its
+        // modes when written).
+        for (path, &mode) in &desired.file_modes {
+            let key = format!("current/{path}");
+            if let Some(&(m, u, g)) = facts.perms.get(&key)
+                && m != mode
+            {
+                fix_perms.push(PermFix {
+                    path: key,
+                    mode,
+                    owner: None,
+                    from: format!("{m:04o} {u}:{g}"),
+                });
+            }
+        }
+    }
 
     Plan {
         release_id: desired.release_id.clone(),
@@ -324,6 +444,7 @@ pub fn compute_plan(desired: &DesiredState, facts: &HostFacts) -> Plan {
         token_fingerprint: desired.token_fingerprint.clone(),
         write_certs,
         actions,
+        fix_perms,
     }
 }
 
@@ -383,7 +504,108 @@ mod tests {
             proxy: ContainerState::Running,
             connector: ContainerState::Running,
             connector_token_fingerprint: Some("fp1".into()),
+            legacy_project: false,
+            runs_elsewhere: false,
+            perms: [
+                ("shared", (0o700, 0, 0)),
+                ("shared/.env", (0o600, 0, 0)),
+                ("shared/data", (0o755, 0, 0)),
+                ("shared/data/tls.key", (0o640, 0, PROXY_GID)),
+            ]
+            .into_iter()
+            .map(|(p, v)| (p.to_string(), v))
+            .collect(),
+            remote_uid: Some(0),
         }
+    }
+
+    #[test]
+    fn permission_drift_is_planned_and_repaired_alone() {
+        let r = release("cfg", "compose");
+        let d = desired(&r);
+        assert!(compute_plan(&d, &in_sync(&r)).is_empty());
+        let mut facts = in_sync(&r);
+        facts.perms.insert("shared".into(), (0o755, 0, 0));
+        facts.perms.insert("shared/.env".into(), (0o644, 0, 0));
+        facts
+            .perms
+            .insert("shared/data/tls.key".into(), (0o644, 0, 0));
+        let plan = compute_plan(&d, &facts);
+        let fixed: Vec<(&str, u32, Option<&str>)> = plan
+            .fix_perms
+            .iter()
+            .map(|f| (f.path.as_str(), f.mode, f.owner.as_deref()))
+            .collect();
+        assert_eq!(
+            fixed,
+            [
+                ("shared", 0o700, Some("0")),
+                ("shared/.env", 0o600, Some("0")),
+                ("shared/data/tls.key", 0o640, Some("0:65532")),
+            ]
+        );
+        // Nothing restarts for a mode fix.
+        assert!(plan.actions.is_empty() && !plan.write_env && !plan.write_release);
+        let before = plan.describe();
+        // A release file the proxy cannot read is repaired through `current/`.
+        let mut facts = in_sync(&r);
+        facts
+            .perms
+            .insert(format!("current/{PROXY_CONFIG}"), (0o600, 0, 0));
+        let plan = compute_plan(&d, &facts);
+        assert_eq!(plan.fix_perms.len(), 1);
+        assert_eq!(plan.fix_perms[0].path, format!("current/{PROXY_CONFIG}"));
+        assert_eq!(plan.fix_perms[0].mode, 0o644);
+        assert!(!plan.is_empty());
+        assert!(
+            before
+                .iter()
+                .any(|l| l == "fix permissions of shared/.env: 0600 owner 0 (was 0644 0:0)"),
+            "{:?}",
+            before
+        );
+        // Another owner is drift too; tls.key is left alone when the certificates are not
+        // tunnelfleet's (setup component).
+        let mut facts = in_sync(&r);
+        facts.perms.insert("shared/.env".into(), (0o600, 1000, 0));
+        facts
+            .perms
+            .insert("shared/data/tls.key".into(), (0o644, 0, 0));
+        let mut d2 = d.clone();
+        d2.certs.clear();
+        let plan = compute_plan(&d2, &facts);
+        assert_eq!(plan.fix_perms.len(), 1, "{:?}", plan.fix_perms);
+        assert_eq!(plan.fix_perms[0].path, "shared/.env");
+    }
+
+    #[test]
+    fn a_stack_under_the_old_project_name_moves_to_the_tunnels_project() {
+        let r = release("cfg", "compose");
+        let mut facts = in_sync(&r);
+        facts.proxy = ContainerState::Missing;
+        facts.connector = ContainerState::Missing;
+        facts.legacy_project = true;
+        let plan = compute_plan(&desired(&r), &facts);
+        assert_eq!(plan.actions, vec![Action::MigrateProject, Action::UpAll]);
+        assert!(!plan.write_release && !plan.write_env);
+    }
+
+    #[test]
+    fn containers_running_from_another_directory_are_recreated() {
+        let r = release("cfg", "compose");
+        let mut facts = in_sync(&r);
+        facts.runs_elsewhere = true;
+        assert_eq!(
+            compute_plan(&desired(&r), &facts).actions,
+            vec![Action::UpChanged]
+        );
+        // Even when none of this tunnel's containers runs from here.
+        facts.proxy = ContainerState::Missing;
+        facts.connector = ContainerState::Missing;
+        assert_eq!(
+            compute_plan(&desired(&r), &facts).actions,
+            vec![Action::UpChanged]
+        );
     }
 
     #[test]

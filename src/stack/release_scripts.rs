@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 
 use super::scripts::{CHANGED_EXIT, CONNECTOR_SERVICE, PROXY_SERVICE, audit_log, lock_dir};
-use super::{Action, COMPOSE_FILE, ComposeCli, Layout, PROJECT_NAME, PROXY_CONFIG, Release};
+use super::{Action, COMPOSE_FILE, ComposeCli, Layout, PROXY_CONFIG, Release};
 use crate::remote::{self, ScriptError, WriteSpec, atomic_write, quote};
 
 /// Exit code of [`stage_script`] when an image cannot be had (stderr names it).
@@ -24,7 +24,9 @@ pub const COMPOSE_FAILED_EXIT: i32 = 5;
 
 /// Whether `s` is a release id as tunnelfleet makes them (12 lowercase hex digits).
 pub fn is_release_id(s: &str) -> bool {
-    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 12
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The host-side log of the change scripts' Compose output.
@@ -221,8 +223,8 @@ impl GateContainer {
 
 /// Lists the stack's proxy and connector containers with state, restart count and start
 /// time, one `gate=NAME SERVICE STATE RESTARTS STARTED_AT` line each. Read-only.
-pub fn gate_state_script() -> String {
-    let project = quote(PROJECT_NAME);
+pub fn gate_state_script(layout: &Layout) -> String {
+    let project = quote(layout.project());
     format!(
         "docker ps -a --filter label=com.docker.compose.project={project} --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null \
          | while read -r tf_n tf_st tf_l; do \
@@ -533,18 +535,27 @@ mod tests {
     fn stage_writes_a_complete_release_and_fails_naming_a_missing_image() {
         let dir = tempfile::tempdir().expect("tmp");
         let d = dir.path().join("dep");
-        let l = Layout::new(d.to_str().expect("utf8"));
+        let l = Layout::new(d.to_str().expect("utf8"), "t");
         let r = release("a");
         // A docker that has no image and cannot pull: the stage fails naming the image.
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).expect("bin");
-        std::fs::write(bin.join("docker"), "#!/bin/sh\necho 'manifest unknown' >&2\nexit 1\n")
-            .expect("fake docker");
-        assert_eq!(run_sh(&format!("chmod 755 {}/docker", bin.display()), b"").0, 0);
+        std::fs::write(
+            bin.join("docker"),
+            "#!/bin/sh\necho 'manifest unknown' >&2\nexit 1\n",
+        )
+        .expect("fake docker");
+        assert_eq!(
+            run_sh(&format!("chmod 755 {}/docker", bin.display()), b"").0,
+            0
+        );
         let (script, stdin) = stage_script(&l, &r, &["img:1".to_string()]).expect("script");
         let (code, _, err) = run_sh(&format!("PATH={}:$PATH; {script}", bin.display()), &stdin);
         assert_eq!(code, PULL_FAILED_EXIT, "{err}");
-        assert!(err.contains("image img:1: cannot be pulled: manifest unknown"), "{err}");
+        assert!(
+            err.contains("image img:1: cannot be pulled: manifest unknown"),
+            "{err}"
+        );
         let (script, stdin) = stage_script(&l, &r, &[]).expect("script");
         let (code, _, err) = run_sh(&script, &stdin);
         assert_eq!(code, 0, "{err}");
@@ -568,7 +579,7 @@ mod tests {
     fn switch_refuses_an_incomplete_release_and_a_moved_current() {
         let dir = tempfile::tempdir().expect("tmp");
         let d = dir.path().join("dep");
-        let l = Layout::new(d.to_str().expect("utf8"));
+        let l = Layout::new(d.to_str().expect("utf8"), "t");
         let (a, b) = (release("a"), release("b"));
         for r in [&a, &b] {
             let (s, i) = stage_script(&l, r, &[]).expect("stage");
@@ -611,7 +622,7 @@ mod tests {
     fn prune_keeps_the_newest_and_the_protected() {
         let dir = tempfile::tempdir().expect("tmp");
         let d = dir.path().join("dep");
-        let l = Layout::new(d.to_str().expect("utf8"));
+        let l = Layout::new(d.to_str().expect("utf8"), "t");
         let mut ids = Vec::new();
         for (i, tag) in ["a", "b", "c", "d", "e"].iter().enumerate() {
             let r = release(tag);
@@ -633,10 +644,7 @@ mod tests {
         let cur = &ids[0];
         assert_eq!(
             run_sh(
-                &format!(
-                    "ln -sfn releases/{cur} {}",
-                    d.join("current").display()
-                ),
+                &format!("ln -sfn releases/{cur} {}", d.join("current").display()),
                 b""
             )
             .0,

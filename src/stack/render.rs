@@ -38,15 +38,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     deploy_dir: String,
+    project: String,
 }
 
 impl Layout {
-    /// The layout under `deploy_dir` (as validated by [`StackSettings`]: absolute, no trailing
-    /// slash).
-    pub fn new(deploy_dir: &str) -> Layout {
+    /// The layout of tunnel `tunnel` under `deploy_dir` (as validated by [`StackSettings`]:
+    /// absolute, no trailing slash). The Compose project name derives from the tunnel
+    /// ([`super::compose::project_name`]).
+    pub fn new(deploy_dir: &str, tunnel: &str) -> Layout {
         Layout {
             deploy_dir: deploy_dir.to_string(),
+            project: super::compose::project_name(tunnel),
         }
+    }
+
+    /// The Compose project name of this tunnel's stack.
+    pub fn project(&self) -> &str {
+        &self.project
     }
 
     /// The deploy directory itself.
@@ -231,7 +239,7 @@ pub fn render_compose(settings: &StackSettings) -> String {
     let mut out = String::new();
     out.push_str(
         "# Managed by tunnelfleet; do not edit: the next deploy replaces this release.\n\
-         # Compose runs with project directory <deploy_dir>/current and project name mcp-tunnel.\n\
+         # Compose runs with project directory <deploy_dir>/current and project name mcp-tunnel-<tunnel>.\n\
          # .env links to ../../shared/.env (TUNNEL_TOKEN), data/ to ../../shared/data (certificates).\n\
          services:\n",
     );
@@ -539,7 +547,7 @@ mod tests {
             render_compose(&settings(json!({"sample_server": true}))).contains("  hello-mcp:\n")
         );
         assert!(!render_compose(&settings(json!({}))).contains("hello-mcp"));
-        let l = Layout::new("/srv/mcp-tunnel");
+        let l = Layout::new("/srv/mcp-tunnel", "testbed");
         assert_eq!(
             l.release_dir(&r.id),
             format!("/srv/mcp-tunnel/releases/{}", r.id)

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{
-    Action, CertFile, ComposeCli, ContainerState, HostFacts, Layout, PROJECT_NAME, Release,
+    Action, CertFile, ComposeCli, ContainerState, HostFacts, LEGACY_PROJECT_NAME, Layout,
+    PROXY_GID, PermFix, Release,
 };
 use crate::remote::{
     self, AuditEntry, FileHash, ScriptError, WriteSpec, atomic_write, quote, sha256_facts,
@@ -19,8 +20,16 @@ pub const CONNECTOR_SERVICE: &str = "cloudflared";
 
 /// The lock directory of a deploy dir.
 pub fn lock_dir(layout: &Layout) -> String {
-    format!("{}/.tunnelfleet/lock", layout.deploy_dir())
+    lock_dir_in(layout.deploy_dir())
 }
+
+/// The lock directory of the deploy dir `deploy_dir`.
+pub fn lock_dir_in(deploy_dir: &str) -> String {
+    format!("{deploy_dir}/.tunnelfleet/lock")
+}
+
+/// The Compose label holding a container's project directory.
+const WORKDIR_LABEL: &str = "com.docker.compose.project.working_dir";
 
 /// The audit log of a deploy dir.
 pub fn audit_log(layout: &Layout) -> String {
@@ -58,7 +67,8 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let hashes = sha256_facts(&refs)?;
     let env = quote(&layout.env_file());
-    let project = quote(PROJECT_NAME);
+    let project = quote(layout.project());
+    let legacy = quote(LEGACY_PROJECT_NAME);
     let mut s = String::from("# tunnelfleet: facts\n");
     s.push_str(compose_detect());
     let _ = writeln!(
@@ -71,18 +81,71 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
         s,
         "if [ -r {env} ]; then echo \"env_token_fp=$(cat {env} | {TOKEN_FP})\"; else echo env_token_fp=-; fi"
     );
-    // Container states (one `docker ps`, the same for Compose v1 and v2: both label their
-    // containers), and the token the running connector was created with, hashed on the host:
-    // only its fingerprint comes back.
+    // Container states of this tunnel's project (`ctr=`) and of the old shared project name
+    // (`lctr=`), with their labels: the parser keeps only those whose working directory is
+    // this deploy dir's `current` (one `docker ps` each, the same for Compose v1 and v2: both
+    // label their containers). And the token the running connector of this project and
+    // directory was created with, hashed on the host: only its fingerprint comes back.
+    let here = quote(&format!("{WORKDIR_LABEL}={cur},"));
     let _ = writeln!(
         s,
         "tf_ps=$(docker ps -a --filter label=com.docker.compose.project={project} \
          --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
+         tf_lps=$(docker ps -a --filter label=com.docker.compose.project={legacy} \
+         --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
          printf '%s\\n' \"$tf_ps\" | sed -n 's/^./ctr=&/p'\n\
-         tf_n=$(printf '%s\\n' \"$tf_ps\" | grep ' running ' | grep 'com.docker.compose.service={CONNECTOR_SERVICE}' | head -n 1 | cut -d' ' -f1)\n\
+         printf '%s\\n' \"$tf_lps\" | sed -n 's/^./lctr=&/p'\n\
+         tf_n=$(printf '%s\\n' \"$tf_ps\" | sed 's/$/,/' | grep ' running ' | grep -F 'com.docker.compose.service={CONNECTOR_SERVICE},' \
+         | grep -F -e {here} | head -n 1 | cut -d' ' -f1)\n\
          if [ -n \"$tf_n\" ]; then echo \"connector_token_fp=$(docker inspect \"$tf_n\" 2>/dev/null \
          | grep -o '\"TUNNEL_TOKEN=[^\"]*\"' | head -n 1 | sed 's/^\"TUNNEL_TOKEN=//; s/\"$//' | tr -d '\\n' \
          | sha256sum | cut -c1-12)\"; fi"
+    );
+    // For this tunnel's containers that are not running: restart count and last log line
+    // (status shows them; the controller redacts anything token-shaped).
+    let _ = writeln!(
+        s,
+        "printf '%s\\n' \"$tf_ps\" | sed 's/$/,/' | grep -F -e {here} | grep -v '^[^ ]* running ' \
+         | while read -r tf_a tf_b tf_l; do \
+         tf_r=$(docker inspect --format '{{{{.RestartCount}}}}' \"$tf_a\" 2>/dev/null); \
+         tf_g=$(docker logs --tail 1 \"$tf_a\" 2>&1 | tail -n 1 | tr -d '\\r' | cut -c1-300); \
+         echo \"ctrdiag=$tf_a $tf_b ${{tf_r:--}} $tf_g\"; done"
+    );
+    // Modes and owners of the secret-bearing paths, and the uid this session writes as.
+    let _ = writeln!(s, "echo \"uid=$(id -u)\"");
+    let release_files = release.files.iter().map(|f| format!("current/{}", f.path));
+    for rel in PERM_PATHS
+        .iter()
+        .map(|p| p.to_string())
+        .chain(release_files)
+    {
+        let _ = writeln!(
+            s,
+            "tf_s=$(stat -c '%a %u %g' -- {} 2>/dev/null) && echo \"perm={rel} $tf_s\"",
+            quote(&format!("{}/{rel}", layout.deploy_dir()))
+        );
+    }
+    // Whose the deploy dir is: tunnelfleet's, empty, absent, or someone else's.
+    let d = quote(layout.deploy_dir());
+    let _ = writeln!(
+        s,
+        "if [ ! -e {d} ]; then echo dir=absent; elif [ -d {d}/.tunnelfleet ] || [ -L {d}/current ]; then echo dir=managed; \
+         elif [ -d {d} ] && [ -z \"$(ls -A {d} 2>/dev/null)\" ]; then echo dir=empty; else echo dir=foreign; fi"
+    );
+    // The release the last successful deploy recorded in the host's audit log.
+    let _ = writeln!(
+        s,
+        "tf_r=$(grep '\"outcome\":\"succeeded\"' {} 2>/dev/null | grep -o '\"release\":\"[^\"]*\"' | tail -n 1 | cut -d'\"' -f4); \
+         [ -n \"$tf_r\" ] && echo \"deployed=$tf_r\"",
+        quote(&audit_log(layout))
+    );
+    // The fleet lock, when held: its holder record (no secrets) on one line.
+    let lock = lock_dir(layout);
+    let _ = writeln!(
+        s,
+        "if [ -d {l} ]; then echo \"lock=$(tr -d '\\n' < {h} 2>/dev/null)\"; fi",
+        l = quote(&lock),
+        h = quote(&format!("{lock}/{}", remote::HOLDER_FILE))
     );
     // The served certificate (public) so status can show its serial and expiry.
     let _ = writeln!(
@@ -93,6 +156,14 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
     s.push_str("exit 0\n");
     Ok(s)
 }
+
+/// The paths whose modes and owners are facts, relative to the deploy dir.
+const PERM_PATHS: [&str; 4] = [
+    "shared",
+    "shared/.env",
+    "shared/data",
+    "shared/data/tls.key",
+];
 
 const CERT_BEGIN: &str = "@tunnelfleet-cert-begin";
 const CERT_END: &str = "@tunnelfleet-cert-end";
@@ -110,13 +181,44 @@ pub struct ParsedFacts {
     pub containers: BTreeMap<String, (String, ContainerState)>,
     /// The served certificate (PEM), if any.
     pub tls_crt: Option<String>,
+    /// For this tunnel's containers that are not running, by container name: Docker's state
+    /// (`restarting`, `exited`, `created`, ...), restart count, and the last log line (raw:
+    /// redact before showing).
+    pub diagnostics: BTreeMap<String, ContainerDiag>,
+    /// The fleet lock's holder record, when the lock is held (`""` when it has none yet).
+    pub lock_holder: Option<String>,
+    /// The release the host's audit log says the last successful operation installed.
+    pub last_deployed: Option<String>,
+    /// The deploy dir: `absent`, `empty`, `managed` (tunnelfleet's: `.tunnelfleet/` or
+    /// `current`), or `foreign` (holds other things).
+    pub dir_state: Option<String>,
 }
 
+/// Why a container is not running, as far as the host can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerDiag {
+    /// Docker's state word.
+    pub state: String,
+    /// `RestartCount`, when known.
+    pub restarts: Option<u64>,
+    /// The container's last log line (raw).
+    pub last_log: String,
+}
+
+/// Docker's container state as the plan sees it: only `running` serves. `restarting` is a
+/// crash loop between two failed starts; `created`, `exited`, `paused`, `dead` serve nothing.
 fn state_of(s: &str) -> ContainerState {
     match s {
-        "running" | "restarting" => ContainerState::Running,
+        "running" => ContainerState::Running,
         _ => ContainerState::Exited,
     }
+}
+
+/// The value of label `key` in Docker's `{{.Labels}}` (`k=v,k=v,...`, in any order).
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels
+        .split(',')
+        .find_map(|p| p.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// The sha256 of an empty input, truncated: what [`TOKEN_FP`] prints when there is no token.
@@ -164,13 +266,47 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
             "connector_token_fp" if v.len() == 12 && v != EMPTY_FP => {
                 p.facts.connector_token_fingerprint = Some(v.to_string())
             }
-            "ctr" => {
+            "uid" => p.facts.remote_uid = v.trim().parse().ok(),
+            "lock" => p.lock_holder = Some(v.to_string()),
+            "dir" => p.dir_state = Some(v.to_string()),
+            "deployed" if !v.is_empty() => p.last_deployed = Some(v.to_string()),
+            "ctrdiag" => {
+                let mut it = v.splitn(4, ' ');
+                if let (Some(name), Some(state)) = (it.next(), it.next()) {
+                    p.diagnostics.insert(
+                        name.to_string(),
+                        ContainerDiag {
+                            state: state.to_string(),
+                            restarts: it.next().and_then(|r| r.parse().ok()),
+                            last_log: it.next().unwrap_or_default().to_string(),
+                        },
+                    );
+                }
+            }
+            "perm" => {
+                let mut it = v.split_whitespace();
+                if let (Some(path), Some(m), Some(u), Some(g)) =
+                    (it.next(), it.next(), it.next(), it.next())
+                    && let (Ok(m), Ok(u), Ok(g)) = (u32::from_str_radix(m, 8), u.parse(), g.parse())
+                {
+                    p.facts.perms.insert(path.to_string(), (m, u, g));
+                }
+            }
+            "ctr" | "lctr" => {
                 let mut it = v.splitn(3, ' ');
                 if let (Some(name), Some(st), Some(labels)) = (it.next(), it.next(), it.next()) {
-                    let svc = labels
-                        .split(',')
-                        .find_map(|l| l.strip_prefix("com.docker.compose.service="));
-                    if let Some(svc) = svc {
+                    let here = label(labels, WORKDIR_LABEL) == Some(cur.as_str());
+                    if k == "lctr" {
+                        // The old shared project: ours only when run from this deploy dir
+                        // (another tunnel's stack may still run under that name).
+                        p.facts.legacy_project |= here;
+                        continue;
+                    }
+                    if !here {
+                        p.facts.runs_elsewhere = true;
+                        continue;
+                    }
+                    if let Some(svc) = label(labels, "com.docker.compose.service") {
                         // Keep the running one when several containers serve a service.
                         let state = state_of(st);
                         let keep =
@@ -249,6 +385,8 @@ pub struct ApplySpec<'a> {
     /// The audit record written on success (None: the caller records the outcome itself,
     /// after its health gate).
     pub audit: Option<&'a AuditEntry>,
+    /// Modes and owners to repair after the writes.
+    pub fix_perms: Vec<PermFix>,
 }
 
 /// Exit code of the apply script when the host changed between facts and apply.
@@ -267,7 +405,14 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
     let mut certs = spec.certs.clone();
     certs.sort_by_key(|(c, _)| *c);
     for (c, bytes) in &certs {
-        files.push((WriteSpec::new(cert_path(l, *c), 0o644), bytes));
+        // tls.key: readable by the proxy's group only (decisions: "tls.key 0640").
+        let spec = match c {
+            CertFile::TlsKey => {
+                WriteSpec::new(cert_path(l, *c), 0o640).owner(format!(":{PROXY_GID}"))
+            }
+            _ => WriteSpec::new(cert_path(l, *c), 0o644),
+        };
+        files.push((spec, bytes));
     }
     if let Some(env) = spec.env {
         files.push((WriteSpec::new(l.env_file(), 0o600).dir_mode(0o700), env));
@@ -345,6 +490,19 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
             target = quote(&Layout::current_target(&spec.release.id)),
         );
     }
+    for f in &spec.fix_perms {
+        let path = quote(&format!("{}/{}", l.deploy_dir(), f.path));
+        let chown = match &f.owner {
+            Some(o) => format!("chown -- {} {path} && ", quote(o)),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            body,
+            "{chown}chmod -- {mode:04o} {path} || {{ echo {msg} >&2; exit 1; }}",
+            mode = f.mode,
+            msg = quote(&format!("fix permissions of {}: failed", f.path))
+        );
+    }
     for a in &spec.actions {
         body.push_str(&super::release_scripts::logged_compose(
             &spec.compose.action_command(l, *a),
@@ -384,18 +542,18 @@ pub struct ConnectorContainer {
 
 /// Lists the stack's cloudflared containers with their state, token fingerprint and
 /// connector id, one `conn=NAME STATE FP ID` line each (`-` for unknown). Read-only.
-pub fn connectors_script() -> String {
-    describe_connectors(&[])
+pub fn connectors_script(layout: &Layout) -> String {
+    describe_connectors(layout, &[])
 }
 
 /// Like [`connectors_script`], but describes only the connectors whose names are not in
 /// `known` (one `docker ps -a`, then `inspect` and `logs` of the new ones only).
-pub fn new_connectors_script(known: &[String]) -> String {
-    describe_connectors(known)
+pub fn new_connectors_script(layout: &Layout, known: &[String]) -> String {
+    describe_connectors(layout, known)
 }
 
-fn describe_connectors(known: &[String]) -> String {
-    let project = quote(PROJECT_NAME);
+fn describe_connectors(layout: &Layout, known: &[String]) -> String {
+    let project = quote(layout.project());
     let known = quote(&format!(" {} ", known.join(" ")));
     format!(
         "tf_known={known}\n\
@@ -626,7 +784,7 @@ mod tests {
 
     #[test]
     fn setup_renew_script_locks_runs_and_prints_the_certificate() {
-        let l = Layout::new("/srv/mcp-tunnel");
+        let l = Layout::new("/srv/mcp-tunnel", "testbed");
         let s = setup_renew_cert_script(
             &l,
             ComposeCli::V1,
@@ -636,7 +794,7 @@ mod tests {
         .expect("script");
         let lock = s.find("mkdir").expect("takes the lock");
         let run = s
-            .find("docker-compose -p mcp-tunnel --project-directory /srv/mcp-tunnel/current -f /srv/mcp-tunnel/current/docker-compose.yaml run --rm -T setup renew-cert '--output=dir:/data' '--renew-before=720h'")
+            .find("docker-compose -p mcp-tunnel-testbed --project-directory /srv/mcp-tunnel/current -f /srv/mcp-tunnel/current/docker-compose.yaml run --rm -T setup renew-cert '--output=dir:/data' '--renew-before=720h'")
             .expect("runs the component");
         assert!(lock < run);
         assert!(s.contains(CERT_BEGIN) && s.contains("/srv/mcp-tunnel/shared/data/tls.crt"));
@@ -651,5 +809,43 @@ mod tests {
             parse_cert_block(&format!("{CERT_BEGIN}\n{CERT_END}\n")),
             None
         );
+    }
+
+    #[test]
+    fn facts_keep_only_containers_of_this_project_and_directory() {
+        let l = Layout::new("/srv/a", "t");
+        let r = Release::new(Vec::new(), Vec::new());
+        let wd = |d: &str| format!("com.docker.compose.project.working_dir={d}");
+        let out = format!(
+            "ctr=p1 running com.docker.compose.project=mcp-tunnel-t,{},com.docker.compose.service=mcp-proxy\n\
+             ctr=c1 restarting com.docker.compose.service=cloudflared,{}\n",
+            wd("/srv/a/current"),
+            wd("/srv/a/current")
+        );
+        let p = parse_facts(&l, &r, &out);
+        assert_eq!(p.facts.proxy, ContainerState::Running);
+        // A crash loop is not running.
+        assert_eq!(p.facts.connector, ContainerState::Exited);
+        assert!(!p.facts.runs_elsewhere && !p.facts.legacy_project);
+
+        let out = format!(
+            "ctr=p1 running com.docker.compose.service=mcp-proxy,{}\n\
+             lctr=x running com.docker.compose.service=mcp-proxy,{}\n",
+            wd("/srv/b/current"),
+            wd("/srv/b/current")
+        );
+        let p = parse_facts(&l, &r, &out);
+        assert!(p.facts.runs_elsewhere);
+        assert!(
+            !p.facts.legacy_project,
+            "another deploy dir's old project is not ours"
+        );
+        assert_eq!(p.facts.proxy, ContainerState::Missing);
+
+        let out = format!(
+            "lctr=x running com.docker.compose.service=mcp-proxy,{}\n",
+            wd("/srv/a/current")
+        );
+        assert!(parse_facts(&l, &r, &out).facts.legacy_project);
     }
 }

@@ -889,6 +889,39 @@ fn check_uuid(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why deploy must not use `deploy_dir` without `--force`, if it must not: a system directory
+/// (`/etc`, `/usr`, ... and below, or exactly `/root`, `/home`, `/srv`, ...), or, per the
+/// host's facts (`dir_state`: `absent`, `empty`, `managed`, `foreign`), a non-empty directory
+/// tunnelfleet did not create (no `.tunnelfleet/`, no `current`).
+pub fn deploy_dir_refusal(dir: &str, dir_state: Option<&str>) -> Option<String> {
+    const UNDER: [&str; 12] = [
+        "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev",
+        "/proc", "/sys",
+    ];
+    const EXACT: [&str; 11] = [
+        "/", "/root", "/home", "/srv", "/opt", "/var", "/tmp", "/mnt", "/media", "/run", "/var/lib",
+    ];
+    let system = UNDER
+        .iter()
+        .any(|p| dir == *p || dir.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+        || EXACT.contains(&dir)
+        || dir
+            .strip_prefix("/home/")
+            .is_some_and(|r| !r.is_empty() && !r.contains('/'));
+    if system {
+        return Some(format!(
+            "deploy_dir {dir} is a system directory: the stack would share it with the system's \
+             own files"
+        ));
+    }
+    (dir_state == Some("foreign")).then(|| {
+        format!(
+            "deploy_dir {dir} holds files tunnelfleet did not put there (no .tunnelfleet/ \
+             inside): the stack would mix with them"
+        )
+    })
+}
+
 fn normalize_deploy_dir(dir: &str) -> Result<String, String> {
     let d = shown(dir);
     if !dir.starts_with('/') {
@@ -923,6 +956,39 @@ fn normalize_deploy_dir(dir: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn system_and_foreign_deploy_dirs_are_refused() {
+        for d in [
+            "/etc",
+            "/etc/mcp",
+            "/usr/local/x",
+            "/root",
+            "/home/ann",
+            "/",
+            "/srv",
+            "/proc/1",
+        ] {
+            assert!(deploy_dir_refusal(d, Some("managed")).is_some(), "{d}");
+        }
+        for d in [
+            "/srv/mcp-tunnel",
+            "/opt/t",
+            "/home/ann/tunnel",
+            "/root/tunnel",
+            "/etcetera",
+        ] {
+            assert_eq!(deploy_dir_refusal(d, Some("empty")), None, "{d}");
+            assert_eq!(deploy_dir_refusal(d, Some("managed")), None, "{d}");
+            assert_eq!(deploy_dir_refusal(d, Some("absent")), None, "{d}");
+            assert_eq!(deploy_dir_refusal(d, None), None, "{d}");
+        }
+        let why = deploy_dir_refusal("/opt/app", Some("foreign")).expect("refused");
+        assert!(
+            why.contains("/opt/app") && why.contains(".tunnelfleet/"),
+            "{why}"
+        );
+    }
 
     fn vars(v: Value) -> IndexMap<String, Value> {
         match v {

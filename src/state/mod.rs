@@ -41,7 +41,8 @@ impl StateDir {
 
     /// The engine journal of `operation` for `tunnel`: `<state>/journal/<op>-<tunnel>.jsonl`.
     pub fn journal(&self, operation: &str, tunnel: &str) -> PathBuf {
-        self.journal_dir().join(format!("{operation}-{tunnel}.jsonl"))
+        self.journal_dir()
+            .join(format!("{operation}-{tunnel}.jsonl"))
     }
 
     /// The operation record of `operation` for `tunnel`: `<state>/journal/<op>-<tunnel>.op.json`.
@@ -52,7 +53,8 @@ impl StateDir {
 
     /// The controller lock file of `operation` for `tunnel`.
     pub fn lock_file(&self, operation: &str, tunnel: &str) -> PathBuf {
-        self.journal_dir().join(format!("{operation}-{tunnel}.lock"))
+        self.journal_dir()
+            .join(format!("{operation}-{tunnel}.lock"))
     }
 
     /// Where the controller keeps the last `--token-version` its setup runs used for a tunnel.
