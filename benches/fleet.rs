@@ -140,7 +140,8 @@ fn bench_deploy() {
 fn time_connect_exec(hosts: usize, runs: usize) -> Duration {
     let tb = common::Testbed::up(hosts, &["--latency-ms", "20"]);
     let args = tunnelfleet::cli::ConnArgs {
-        inventory: tb.inventory(),
+        inventory: vec![tb.inventory()],
+        vault: Default::default(),
         limit: None,
         known_hosts: tb.known_hosts().to_string_lossy().into_owned(),
         accept_new: false,

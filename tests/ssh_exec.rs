@@ -10,7 +10,8 @@ use tunnelfleet::ssh::Connector;
 
 fn conn_args(tb: &Testbed) -> ConnArgs {
     ConnArgs {
-        inventory: tb.inventory(),
+        inventory: vec![tb.inventory()],
+        vault: Default::default(),
         limit: None,
         known_hosts: tb.known_hosts().to_string_lossy().into_owned(),
         accept_new: false,

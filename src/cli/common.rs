@@ -13,9 +13,18 @@ use crate::ssh::{self, Hop, SshOptions, Target};
 /// Connection flags shared by every verb that reaches hosts.
 #[derive(Args, Debug, Clone)]
 pub struct ConnArgs {
-    /// Inventory file (Ansible YAML).
-    #[arg(short = 'i', long = "inventory", env = "TUNNELFLEET_INVENTORY")]
-    pub inventory: PathBuf,
+    /// Inventory: a YAML or INI file, or a directory of them; repeat to merge several, in
+    /// order (as ansible -i). group_vars/ and host_vars/ beside each are read.
+    #[arg(
+        short = 'i',
+        long = "inventory",
+        env = "TUNNELFLEET_INVENTORY",
+        required = true
+    )]
+    pub inventory: Vec<PathBuf>,
+    /// Vault passwords for the inventory's vaulted values and files.
+    #[command(flatten)]
+    pub vault: VaultArgs,
     /// Hosts to act on: names, groups, globs, `!` exclusions, `&` intersections (as Ansible).
     #[arg(short = 'l', long)]
     pub limit: Option<String>,
@@ -40,6 +49,50 @@ pub struct ConnArgs {
     /// ssh_config file for ProxyJump, IdentityFile, User and Port defaults ("none" to ignore).
     #[arg(long, default_value = "~/.ssh/config")]
     pub ssh_config: String,
+}
+
+/// Vault password flags (as Ansible's).
+#[derive(Args, Debug, Clone, Default)]
+pub struct VaultArgs {
+    /// File holding the vault password (its content, whitespace trimmed).
+    #[arg(long = "vault-password-file", env = "ANSIBLE_VAULT_PASSWORD_FILE")]
+    pub vault_password_file: Vec<PathBuf>,
+    /// A vault id with its password file: LABEL@FILE (repeatable).
+    #[arg(long = "vault-id")]
+    pub vault_id: Vec<String>,
+}
+
+impl VaultArgs {
+    /// The vault passwords these flags give (read now; errors name the file).
+    pub fn keys(&self) -> Result<crate::inventory::VaultKeys, CliError> {
+        let mut keys = crate::inventory::VaultKeys::none();
+        for f in &self.vault_password_file {
+            keys.add_file(&f.to_string_lossy())
+                .map_err(CliError::input)?;
+        }
+        for id in &self.vault_id {
+            if !id.contains('@') {
+                return Err(CliError::input(format!(
+                    "--vault-id {}: expected LABEL@FILE",
+                    crate::inventory::clip_for_message(id)
+                )));
+            }
+            keys.add_vault_id(id).map_err(CliError::input)?;
+        }
+        Ok(keys)
+    }
+}
+
+/// Loads the inventory sources with the vault passwords, and prints the inventory's warnings
+/// (typos in variable names) on stderr, before any host is touched.
+pub fn load_inventory(sources: &[PathBuf], vault: &VaultArgs) -> Result<Inventory, CliError> {
+    let keys = vault.keys()?;
+    let inv =
+        Inventory::load_sources(sources, &keys).map_err(|e| CliError::input(e.to_string()))?;
+    for w in inv.warnings() {
+        eprintln!("warning: {w}");
+    }
+    Ok(inv)
 }
 
 /// Where the controller keeps its state: per tunnel the CA, the server certificate, the
@@ -111,7 +164,7 @@ impl ConnArgs {
         if self.max_starts == 0 {
             return Err(CliError::input("--max-starts must be at least 1"));
         }
-        let inv = Inventory::load(&self.inventory).map_err(|e| CliError::input(e.to_string()))?;
+        let inv = load_inventory(&self.inventory, &self.vault)?;
         let hosts = inv
             .select(self.limit.as_deref())
             .map_err(|e| CliError::input(e.to_string()))?;
@@ -119,6 +172,9 @@ impl ConnArgs {
             "none" => None,
             p => Some(ssh::config::expand_tilde(p)),
         };
+        if let Some(p) = &ssh_config {
+            ssh::config::check_file(p).map_err(CliError::input)?;
+        }
         let mut out = Vec::with_capacity(hosts.len());
         for h in hosts {
             let conn = inv

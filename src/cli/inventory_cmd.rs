@@ -5,17 +5,27 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliError, EXIT_OK};
-use crate::inventory::Inventory;
 
 /// Flags of `inventory`.
 #[derive(Args, Debug)]
 pub struct InventoryArgs {
-    /// Inventory file (Ansible YAML).
-    #[arg(short = 'i', long = "inventory", env = "TUNNELFLEET_INVENTORY")]
-    inventory: PathBuf,
+    /// Inventory: a YAML or INI file, or a directory of them; repeat to merge several.
+    #[arg(
+        short = 'i',
+        long = "inventory",
+        env = "TUNNELFLEET_INVENTORY",
+        required = true
+    )]
+    inventory: Vec<PathBuf>,
+    /// Vault passwords.
+    #[command(flatten)]
+    vault: super::common::VaultArgs,
     /// Print every group and host with merged vars, as `ansible-inventory --list` does.
     #[arg(long)]
     list: bool,
+    /// Print one host's merged vars, as `ansible-inventory --host HOST` does.
+    #[arg(long, conflicts_with = "list")]
+    host: Option<String>,
     /// Print the hosts a --limit pattern selects, one per line.
     #[arg(short = 'l', long)]
     limit: Option<String>,
@@ -23,9 +33,20 @@ pub struct InventoryArgs {
 
 /// Runs `inventory`.
 pub async fn run(args: InventoryArgs) -> Result<i32, CliError> {
-    let inv = Inventory::load(&args.inventory).map_err(|e| CliError::input(e.to_string()))?;
+    let inv = super::common::load_inventory(&args.inventory, &args.vault)?;
     if args.list {
         let doc = inv.ansible_list();
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(EXIT_OK);
+    }
+    if let Some(name) = &args.host {
+        let host = inv.host(name).ok_or_else(|| {
+            CliError::input(format!(
+                "--host {}: no such host in the inventory",
+                crate::inventory::clip_for_message(name)
+            ))
+        })?;
+        let doc = inv.ansible_host(host);
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return Ok(EXIT_OK);
     }

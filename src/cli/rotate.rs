@@ -324,6 +324,25 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     );
     // One rotation per tunnel per controller: the op record and journal are this tunnel's.
     let _controller_lock = controller_lock(&state, &tunnel, args.lock_wait).await?;
+    // A rotation the controller left mid-run (killed, interrupted) holds locks under its op
+    // id and has a token on some hosts: a new one would lose track of both.
+    if !args.resume
+        && let Ok(Some(p)) = Journal::pending_op(&journal_path)
+        && matches!(p.ended, None | Some(crate::rollout::OpStatus::Stopped))
+    {
+        return Err(CliError::input(format!(
+            "rotation {} of tunnel '{tunnel}' did not finish (the controller {}): run \
+             `tunnelfleet rotate-token --resume` with the same token to finish it",
+            p.op_id,
+            if p.ended.is_some() {
+                "was interrupted"
+            } else {
+                "died or was killed"
+            }
+        )));
+    }
+    let stop = super::staged::shared_stop();
+    super::staged::install_interrupt(stop.clone(), "tunnelfleet rotate-token --resume");
 
     // Resume: the unfinished operation, its token fingerprint, and only its pending hosts.
     let mut resume_setup: Option<(String, Option<u32>)> = None;
@@ -483,7 +502,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         .collect();
 
     // a. Preflight: reachable, healthy, locked; nothing is written to any host before this passes.
-    let engine = Engine::new(&progress);
+    let engine = Engine::new(&progress).with_stop(stop.clone());
     let pre = engine.run(preflight, ctxs).await;
     let failed_pre: Vec<String> = pre
         .hosts
@@ -588,7 +607,9 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     )?;
     let journal = Journal::open(&journal_path, &op_id, "rotate-token")
         .map_err(|e| CliError::input(format!("{}: {e}", journal_path.display())))?;
-    let mut engine = Engine::new(&progress).with_journal(journal);
+    let mut engine = Engine::new(&progress)
+        .with_journal(journal)
+        .with_stop(stop.clone());
     if args.resume
         && let Ok(log) = Journal::load(&journal_path)
     {
@@ -714,13 +735,23 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         if let Some(h) = &report.summary.halted {
             println!("halted: {h}");
         }
-        if !all_done {
+        if stop.is_requested() {
+            println!(
+                "interrupted: the fleet locks are released; run `tunnelfleet rotate-token --resume` (with the same token) to finish"
+            );
+        } else if !all_done {
             println!(
                 "not complete: fix what is reported, then run: tunnelfleet rotate-token --resume (with the same token)"
             );
         }
     }
-    Ok(if all_done { EXIT_OK } else { EXIT_HOST_FAILED })
+    Ok(if stop.is_requested() {
+        super::staged::EXIT_INTERRUPTED
+    } else if all_done {
+        EXIT_OK
+    } else {
+        EXIT_HOST_FAILED
+    })
 }
 
 /// The fewest hosts with a ready connector at any moment, from each host's own record:

@@ -5,71 +5,133 @@
 
 use super::yaml::{self, Entry, Kind, Loc, Node};
 use super::{Group, Host, Inventory, InventoryError, at};
+
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-const ALL: &str = "all";
-const UNGROUPED: &str = "ungrouped";
+pub(super) const ALL: &str = "all";
+pub(super) const UNGROUPED: &str = "ungrouped";
 
-struct Builder<'a> {
-    path: &'a Path,
-    groups: IndexMap<String, Group>,
-    hosts: IndexMap<String, Host>,
+/// Accumulates groups and hosts over every inventory source, in Ansible's order, then
+/// reconciles them and merges each host's variables ([`Builder::finish`]).
+pub(super) struct Builder {
+    /// Every file read, indexed by [`Loc::file`].
+    pub(super) files: Vec<PathBuf>,
+    pub(super) groups: IndexMap<String, Group>,
+    pub(super) hosts: IndexMap<String, Host>,
 }
 
-pub(super) fn build(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
-    let root = yaml::parse(text)
-        .map_err(|e| at(path, e.loc, e.message))?
-        .ok_or_else(|| {
-            at(
-                path,
-                Loc { line: 1, column: 1 },
-                "inventory is empty".into(),
-            )
-        })?;
-    let mut b = Builder {
-        path,
-        groups: IndexMap::new(),
-        hosts: IndexMap::new(),
-    };
-    b.add_group(ALL, Loc::default());
-    b.add_group(UNGROUPED, Loc::default());
-    b.add_child(ALL, UNGROUPED, Loc::default())?;
+impl Builder {
+    /// An empty inventory: `all` with `ungrouped`.
+    pub(super) fn new() -> Builder {
+        let mut b = Builder {
+            files: Vec::new(),
+            groups: IndexMap::new(),
+            hosts: IndexMap::new(),
+        };
+        b.add_group(ALL, Loc::default());
+        b.add_group(UNGROUPED, Loc::default());
+        if let Some(g) = b.groups.get_mut(ALL) {
+            g.children.push(UNGROUPED.to_owned());
+        }
+        if let Some(g) = b.groups.get_mut(UNGROUPED) {
+            g.parents.push(ALL.to_owned());
+        }
+        b
+    }
 
-    let entries = match root.kind {
-        Kind::Map(entries) => entries,
-        _ => {
-            return Err(b.err(
-                root.loc,
+    /// Registers a file read; its index goes into the [`Loc`]s of what it defines.
+    pub(super) fn add_file(&mut self, path: &Path) -> usize {
+        self.files.push(path.to_path_buf());
+        self.files.len() - 1
+    }
+
+    /// Adds the groups and hosts of one YAML inventory file (already parsed, positions set).
+    pub(super) fn yaml_source(
+        &mut self,
+        root: Option<Node>,
+        file: usize,
+    ) -> Result<(), InventoryError> {
+        let first_line = Loc {
+            line: 1,
+            column: 1,
+            file,
+        };
+        let root = root.ok_or_else(|| self.err(first_line, "inventory is empty".into()))?;
+        let entries = match root.kind {
+            Kind::Map(entries) => entries,
+            _ => {
+                return Err(self.err(
+                    root.loc,
+                    format!(
+                        "an inventory must be a mapping of group names (got {})",
+                        root.type_name()
+                    ),
+                ));
+            }
+        };
+        if entries.is_empty() {
+            return Err(self.err(root.loc, "inventory is empty".into()));
+        }
+        if let Some(p) = entries.iter().find(|e| e.key == "plugin") {
+            let name = match &p.value.kind {
+                Kind::Scalar { raw, .. } => super::clip(raw),
+                _ => "?".to_owned(),
+            };
+            return Err(self.err(
+                p.key_loc,
                 format!(
-                    "an inventory must be a mapping of group names (got {})",
-                    root.type_name()
+                    "this is a configuration of the inventory plugin '{name}', which Ansible \
+                     would run: tunnelfleet does not run inventory plugins; save what it \
+                     produces (`ansible-inventory -i FILE --list -y > hosts.yaml`) and use that"
                 ),
             ));
         }
-    };
-    if entries.is_empty() {
-        return Err(b.err(root.loc, "inventory is empty".into()));
+        for entry in &entries {
+            self.parse_group(entry)?;
+        }
+        Ok(())
     }
-    if let Some(p) = entries.iter().find(|e| e.key == "plugin") {
-        return Err(b.err(
-            p.key_loc,
-            "inventory plugin configurations are not supported; write the hosts in YAML".into(),
-        ));
+
+    /// Reconciles groups (`all`, `ungrouped`), computes depths and merges every host's vars.
+    pub(super) fn finish(mut self) -> Result<Inventory, InventoryError> {
+        self.reconcile()?;
+        self.compute_depths();
+        self.merge_vars();
+        let path = self.files.first().cloned().unwrap_or_default();
+        Ok(Inventory {
+            path,
+            files: self.files,
+            groups: self.groups,
+            hosts: self.hosts,
+            vault: Default::default(),
+            vaulted_files: Default::default(),
+            warnings: Vec::new(),
+        })
     }
-    for entry in &entries {
-        b.parse_group(entry)?;
+}
+
+/// One YAML inventory text as a whole inventory (no group_vars/host_vars).
+pub(super) fn build(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
+    let mut b = Builder::new();
+    let file = b.add_file(path);
+    let root = parse_yaml(text, file).map_err(|e| b.err(e.loc, e.message))?;
+    b.yaml_source(root, file)?;
+    b.finish()
+}
+
+/// Parses YAML text and sets `file` on every position.
+pub(super) fn parse_yaml(text: &str, file: usize) -> Result<Option<Node>, yaml::YamlError> {
+    let mut root = yaml::parse(text).map_err(|mut e| {
+        e.loc.file = file;
+        e
+    })?;
+    if let Some(r) = root.as_mut() {
+        yaml::set_file(r, file);
     }
-    b.reconcile()?;
-    b.compute_depths();
-    b.merge_vars();
-    Ok(Inventory {
-        path: path.to_path_buf(),
-        groups: b.groups,
-        hosts: b.hosts,
-    })
+    Ok(root)
 }
 
 fn describe_section(section: &str) -> &'static str {
@@ -80,12 +142,16 @@ fn describe_section(section: &str) -> &'static str {
     }
 }
 
-impl Builder<'_> {
-    fn err(&self, loc: Loc, message: String) -> InventoryError {
-        at(self.path, loc, message)
+impl Builder {
+    pub(super) fn err(&self, loc: Loc, message: String) -> InventoryError {
+        at(&self.file_path(loc.file), loc, message)
     }
 
-    fn add_group(&mut self, name: &str, loc: Loc) {
+    fn file_path(&self, file: usize) -> PathBuf {
+        self.files.get(file).cloned().unwrap_or_default()
+    }
+
+    pub(super) fn add_group(&mut self, name: &str, loc: Loc) {
         if !self.groups.contains_key(name) {
             self.groups.insert(
                 name.to_owned(),
@@ -99,6 +165,8 @@ impl Builder<'_> {
                     priority: 1,
                     loc,
                     var_locs: HashMap::new(),
+                    plugin_vars: IndexMap::new(),
+                    plugin_locs: HashMap::new(),
                 },
             );
         }
@@ -118,7 +186,12 @@ impl Builder<'_> {
         seen
     }
 
-    fn add_child(&mut self, parent: &str, child: &str, loc: Loc) -> Result<(), InventoryError> {
+    pub(super) fn add_child(
+        &mut self,
+        parent: &str,
+        child: &str,
+        loc: Loc,
+    ) -> Result<(), InventoryError> {
         if self.ancestors_and_self(parent).contains(child) {
             return Err(self.err(
                 loc,
@@ -145,6 +218,16 @@ impl Builder<'_> {
         let node = &entry.value;
         if name.is_empty() {
             return Err(self.err(entry.key_loc, "empty group name".into()));
+        }
+        if entry.key_type != "a string" {
+            return Err(self.err(
+                entry.key_loc,
+                format!(
+                    "group name {} is {}, not a string (Ansible refuses it): quote it",
+                    super::clip(&name),
+                    entry.key_type
+                ),
+            ));
         }
         let sections = match &node.kind {
             Kind::Map(sections) => sections.as_slice(),
@@ -179,6 +262,7 @@ impl Builder<'_> {
                 } => vec![Entry {
                     key: raw.clone(),
                     key_loc: section.value.loc,
+                    key_type: "a string",
                     value: Node {
                         kind: Kind::Scalar {
                             raw: String::new(),
@@ -222,8 +306,18 @@ impl Builder<'_> {
     }
 
     fn set_group_var(&mut self, group: &str, item: &Entry) -> Result<(), InventoryError> {
-        let value = item.value.to_json();
-        if item.key == "ansible_group_priority" {
+        self.set_group_value(group, &item.key, item.value.to_json(), item.value.loc)
+    }
+
+    /// `InventoryData.set_variable` on a group (a later value replaces an earlier one).
+    pub(super) fn set_group_value(
+        &mut self,
+        group: &str,
+        key: &str,
+        value: Value,
+        loc: Loc,
+    ) -> Result<(), InventoryError> {
+        if key == "ansible_group_priority" {
             let priority = match &value {
                 Value::Number(n) if n.is_i64() => n.as_i64(),
                 Value::String(s) => s.trim().parse::<i64>().ok(),
@@ -231,7 +325,7 @@ impl Builder<'_> {
             }
             .ok_or_else(|| {
                 self.err(
-                    item.value.loc,
+                    loc,
                     format!(
                         "group '{group}': ansible_group_priority must be an integer (got {})",
                         yaml::json_type_name(&value)
@@ -244,8 +338,8 @@ impl Builder<'_> {
             return Ok(());
         }
         if let Some(g) = self.groups.get_mut(group) {
-            g.vars.insert(item.key.clone(), value);
-            g.var_locs.insert(item.key.clone(), item.value.loc);
+            g.vars.insert(key.to_owned(), value);
+            g.var_locs.insert(key.to_owned(), loc);
         }
         Ok(())
     }
@@ -265,21 +359,37 @@ impl Builder<'_> {
                 ));
             }
         };
+        if item.key_type != "a string" {
+            return Err(self.err(
+                item.key_loc,
+                format!(
+                    "group '{group}': host name {} is {}, not a string (Ansible refuses it): \
+                     quote it",
+                    super::clip(&item.key),
+                    item.key_type
+                ),
+            ));
+        }
         let (names, port) = expand_host_pattern(&item.key)
             .map_err(|m| self.err(item.key_loc, format!("group '{group}': {m}")))?;
         for name in names {
             self.add_host(&name, group, port, item.key_loc);
-            if let Some(h) = self.hosts.get_mut(&name) {
-                for var in vars {
-                    h.own_vars.insert(var.key.clone(), var.value.to_json());
-                    h.own_locs.insert(var.key.clone(), var.value.loc);
-                }
+            for var in vars {
+                self.set_host_value(&name, &var.key, var.value.to_json(), var.value.loc);
             }
         }
         Ok(())
     }
 
-    fn add_host(&mut self, name: &str, group: &str, port: Option<u16>, loc: Loc) {
+    /// `InventoryData.set_variable` on a host (a later value replaces an earlier one).
+    pub(super) fn set_host_value(&mut self, host: &str, key: &str, value: Value, loc: Loc) {
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.own_vars.insert(key.to_owned(), value);
+            h.own_locs.insert(key.to_owned(), loc);
+        }
+    }
+
+    pub(super) fn add_host(&mut self, name: &str, group: &str, port: Option<u16>, loc: Loc) {
         if !self.hosts.contains_key(name) {
             let mut own_vars = IndexMap::new();
             let mut own_locs = HashMap::new();
@@ -299,6 +409,8 @@ impl Builder<'_> {
                     direct: Vec::new(),
                     own_vars,
                     own_locs,
+                    plugin_vars: IndexMap::new(),
+                    plugin_locs: HashMap::new(),
                     origins: HashMap::new(),
                     loc,
                 },
@@ -413,13 +525,21 @@ impl Builder<'_> {
             });
             let mut vars: IndexMap<String, Value> = IndexMap::new();
             let mut origins: HashMap<String, Loc> = HashMap::new();
-            let layers = self
-                .groups
-                .get(ALL)
+            // VariableManager.get_vars: all_inventory, groups_inventory,
+            // all_plugins_inventory (group_vars/all), groups_plugins_inventory, then the
+            // host's inventory vars and its host_vars.
+            let all = self.groups.get(ALL);
+            let layers = all
                 .into_iter()
-                .chain(groups)
+                .chain(groups.iter().copied())
                 .map(|g| (&g.vars, &g.var_locs))
-                .chain(std::iter::once((&host.own_vars, &host.own_locs)));
+                .chain(
+                    all.into_iter()
+                        .chain(groups.iter().copied())
+                        .map(|g| (&g.plugin_vars, &g.plugin_locs)),
+                )
+                .chain(std::iter::once((&host.own_vars, &host.own_locs)))
+                .chain(std::iter::once((&host.plugin_vars, &host.plugin_locs)));
             for (layer, locs) in layers {
                 for (k, v) in layer {
                     vars.insert(k.clone(), v.clone());
@@ -441,7 +561,7 @@ impl Builder<'_> {
 
 /// Ansible's `_expand_hostpattern`: an optional `:port` suffix (`host:2222`,
 /// `[2001:db8::1]:2222`) and `[a:b]` / `[a:b:step]` ranges (`web[01:10]`, `db-[a:c]`).
-fn expand_host_pattern(pattern: &str) -> Result<(Vec<String>, Option<u16>), String> {
+pub(super) fn expand_host_pattern(pattern: &str) -> Result<(Vec<String>, Option<u16>), String> {
     let (host, port) = split_port(pattern);
     let port = match port {
         None => None,

@@ -11,7 +11,7 @@
 //! | `deploy_dir` | `deploy_dir` (tunnelfleet)                                  | `/srv/mcp-tunnel`  |
 
 use super::yaml::{Loc, UNSAFE_KEY, json_type_name};
-use super::{Host, Inventory, InventoryError};
+use super::{Host, Inventory, InventoryError, clip};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -66,7 +66,7 @@ impl Ctx<'_> {
     fn err(&self, var: &str, message: String) -> InventoryError {
         self.inv.error_at(
             self.loc(var),
-            format!("host '{}': {var}: {message}", self.host.name),
+            format!("host '{}': {var}: {message}", clip(&self.host.name)),
         )
     }
 
@@ -84,15 +84,30 @@ impl Ctx<'_> {
 
     /// A string var that will end up on an ssh command line or in a remote path: non-empty,
     /// no whitespace or control characters, not starting with `-`.
-    fn word(&self, var: &str, what: &str) -> Result<Option<String>, InventoryError> {
+    fn word(&self, var: &str, what: &str, max: usize) -> Result<Option<String>, InventoryError> {
         let Some(v) = self.get(var) else {
             return Ok(None);
         };
         let Value::String(s) = v else {
             return Err(self.err(var, format!("must be {what} (got {})", json_type_name(v))));
         };
-        check_word(s).map_err(|m| self.err(var, format!("{m} in {what} '{s}'")))?;
+        check_len(s, max).map_err(|m| self.err(var, format!("{m} for {what}")))?;
+        check_word(s).map_err(|m| self.err(var, format!("{m} in {what} '{}'", clip(s))))?;
         Ok(Some(s.clone()))
+    }
+}
+
+/// Longest host name or address accepted (a DNS name has at most 253 characters).
+pub const MAX_ADDRESS_LEN: usize = 253;
+/// Longest user name accepted.
+pub const MAX_USER_LEN: usize = 255;
+
+fn check_len(s: &str, max: usize) -> Result<(), String> {
+    let n = s.chars().count();
+    if n > max {
+        Err(format!("{n} characters is too long (at most {max})"))
+    } else {
+        Ok(())
     }
 }
 
@@ -120,15 +135,21 @@ fn resolve(
     chain: &mut Vec<String>,
 ) -> Result<Connection, InventoryError> {
     let cx = Ctx { inv, host };
-    let address = match cx.word("ansible_host", "a host name or address")? {
+    let address = match cx.word("ansible_host", "a host name or address", MAX_ADDRESS_LEN)? {
         Some(a) => a,
         None => {
-            check_word(&host.name).map_err(|m| {
-                inv.error_at(
-                    host.loc,
-                    format!("host '{}': {m} in the host name", host.name),
-                )
-            })?;
+            check_len(&host.name, MAX_ADDRESS_LEN)
+                .map_err(|m| m.to_string())
+                .and_then(|()| check_word(&host.name).map_err(|m| m.to_string()))
+                .map_err(|m| {
+                    inv.error_at(
+                        host.loc,
+                        format!(
+                            "host '{}': {m} in the host name (or set ansible_host)",
+                            clip(&host.name)
+                        ),
+                    )
+                })?;
             host.name.clone()
         }
     };
@@ -141,7 +162,7 @@ fn resolve(
             )
         })?,
     };
-    let user = match cx.word("ansible_user", "a user name")? {
+    let user = match cx.word("ansible_user", "a user name", MAX_USER_LEN)? {
         Some(u) => u,
         None => default_user(),
     };
@@ -186,8 +207,8 @@ fn resolve(
 
 fn show(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("'{s}'"),
-        other => format!("{other}"),
+        Value::String(s) => format!("'{}'", clip(s)),
+        other => clip(&format!("{other}")),
     }
 }
 
@@ -247,7 +268,12 @@ fn key_file(cx: &Ctx<'_>) -> Result<Option<PathBuf>, InventoryError> {
     let path = if s == "~" || s.starts_with("~/") {
         let home = std::env::var_os("HOME")
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| cx.err(var, format!("cannot expand '~' in '{s}': HOME is not set")))?;
+            .ok_or_else(|| {
+                cx.err(
+                    var,
+                    format!("cannot expand '~' in '{}': HOME is not set", clip(s)),
+                )
+            })?;
         let mut p = PathBuf::from(home);
         if let Some(rest) = s.strip_prefix("~/") {
             p.push(rest);
@@ -256,12 +282,21 @@ fn key_file(cx: &Ctx<'_>) -> Result<Option<PathBuf>, InventoryError> {
     } else if s.starts_with('~') {
         return Err(cx.err(
             var,
-            format!("'~user' paths are not supported ('{s}'); write the full path"),
+            format!(
+                "'~user' paths are not supported ('{}'); write the full path",
+                clip(s)
+            ),
         ));
     } else if Path::new(s).is_absolute() {
         PathBuf::from(s)
     } else {
-        let base = cx.inv.path.parent().unwrap_or(Path::new(""));
+        // Relative to the inventory: the first source directory, or the first file's.
+        let first = cx.inv.path.as_path();
+        let base = if first.is_dir() {
+            first
+        } else {
+            first.parent().unwrap_or(Path::new(""))
+        };
         base.join(s)
     };
     Ok(Some(path))
@@ -269,13 +304,13 @@ fn key_file(cx: &Ctx<'_>) -> Result<Option<PathBuf>, InventoryError> {
 
 fn check_deploy_dir(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
-        return Err(format!("must be an absolute path (got '{s}')"));
+        return Err(format!("must be an absolute path (got '{}')", clip(s)));
     }
     if s.chars().any(|c| c.is_control()) {
         return Err("must not contain control characters".to_owned());
     }
     if s.split('/').any(|part| part == "..") {
-        return Err(format!("must not contain '..' (got '{s}')"));
+        return Err(format!("must not contain '..' (got '{}')", clip(s)));
     }
     let trimmed = s.trim_end_matches('/');
     if trimmed.is_empty() {
@@ -336,11 +371,12 @@ fn proxy_jump(cx: &Ctx<'_>, chain: &mut Vec<String>) -> Result<Vec<JumpHost>, In
                 key_file: c.key_file,
             });
         } else {
-            out.push(
-                parse_jump_spec(&hop).map_err(|m| {
-                    cx.err(VAR, format!("'{hop}' is not an inventory host, and {m}"))
-                })?,
-            );
+            out.push(parse_jump_spec(&hop).map_err(|m| {
+                cx.err(
+                    VAR,
+                    format!("'{}' is not an inventory host, and {m}", clip(&hop)),
+                )
+            })?);
         }
     }
     Ok(out)
@@ -354,6 +390,7 @@ fn parse_jump_spec(spec: &str) -> Result<JumpHost, String> {
         None => (None, rest),
     };
     if let Some(u) = user {
+        check_len(u, MAX_USER_LEN).map_err(|m| format!("its user: {m}"))?;
         check_word(u).map_err(|m| format!("its user has a {m}"))?;
     }
     let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
@@ -377,6 +414,7 @@ fn parse_jump_spec(spec: &str) -> Result<JumpHost, String> {
             _ => (hostport, None), // bare IPv6 address
         }
     };
+    check_len(host, MAX_ADDRESS_LEN).map_err(|m| format!("its host: {m}"))?;
     check_word(host).map_err(|m| {
         if m == "empty value" {
             "it names no host".to_owned()
@@ -390,7 +428,7 @@ fn parse_jump_spec(spec: &str) -> Result<JumpHost, String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("its port '{p}' is not a port number 1-65535"))?,
+            .ok_or_else(|| format!("its port '{}' is not a port number 1-65535", clip(p)))?,
     };
     Ok(JumpHost {
         address: host.to_owned(),

@@ -17,6 +17,15 @@ pub enum InventoryError {
         /// The I/O error.
         error: std::io::Error,
     },
+    /// An inventory or vars file that cannot be used as a whole: not a regular file, too
+    /// large, an inventory script, a format tunnelfleet does not read, a vault it cannot open.
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// A problem at a place in the inventory file: YAML syntax, structure (a `hosts:` that is
     /// a list, a group that is not a mapping), or an invalid value for a known variable.
     #[error("{}:{line}:{column}: {message}", file.display())]

@@ -7,9 +7,12 @@
 //! included: without `--export` they are not shown on the groups), minus Ansible's internal
 //! variable names, and only for hosts that have vars; `_meta.profile` is `inventory_legacy`.
 
-use super::Inventory;
+use super::{Host, Inventory};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
+
+/// What `--list` prints for a value that comes from a vault-encrypted file.
+pub const VAULTED_FILE_VALUE: &str = "<vaulted: from a vault-encrypted file, not shown>";
 
 /// `ansible.constants.INTERNAL_STATIC_VARS`: removed from `--list` output.
 const INTERNAL_STATIC_VARS: &[&str] = &[
@@ -55,12 +58,7 @@ pub(super) fn ansible_list(inv: &Inventory) -> Value {
 
     let mut hostvars = Map::new();
     for host in inv.hosts() {
-        let vars: Map<String, Value> = host
-            .vars
-            .iter()
-            .filter(|(k, _)| !INTERNAL_STATIC_VARS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let vars = host_vars(inv, host);
         if !vars.is_empty() {
             hostvars.insert(host.name.clone(), Value::Object(vars));
         }
@@ -70,6 +68,24 @@ pub(super) fn ansible_list(inv: &Inventory) -> Value {
     meta.insert("profile".into(), Value::from("inventory_legacy"));
     out.insert("_meta".into(), Value::Object(meta));
     Value::Object(out)
+}
+
+/// What `ansible-inventory --host HOST` prints: the host's merged vars, minus Ansible's
+/// internal names; values from vault-encrypted files are not shown.
+pub(super) fn host_vars(inv: &Inventory, host: &Host) -> Map<String, Value> {
+    host.vars
+        .iter()
+        .filter(|(k, _)| !INTERNAL_STATIC_VARS.contains(&k.as_str()))
+        .map(|(k, v)| {
+            // ansible-inventory prints the decrypted values of a vault-encrypted vars
+            // file; tunnelfleet keeps them secret (see docs/decisions.md).
+            if inv.var_is_from_vaulted_file(host, k) {
+                (k.clone(), Value::from(VAULTED_FILE_VALUE))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect()
 }
 
 fn format_group(

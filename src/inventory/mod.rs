@@ -14,18 +14,25 @@
 mod build;
 mod connection;
 pub(crate) mod error;
+mod ini;
 mod limit;
 mod list;
+mod pyliteral;
+mod source;
+mod typos;
+pub mod vault;
 /// The located YAML reader, shared with the playbook loader (`crate::playbook`) so its
 /// schema errors name `file:line:column` too. Crate-internal; nothing here is public API.
 pub(crate) mod yaml;
 
 pub use connection::{Connection, DEFAULT_DEPLOY_DIR, JumpHost};
 pub use error::InventoryError;
+pub use list::VAULTED_FILE_VALUE;
+pub use vault::VaultKeys;
 
 use indexmap::IndexMap;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use yaml::Loc;
 
@@ -33,8 +40,17 @@ use yaml::Loc;
 #[derive(Debug, Clone)]
 pub struct Inventory {
     path: PathBuf,
+    /// Every file read (inventory files, then vars files), indexed by `Loc::file`.
+    files: Vec<PathBuf>,
     groups: IndexMap<String, Group>,
     hosts: IndexMap<String, Host>,
+    /// Decrypted inline vault values, by ciphertext.
+    vault: HashMap<String, crate::secrets::Secret>,
+    /// Files (indices into `files`) that were vault-encrypted as a whole.
+    vaulted_files: HashSet<usize>,
+    /// Warnings found while reading (typos in variable names), to print before any host is
+    /// touched.
+    warnings: Vec<String>,
 }
 
 /// A group of the inventory, with its own (unmerged) variables.
@@ -57,6 +73,10 @@ pub struct Group {
     pub priority: i64,
     loc: Loc,
     var_locs: HashMap<String, Loc>,
+    /// Variables from `group_vars/` (Ansible's `host_group_vars` plugin), merged above every
+    /// group's inventory vars.
+    plugin_vars: IndexMap<String, Value>,
+    plugin_locs: HashMap<String, Loc>,
 }
 
 /// A host with its merged variables.
@@ -76,19 +96,62 @@ pub struct Host {
     /// Variables set on the host itself.
     own_vars: IndexMap<String, Value>,
     own_locs: HashMap<String, Loc>,
+    /// Variables from `host_vars/`, the highest layer.
+    plugin_vars: IndexMap<String, Value>,
+    plugin_locs: HashMap<String, Loc>,
     /// Where the value of each merged variable was written.
     origins: HashMap<String, Loc>,
     loc: Loc,
 }
 
 impl Inventory {
-    /// Reads and parses the inventory file at `path`.
+    /// Reads the inventory at `path` (a file or a directory) with its group_vars/host_vars,
+    /// without vault passwords (a vaulted value is then an error).
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let text = std::fs::read_to_string(path).map_err(|error| InventoryError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Inventory::from_str(&text, path)
+        Inventory::load_sources(&[path.to_path_buf()], &VaultKeys::none())
+    }
+
+    /// Reads several inventory sources (`-i` options, in order) as Ansible does: files (YAML
+    /// or INI) and directories of them, then `group_vars/` and `host_vars/` beside each
+    /// source; vault values are decrypted with `keys`. Every problem is reported here.
+    pub fn load_sources(paths: &[PathBuf], keys: &VaultKeys) -> Result<Inventory, InventoryError> {
+        source::load(paths, keys)
+    }
+
+    /// The decrypted value of `host`'s variable `var` when that value is vaulted (an inline
+    /// `!vault` value, or a string from a vault-encrypted vars file); `None` otherwise.
+    pub fn vaulted_var(&self, host: &Host, var: &str) -> Option<crate::secrets::Secret> {
+        let value = host.vars.get(var)?;
+        if let Value::Object(m) = value
+            && m.len() == 1
+            && let Some(Value::String(ct)) = m.get(yaml::VAULT_KEY)
+        {
+            return self.vault.get(ct).cloned();
+        }
+        if self.var_is_from_vaulted_file(host, var)
+            && let Value::String(s) = value
+        {
+            return Some(crate::secrets::Secret::new(s.clone()));
+        }
+        None
+    }
+
+    /// Whether the merged value of `var` for `host` comes from a vault-encrypted file.
+    pub(crate) fn var_is_from_vaulted_file(&self, host: &Host, var: &str) -> bool {
+        host.origins
+            .get(var)
+            .is_some_and(|l| self.vaulted_files.contains(&l.file))
+    }
+
+    /// Warnings found while reading: variable names that look like typos of known ones
+    /// ("did you mean `deploy_dir`?"), with their place.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Every file read for this inventory, in order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     /// Parses inventory YAML `text`; `path` names the file in error messages and is the base
@@ -138,6 +201,11 @@ impl Inventory {
         list::ansible_list(self)
     }
 
+    /// What `ansible-inventory --host NAME` prints for `host`, as JSON.
+    pub fn ansible_host(&self, host: &Host) -> Value {
+        Value::Object(list::host_vars(self, host))
+    }
+
     /// The connection view of `host`, with its ProxyJump chain resolved; every variable used
     /// is checked, and an invalid one is reported with its place in the file.
     pub fn connection(&self, host: &Host) -> Result<Connection, InventoryError> {
@@ -162,9 +230,29 @@ impl Inventory {
         }
     }
 
-    /// An error located at `loc` in this inventory's file.
+    /// An error located at `loc` in this inventory's files.
     fn error_at(&self, loc: Loc, message: String) -> InventoryError {
-        at(&self.path, loc, message)
+        let path = self.files.get(loc.file).unwrap_or(&self.path);
+        at(path, loc, message)
+    }
+}
+
+/// At most this many characters of a value from the operator's files go into a message.
+pub(crate) const CLIP_CHARS: usize = 80;
+
+/// `text` cut for an error message (at most 80 characters are shown).
+pub fn clip_for_message(text: &str) -> String {
+    clip(text)
+}
+
+/// `text` for an error message: at most [`CLIP_CHARS`] characters, then `…(N chars)`.
+pub(crate) fn clip(text: &str) -> String {
+    let n = text.chars().count();
+    if n <= CLIP_CHARS {
+        text.to_owned()
+    } else {
+        let head: String = text.chars().take(CLIP_CHARS).collect();
+        format!("{head}…({n} chars)")
     }
 }
 

@@ -112,14 +112,29 @@ fn names_kept_as_written_and_ungrouped_like_ansible() {
 all:
   hosts:
     10.0.0.1:
-    123:
-    0755:
-    1.10:
+    '123':
+    '0755':
+    '1.10':
     both:
   children:
     g:
       hosts: {both: }
 ");
+    // Unquoted, PyYAML makes them numbers, and Ansible refuses non-string names.
+    for (name, kind) in [
+        ("123", "an integer"),
+        ("0755", "an integer"),
+        ("1.10", "a float"),
+    ] {
+        let e = load_err(&format!("all:\n  hosts:\n    {name}:\n"));
+        assert_eq!(
+            e,
+            format!(
+                "inventory.yaml:3:5: group 'all': host name {name} is {kind}, not a string \
+                 (Ansible refuses it): quote it"
+            )
+        );
+    }
     let hosts: Vec<&str> = i.hosts().map(|h| h.name.as_str()).collect();
     assert_eq!(hosts, ["10.0.0.1", "123", "0755", "1.10", "both"]);
     let ungrouped = i.group("ungrouped").map(|g| g.hosts.clone());
@@ -586,4 +601,26 @@ fn example_inventory_loads_and_resolves() {
         stg.map(|c| (c.deploy_dir.as_str(), c.become_)),
         Some(("/opt/mcp-tunnel-staging", false))
     );
+}
+
+#[test]
+fn long_values_are_bounded_and_not_echoed() {
+    let long = "a".repeat(100_000);
+    let e = conn_err(
+        &format!("all:\n  hosts:\n    h1:\n      ansible_host: {long}\n"),
+        "h1",
+    );
+    assert!(e.len() < 300, "{} bytes", e.len());
+    assert!(
+        e.contains("100000 characters is too long (at most 253)"),
+        "{e}"
+    );
+    let e = conn_err(
+        &format!("all:\n  hosts:\n    h1:\n      ansible_user: 'x {long}'\n"),
+        "h1",
+    );
+    assert!(e.len() < 300, "{} bytes", e.len());
+    let e = conn_err(&format!("all:\n  hosts:\n    ? '{long}'\n"), &long);
+    assert!(e.len() < 400, "{} bytes", e.len());
+    assert!(e.contains("…(100000 chars)"), "{e}");
 }

@@ -16,11 +16,16 @@ use std::collections::HashMap;
 /// Key of Ansible's JSON form of an `!unsafe` string.
 pub(crate) const UNSAFE_KEY: &str = "__ansible_unsafe";
 
+/// Key of Ansible's JSON form of an inline `!vault` value (what `--list` prints).
+pub(crate) const VAULT_KEY: &str = "__ansible_vault";
+
 /// 1-based line and column (in characters) of a node in the inventory file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) struct Loc {
     pub(crate) line: usize,
     pub(crate) column: usize,
+    /// Index of the file in the inventory's list of files read (0 for single-file users).
+    pub(crate) file: usize,
 }
 
 impl Loc {
@@ -28,6 +33,7 @@ impl Loc {
         Loc {
             line: span.start.line(),
             column: span.start.col() + 1,
+            file: 0,
         }
     }
 }
@@ -53,6 +59,9 @@ pub(crate) enum Kind {
 pub(crate) struct Entry {
     pub(crate) key: String,
     pub(crate) key_loc: Loc,
+    /// The type of the key as YAML resolves it ("a string", "an integer", ...): Ansible
+    /// refuses host and group names that are not strings.
+    pub(crate) key_type: &'static str,
     pub(crate) value: Node,
 }
 
@@ -119,6 +128,21 @@ pub(crate) fn json_type_name(value: &Value) -> &'static str {
     }
 }
 
+/// Sets the file index of every position in `node` (the parser numbers none).
+pub(crate) fn set_file(node: &mut Node, file: usize) {
+    node.loc.file = file;
+    match &mut node.kind {
+        Kind::Scalar { .. } => {}
+        Kind::Seq(items) => items.iter_mut().for_each(|n| set_file(n, file)),
+        Kind::Map(entries) => {
+            for e in entries {
+                e.key_loc.file = file;
+                set_file(&mut e.value, file);
+            }
+        }
+    }
+}
+
 /// Parses a single-document YAML text into a node tree. An empty stream gives `None`.
 pub(crate) fn parse(text: &str) -> Result<Option<Node>, YamlError> {
     let mut builder = Builder {
@@ -165,6 +189,7 @@ impl<'a> Builder<'a> {
                         Loc {
                             line: m.line(),
                             column: m.col() + 1,
+                            file: 0,
                         },
                         format!("YAML syntax error: {}", e.info()),
                     ));
@@ -289,10 +314,11 @@ impl<'a> Builder<'a> {
                 Step::SeqEnd => return Err(err(loc, "malformed mapping")),
                 Step::Node(k) => k,
             };
-            let (key_text, is_merge) = match &key.kind {
+            let (key_text, is_merge, key_type) = match &key.kind {
                 Kind::Scalar { raw, value } => (
                     raw.clone(),
                     raw == "<<" && matches!(value, Value::String(_)),
+                    json_type_name(value),
                 ),
                 _ => {
                     return Err(err(
@@ -343,6 +369,7 @@ impl<'a> Builder<'a> {
             entries.push(Entry {
                 key: key_text,
                 key_loc: key.loc,
+                key_type,
                 value,
             });
         }
@@ -406,11 +433,13 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&str>) -> Result<V
                 .ok_or_else(|| format!("'{text}' is not a valid !!bool"));
         }
         Some("!!null") => return Ok(Value::Null),
-        Some(other) => {
-            return Err(format!(
-                "unsupported YAML tag '{other}' (Ansible vault values are not supported)"
-            ));
+        // An inline vault value: kept in Ansible's JSON form; the inventory decrypts it.
+        Some("!vault") => {
+            let mut m = serde_json::Map::new();
+            m.insert(VAULT_KEY.to_owned(), Value::String(text.to_owned()));
+            return Ok(Value::Object(m));
         }
+        Some(other) => return Err(format!("unsupported YAML tag '{other}'")),
     }
     if style != ScalarStyle::Plain {
         return Ok(Value::String(text.to_owned()));
@@ -637,8 +666,22 @@ mod tests {
         };
         assert_eq!(inner[0].key, "123");
         assert_eq!(inner[1].key, "0755");
-        assert_eq!(inner[1].key_loc, Loc { line: 3, column: 3 });
-        assert_eq!(inner[0].value.loc, Loc { line: 2, column: 8 });
+        assert_eq!(
+            inner[1].key_loc,
+            Loc {
+                line: 3,
+                column: 3,
+                file: 0
+            }
+        );
+        assert_eq!(
+            inner[0].value.loc,
+            Loc {
+                line: 2,
+                column: 8,
+                file: 0
+            }
+        );
     }
 
     #[test]
@@ -660,7 +703,11 @@ mod tests {
         assert_eq!(
             e,
             Some((
-                Loc { line: 3, column: 1 },
+                Loc {
+                    line: 3,
+                    column: 1,
+                    file: 0
+                },
                 "duplicate key 'a' (first at line 1, column 1)".to_owned()
             ))
         );

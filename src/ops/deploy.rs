@@ -72,6 +72,12 @@ pub async fn tunnel_inputs(
                 .and_then(|m| m.tunnel_token_command.clone())
                 .map(TokenSource::Command)
         });
+        let source = source.or_else(|| {
+            g.members
+                .first()
+                .and_then(|m| m.tunnel_token_vault.clone())
+                .map(TokenSource::Vault)
+        });
         let token = match source {
             Some(s) => Some(
                 s.load()

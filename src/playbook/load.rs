@@ -31,7 +31,11 @@ pub(super) fn parse<C: HostCtx>(
     };
     let Some(root) = root else {
         cx.error(
-            Loc { line: 1, column: 1 },
+            Loc {
+                line: 1,
+                column: 1,
+                file: 0,
+            },
             "empty playbook: expected a mapping with name and phases",
         );
         return Err(cx.finish(path));

@@ -103,10 +103,13 @@ impl<C: HostCtx> Playbook<C> {
     /// Reads and checks the playbook at `path`, building its steps from `registry`.
     /// Blocking file I/O (a small file, read once before a rollout).
     pub fn load(path: &Path, registry: &StepRegistry<C>) -> Result<Self, PlaybookError> {
-        let text = std::fs::read_to_string(path).map_err(|error| PlaybookError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        let text =
+            crate::fsread::read_text(path, crate::fsread::SMALL_FILE_LIMIT).map_err(|error| {
+                PlaybookError::Read {
+                    path: path.to_owned(),
+                    error,
+                }
+            })?;
         Playbook::from_str(&text, path, registry)
     }
 
@@ -156,8 +159,8 @@ pub enum PlaybookError {
     Read {
         /// The path as given.
         path: PathBuf,
-        /// The I/O error.
-        error: std::io::Error,
+        /// What went wrong (I/O, not a regular file, over the size limit).
+        error: crate::fsread::ReadError,
     },
     /// A problem at a place in the playbook: YAML syntax, an unknown key or step, a value of
     /// the wrong type, bad step parameters.

@@ -275,7 +275,10 @@ impl<'a> Engine<'a> {
         let mut halted: Option<String> = None;
 
         for phase in &phases {
-            if self.stop.is_requested() {
+            // A stop request starts no more work, but clean-up phases (`hosts: all`: release
+            // the fleet lock, write the audit line) still run: an interrupted run must not
+            // leave its locks behind.
+            if self.stop.is_requested() && phase.hosts != HostFilter::All {
                 for (i, st) in states.iter_mut().enumerate() {
                     if st.status == Live::Pending {
                         st.skip(&phase.name, "stop requested");
@@ -287,7 +290,7 @@ impl<'a> Engine<'a> {
                         );
                     }
                 }
-                break;
+                continue;
             }
             let selected: Vec<usize> = match phase.hosts {
                 HostFilter::Passed => {
@@ -307,8 +310,11 @@ impl<'a> Engine<'a> {
             let phase_name: Arc<str> = Arc::from(phase.name.as_str());
             // Resuming: hosts with every step of this phase done earlier are not batched, so
             // a canary is a host that still has work to do.
+            // Clean-up phases always run again when resuming: the resumed run took the
+            // fleet lock again and must release it (and audit what it did).
             let selected: Vec<usize> = match &self.resume {
                 None => selected,
+                Some(_) if phase.hosts == HostFilter::All => selected,
                 Some(log) => {
                     let (done, todo): (Vec<usize>, Vec<usize>) =
                         selected.into_iter().partition(|&i| {
@@ -356,7 +362,7 @@ impl<'a> Engine<'a> {
                 }
                 let reason = if let Some(r) = &phase_halt {
                     Some(r.clone())
-                } else if self.stop.is_requested() {
+                } else if self.stop.is_requested() && phase.hosts != HostFilter::All {
                     Some("stop requested".to_owned())
                 } else {
                     None
@@ -505,7 +511,12 @@ impl<'a> Engine<'a> {
                     self.stop.clone(),
                 ),
                 journal: self.journal.clone(),
-                resume: self.resume.clone(),
+                resume: if phase.hosts == HostFilter::All {
+                    None
+                } else {
+                    self.resume.clone()
+                },
+                cleanup: phase.hosts == HostFilter::All,
                 tx: tx.clone(),
                 started,
             };
@@ -673,6 +684,8 @@ struct HostTask<C> {
     cx: StepCx,
     journal: Option<Journal>,
     resume: Option<Arc<JournalLog>>,
+    /// A clean-up phase: its steps run even after a stop request.
+    cleanup: bool,
     tx: mpsc::UnboundedSender<Progress>,
     started: Instant,
 }
@@ -704,7 +717,7 @@ impl<C: HostCtx> HostTask<C> {
         let mut end = HostEnd::Passed;
         for (i, step) in self.steps.iter().enumerate() {
             let label = self.labels[i].as_str();
-            if self.cx.stop_requested() {
+            if self.cx.stop_requested() && !self.cleanup {
                 for rest in &self.labels[i..] {
                     let mut r = self.record(&host, rest, self.ms(), StepStatus::Skipped);
                     r.detail = "stop requested".to_owned();

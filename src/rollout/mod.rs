@@ -18,7 +18,8 @@
 //!   the reason) and no later `Passed` phase runs. `All` phases (clean-up such as releasing a
 //!   lock) still run, on every host.
 //! - [`StopHandle::request`] (e.g. on Ctrl-C, which the caller handles) stops the rollout: no
-//!   new batch or step starts, running steps finish, nothing else runs.
+//!   new batch or step starts, running steps finish; only `All` (clean-up) phases still run,
+//!   so an interrupted run releases its locks. Resuming never skips a clean-up phase.
 
 mod batch;
 mod engine;

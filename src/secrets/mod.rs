@@ -23,6 +23,26 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use zeroize::Zeroizing;
 
+/// Values decrypted from the inventory's vault, by id (the ciphertext, or the vars file and
+/// variable for a vault-encrypted file): the inventory is read once per run, before any
+/// host is touched, and the token source is chosen later from the host's vars, which carry
+/// only the id. Ids are not secret; values never leave as anything but a [`Secret`].
+static VAULTED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Secret>>> =
+    std::sync::OnceLock::new();
+
+/// Keeps a value decrypted from the inventory's vault under `id`.
+pub fn remember_vaulted(id: &str, value: Secret) {
+    let map = VAULTED.get_or_init(Default::default);
+    if let Ok(mut m) = map.lock() {
+        m.insert(id.to_owned(), value);
+    }
+}
+
+/// The value kept under `id` by [`remember_vaulted`].
+pub fn recall_vaulted(id: &str) -> Option<Secret> {
+    VAULTED.get()?.lock().ok()?.get(id).cloned()
+}
+
 /// Number of hex digits of SHA-256 kept in a fingerprint.
 pub const FINGERPRINT_HEX_LEN: usize = 12;
 

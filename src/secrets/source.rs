@@ -37,6 +37,9 @@ pub enum TokenSource {
     /// A command run on the controller with `sh -c`; its stdout is the token. It gets no stdin
     /// and is killed after [`COMMAND_TIMEOUT`].
     Command(String),
+    /// A vaulted `tunnel_token` of the inventory, decrypted when the inventory was read; the
+    /// value is the id it was kept under (see [`super::remember_vaulted`]), not the token.
+    Vault(String),
 }
 
 impl fmt::Display for TokenSource {
@@ -47,6 +50,7 @@ impl fmt::Display for TokenSource {
             TokenSource::Stdin => write!(f, "stdin"),
             TokenSource::File(p) => write!(f, "file {}", p.display()),
             TokenSource::Env(v) => write!(f, "environment variable {v}"),
+            TokenSource::Vault(_) => write!(f, "the inventory's vaulted tunnel_token"),
             TokenSource::Command(c) => {
                 let first = c.split_whitespace().next().unwrap_or("");
                 if c.split_whitespace().nth(1).is_some() {
@@ -215,6 +219,16 @@ impl TokenSource {
                 let bytes = run_command(&origin, cmd, COMMAND_TIMEOUT).await?;
                 finish(&origin, bytes, true)
             }
+            TokenSource::Vault(id) => {
+                let secret = super::recall_vaulted(id).ok_or(SecretError::Empty {
+                    origin: origin.clone(),
+                })?;
+                finish(
+                    &origin,
+                    Zeroizing::new(secret.expose().as_bytes().to_vec()),
+                    true,
+                )
+            }
         }
     }
 
@@ -233,6 +247,10 @@ impl TokenSource {
                 Some(v) => Zeroizing::new(v.into_encoded_bytes()),
             },
             TokenSource::Command(cmd) => run_command(&origin, cmd, COMMAND_TIMEOUT).await?,
+            TokenSource::Vault(id) => match super::recall_vaulted(id) {
+                Some(s) => Zeroizing::new(s.expose().as_bytes().to_vec()),
+                None => return Err(SecretError::Empty { origin }),
+            },
         };
         let text = std::str::from_utf8(&bytes).map_err(|_| SecretError::NotUtf8 {
             origin: origin.clone(),

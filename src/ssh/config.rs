@@ -43,6 +43,23 @@ fn which(cmd: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Checks, before any host is touched, that the ssh_config file at `path` can be read: a
+/// regular file within [`crate::fsread::SMALL_FILE_LIMIT`] (a missing file is fine: there is
+/// nothing to apply). `ssh -G` would block forever on a FIFO and read a device endlessly.
+pub fn check_file(path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        return Ok(());
+    }
+    crate::fsread::read_text(path, crate::fsread::SMALL_FILE_LIMIT)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "{}: cannot read ssh_config: {e} (or --ssh-config none)",
+                path.display()
+            )
+        })
+}
+
 /// Looks up `host` in the ssh_config file at `path` (None: the file does not exist).
 pub async fn lookup(path: &Path, host: &str) -> SshConfigHost {
     if !path.exists() {
@@ -64,7 +81,7 @@ pub async fn lookup(path: &Path, host: &str) -> SshConfigHost {
             return parse_g_output(&String::from_utf8_lossy(&out.stdout));
         }
     }
-    match std::fs::read_to_string(path) {
+    match crate::fsread::read_text(path, crate::fsread::SMALL_FILE_LIMIT) {
         Ok(text) => parse_config(&text, host),
         Err(_) => SshConfigHost::default(),
     }

@@ -45,6 +45,9 @@ pub struct StackSettings {
     pub deploy_dir: String,
     /// Controller-side command that prints the tunnel token, if configured.
     pub tunnel_token_command: Option<String>,
+    /// The vaulted `tunnel_token` of the inventory, as the id its decrypted value is kept
+    /// under (`crate::secrets::TokenSource::Vault`); never the token itself.
+    pub tunnel_token_vault: Option<String>,
     /// mcp-proxy image reference (pinned by digest unless `allow_unpinned_images`).
     pub mcp_proxy_image: String,
     /// cloudflared image reference (pinned by digest unless `allow_unpinned_images`).
@@ -155,6 +158,22 @@ impl StackSettings {
             other => other,
         };
 
+        let tunnel_token_vault = match vars.get("tunnel_token") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(m)) if m.len() == 1 => match m.get("__ansible_vault") {
+                Some(Value::String(id)) => Some(id.clone()),
+                _ => return Err(r.err("tunnel_token", "must be a vault-encrypted string".into())),
+            },
+            Some(_) => {
+                return Err(r.err(
+                    "tunnel_token",
+                    "must be vault-encrypted (`ansible-vault encrypt_string --stdin-name \
+                     tunnel_token`): a token in a plain inventory is a leak"
+                        .into(),
+                ));
+            }
+        };
+
         let allow_unpinned_images = r.boolean("allow_unpinned_images")?.unwrap_or(false);
         let mcp_proxy_image = r.image(
             "mcp_proxy_image",
@@ -214,6 +233,7 @@ impl StackSettings {
             routes,
             deploy_dir,
             tunnel_token_command,
+            tunnel_token_vault,
             mcp_proxy_image,
             cloudflared_image,
             allow_unpinned_images,

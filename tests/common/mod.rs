@@ -155,7 +155,8 @@ impl Testbed {
     /// and known_hosts, no ssh_config), for tests that call `tunnelfleet::ops` directly.
     pub async fn session(&self, host: &str) -> tunnelfleet::ssh::Session {
         let args = tunnelfleet::cli::ConnArgs {
-            inventory: self.inventory(),
+            inventory: vec![self.inventory()],
+            vault: Default::default(),
             limit: Some(host.to_string()),
             known_hosts: self.known_hosts().to_string_lossy().into_owned(),
             accept_new: false,
