@@ -30,10 +30,26 @@ fn locked(tb: &Testbed, host: &str) -> bool {
         .contains("yes")
 }
 
+/// The line about `host`: hosts with the same outcome share one line (`h2, h4: not locked`,
+/// `h1–h3: ...`).
 fn line<'a>(stdout: &'a str, host: &str) -> &'a str {
+    let num = |s: &str| {
+        s.trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse::<u32>()
+            .ok()
+    };
+    let names = |label: &str| -> bool {
+        label.split(", ").any(|part| match part.split_once('–') {
+            None => part == host,
+            Some((a, b)) => matches!(
+                (num(a), num(b), num(host)),
+                (Some(a), Some(b), Some(h)) if a <= h && h <= b
+            ),
+        })
+    };
     stdout
         .lines()
-        .find(|l| l.starts_with(&format!("{host}:")))
+        .find(|l| l.split_once(": ").is_some_and(|(label, _)| names(label)))
         .unwrap_or_default()
 }
 

@@ -7,8 +7,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::{ConnArgs, SelectedHost};
-use super::progress::{Progress, table};
-use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use super::progress::Progress;
+use super::render::Table;
+use super::{CliError, EXIT_HOST_FAILED, EXIT_OK, style};
 use crate::remote::probe;
 use crate::ssh::Connector;
 
@@ -90,7 +91,7 @@ async fn check_host(connector: &Connector, host: &SelectedHost, progress: &Progr
     r.host_key = Some(session.host_key_fingerprint.clone());
     r.via = session.via.clone();
     r.connect_ms = Some(session.connected_in.as_millis() as u64);
-    progress.step(&host.name, "probing");
+    progress.step(&host.name, "probing compose, disk and clock");
     let sent = now_ns();
     let out = session
         .exec(&probe::check_script(&host.conn.deploy_dir), b"")
@@ -234,40 +235,36 @@ pub async fn run(args: CheckArgs) -> Result<i32, CliError> {
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        let rows: Vec<Vec<String>> = results
-            .iter()
-            .map(|r| {
-                vec![
-                    r.name.clone(),
-                    if r.ok { "ok".into() } else { "FAILED".into() },
-                    r.auth.clone().unwrap_or_else(|| "-".into()),
-                    r.compose
-                        .as_ref()
-                        .map(|c| format!("{} {}", c.kind, c.version))
-                        .unwrap_or_else(|| "-".into()),
-                    r.free_disk_bytes
-                        .map(|b| format!("{} MiB", b / (1024 * 1024)))
-                        .unwrap_or_else(|| "-".into()),
-                    r.clock_skew_ms
-                        .map(|s| format!("{s} ms"))
-                        .unwrap_or_else(|| "-".into()),
-                    match (&r.error, &r.hint) {
-                        (Some(e), Some(h)) => format!("{e} (hint: {h})"),
-                        (Some(e), None) => e.clone(),
-                        _ => r.host_key.clone().unwrap_or_default(),
-                    },
-                ]
-            })
-            .collect();
-        print!(
-            "{}",
-            table(
-                &[
-                    "HOST", "STATUS", "AUTH", "COMPOSE", "FREE", "SKEW", "DETAIL"
-                ],
-                &rows
-            )
-        );
+        let mut t = Table::new(&[
+            "HOST", "STATUS", "AUTH", "COMPOSE", "FREE", "SKEW", "HOST KEY", "DETAIL",
+        ])
+        .painted("STATUS")
+        .shrinkable("HOST KEY", 16)
+        .drop_order(&["HOST KEY", "SKEW"]);
+        for r in &results {
+            t.row(vec![
+                r.name.clone(),
+                if r.ok { "ok".into() } else { "FAILED".into() },
+                r.auth.clone().unwrap_or_else(|| "-".into()),
+                r.compose
+                    .as_ref()
+                    .map(|c| format!("{} {}", c.kind, c.version))
+                    .unwrap_or_else(|| "-".into()),
+                r.free_disk_bytes
+                    .map(|b| format!("{} MiB", b / (1024 * 1024)))
+                    .unwrap_or_else(|| "-".into()),
+                r.clock_skew_ms
+                    .map(|s| format!("{s} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                r.host_key.clone().unwrap_or_else(|| "-".into()),
+                match (&r.error, &r.hint) {
+                    (Some(e), Some(h)) => format!("{e} (hint: {h})"),
+                    (Some(e), None) => e.clone(),
+                    _ => r.os.clone().unwrap_or_default(),
+                },
+            ]);
+        }
+        print!("{}", t.render(style::width()));
         println!("{ok} ok, {failed} failed");
     }
     Ok(if failed == 0 {

@@ -116,8 +116,7 @@ pub fn contexts(
     check: bool,
 ) -> Result<(Progress, Vec<StackHost>), CliError> {
     let connector = conn.connector()?;
-    let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
-    let progress = Progress::new(operation, &names);
+    let progress = Progress::for_inputs(operation, &inputs);
     let ctxs = inputs
         .into_iter()
         .map(|i| StackHost::new(i, connector.clone(), operation, check))

@@ -1,17 +1,27 @@
 //! Glue between the rollout engine and the terminal: the progress display as an engine
-//! reporter.
+//! reporter. Step names become plain words ([`super::progress::phrase`]); batches and the
+//! canary show as `batch 2/5` and `waiting for canary h1`.
 
-use super::progress::Progress;
+use super::progress::{Progress, phrase};
 use crate::rollout::Reporter;
 
 impl Reporter for Progress {
-    fn step(&self, host: &str, phase: &str, step: &str) {
-        Progress::step(self, host, &format!("{phase}: {step}"));
+    fn step(&self, host: &str, _phase: &str, step: &str) {
+        Progress::step(self, host, &phrase(step));
     }
 
     fn host_done(&self, host: &str, phase: &str, ok: bool, msg: &str) {
-        if !ok {
-            Progress::done(self, host, false, &format!("{phase}: {msg}"));
+        if ok {
+            return;
         }
+        if msg.starts_with("skipped") {
+            Progress::skipped(self, host, msg);
+        } else {
+            Progress::done(self, host, false, &format!("at {phase}: {msg}"));
+        }
+    }
+
+    fn batch(&self, phase: &str, index: usize, count: usize, hosts: &[String]) {
+        Progress::batch(self, phase, index, count, hosts);
     }
 }

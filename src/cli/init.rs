@@ -110,16 +110,24 @@ pub async fn run(args: InitArgs) -> Result<i32, CliError> {
         write(&args.dir.join("stack").join(&f.path), &text)?;
     }
     write(&args.dir.join(".gitignore"), GITIGNORE)?;
+    write(
+        &args.dir.join(super::config::PROJECT_FILE),
+        "# tunnelfleet reads this file in the current directory: `-i` and `--state-dir` need\n\
+         # not be repeated (a flag or TUNNELFLEET_INVENTORY / TUNNELFLEET_STATE_DIR wins).\n\
+         inventory = \"inventory.yaml\"\n\
+         # state_dir = \"~/.local/state/tunnelfleet\"\n",
+    )?;
     let d = args.dir.display();
     write(
         &args.dir.join("README.md"),
         &format!(
             "# MCP tunnel fleet\n\n\
+             Run these in this directory: `tunnelfleet.toml` names the inventory.\n\n\
              1. Edit `inventory.yaml`: hosts, domain, routes.\n\
-             2. `tunnelfleet pki init --tunnel {t}` and register the printed ca.crt in the Console.\n\
-             3. `tunnelfleet check -i inventory.yaml`\n\
-             4. `tunnelfleet deploy -i inventory.yaml --token-file TOKEN_FILE --check`, then without `--check`.\n\
-             5. `tunnelfleet status -i inventory.yaml`\n\n\
+             2. `tunnelfleet pki init` (the CA of tunnel {t}) and register the printed ca.crt in the Console.\n\
+             3. `tunnelfleet check`\n\
+             4. `tunnelfleet deploy --token-file TOKEN_FILE --check`, then without `--check`.\n\
+             5. `tunnelfleet status`\n\n\
              `stack/` shows what deploy writes to each host (release {id}); deploy renders it\n\
              from the inventory, so edit the inventory, not these files.\n",
             t = args.tunnel,
@@ -127,9 +135,12 @@ pub async fn run(args: InitArgs) -> Result<i32, CliError> {
         ),
     )?;
     println!(
-        "created {d}: inventory.yaml, stack/ (release {}), .gitignore, README.md",
+        "created {d}: inventory.yaml, tunnelfleet.toml, stack/ (release {}), .gitignore, README.md",
         release.id
     );
-    println!("next: tunnelfleet pki init --tunnel {}", args.tunnel);
+    println!(
+        "next: cd {d} && tunnelfleet pki init   (the CA of tunnel {})",
+        args.tunnel
+    );
     Ok(EXIT_OK)
 }

@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::common::{ConnArgs, StateArgs, parse_duration};
 use super::deploy::load_inputs;
-use super::progress::table;
-use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use super::render::Table;
+use super::{CliError, EXIT_HOST_FAILED, EXIT_OK, style};
 use crate::ops::deploy::{register_deploy_steps, tunnel_pki_dir};
 use crate::pki::{Ca, cert_info};
 use crate::playbook::{Playbook, StepRegistry};
@@ -241,7 +241,14 @@ pub async fn run(args: RenewArgs) -> Result<i32, CliError> {
             .unwrap_or_default()
         );
     } else {
-        print!("{}", table(&["HOST", "STATUS", "SERIAL", "DETAIL"], &rows));
+        let mut t = Table::new(&["HOST", "STATUS", "SERIAL", "DETAIL"])
+            .painted("STATUS")
+            .shrinkable("SERIAL", 12)
+            .grouped();
+        for r in rows {
+            t.row(r);
+        }
+        print!("{}", t.render(style::width()));
     }
     Ok(if failed == 0 {
         EXIT_OK

@@ -495,7 +495,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
 
     // Contexts without a token yet (it is set on each after preflight).
     let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
-    let progress = Progress::new("rotate", &names);
+    let progress = Progress::for_tunnels("rotate-token", std::slice::from_ref(&tunnel), &names);
     let ctxs: Vec<StackHost> = inputs
         .into_iter()
         .map(|i| StackHost::new(i, connector.clone(), "rotate-token", false))
@@ -567,7 +567,9 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
             }
         }
         None if args.api_base.is_some() => token_from_api(&args).await?,
-        None if std::io::stdin().is_terminal() => token_from_tty(&tunnel, names.len())?,
+        None if std::io::stdin().is_terminal() => {
+            progress.suspend(|| token_from_tty(&tunnel, names.len()))?
+        }
         None => {
             let cleanup = Engine::new(&progress);
             let _ = cleanup.run(release, pre.contexts).await;

@@ -10,7 +10,8 @@ use clap::Args;
 
 use super::common::{ConnArgs, StateArgs};
 use super::deploy::{TokenArgs, load_inputs};
-use super::progress::table;
+use super::render::Table;
+use super::style;
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
 use crate::ops::rotate::register_rotation_steps;
 use crate::playbook::{Playbook, StepRegistry};
@@ -64,23 +65,22 @@ pub async fn run(args: RunArgs) -> Result<i32, CliError> {
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        let rows: Vec<Vec<String>> = report
-            .hosts
-            .iter()
-            .map(|h| {
-                vec![
-                    h.host.clone(),
-                    format!("{:?}", h.status).to_lowercase(),
-                    if h.changed {
-                        "changed".into()
-                    } else {
-                        "-".into()
-                    },
-                    h.message.clone().unwrap_or_default(),
-                ]
-            })
-            .collect();
-        print!("{}", table(&["HOST", "STATUS", "CHANGE", "DETAIL"], &rows));
+        let mut t = Table::new(&["HOST", "STATUS", "CHANGE", "DETAIL"])
+            .painted("STATUS")
+            .grouped();
+        for h in &report.hosts {
+            t.row(vec![
+                h.host.clone(),
+                format!("{:?}", h.status).to_lowercase(),
+                if h.changed {
+                    "changed".into()
+                } else {
+                    "-".into()
+                },
+                h.message.clone().unwrap_or_default(),
+            ]);
+        }
+        print!("{}", t.render(style::width()));
         if let Some(h) = &report.summary.halted {
             println!("halted: {h}");
         }

@@ -139,16 +139,19 @@ impl PauseHook for BatchPause {
                 }
             }
             Pause::Prompt if next == 1 => {
+                // The progress display is cleared while the operator answers.
                 let answer = tokio::task::spawn_blocking(|| {
-                    let mut err = std::io::stderr();
-                    let _ = write!(
-                        err,
-                        "\nThe canary passed its gate. Continue with the other batches? [y/N] "
-                    );
-                    let _ = err.flush();
-                    let mut line = String::new();
-                    let _ = std::io::stdin().lock().read_line(&mut line);
-                    line
+                    super::progress::suspend_current(|| {
+                        let mut err = std::io::stderr();
+                        let _ = write!(
+                            err,
+                            "\nThe canary passed its gate. Continue with the other batches? [y/N] "
+                        );
+                        let _ = err.flush();
+                        let mut line = String::new();
+                        let _ = std::io::stdin().lock().read_line(&mut line);
+                        line
+                    })
                 })
                 .await
                 .unwrap_or_default();

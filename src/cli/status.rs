@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use super::common::{ConnArgs, StateArgs};
 use super::deploy::{TokenArgs, load_inputs};
-use super::progress::{Progress, table};
-use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use super::progress::Progress;
+use super::render::{Table, relative_unix};
+use super::{CliError, EXIT_HOST_FAILED, EXIT_OK, style};
 use crate::ops::deploy::{HostInput, desired_state, read_facts};
 use crate::ops::health;
 use crate::pki::cert_info;
@@ -162,17 +163,14 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
     .await?;
     let connector = args.conn.connector()?;
     let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
-    let progress = Arc::new(Progress::new("status", &names));
+    let tunnel_names: Vec<String> = tunnels.keys().cloned().collect();
+    let progress = Arc::new(Progress::for_tunnels("status", &tunnel_names, &names));
     let futs = inputs.iter().map(|input| {
         let (c, p) = (connector.clone(), progress.clone());
         async move {
-            p.step(&input.host.name, "reading");
+            p.step(&input.host.name, "reading facts and probing the connector");
             let r = status_host(&c, input).await;
-            p.done(
-                &r.name,
-                r.error.is_none(),
-                r.error.as_deref().unwrap_or("read"),
-            );
+            p.done(&r.name, r.error.is_none(), "");
             r
         }
     });
@@ -237,66 +235,64 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
         let doc = serde_json::json!({"hosts": results, "summary": {"ok": ok, "failed": failed}});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        let rows: Vec<Vec<String>> = results
-            .iter()
-            .map(|r| {
-                vec![
-                    r.name.clone(),
-                    if r.ok {
-                        "ok".into()
-                    } else {
-                        "ATTENTION".into()
-                    },
-                    r.release.clone().unwrap_or_else(|| "-".into()),
-                    match (&r.token_fingerprint, r.token_matches_fleet) {
-                        (Some(fp), Some(false)) => format!("{fp} (differs)"),
-                        (Some(fp), _) => fp.clone(),
-                        _ => "-".into(),
-                    },
-                    r.cert_serial
-                        .as_deref()
-                        .map(|s| s.chars().take(12).collect())
-                        .unwrap_or_else(|| "-".into()),
-                    r.cert_not_after.clone().unwrap_or_else(|| "-".into()),
-                    if r.connector_ready {
-                        "ready".into()
-                    } else {
-                        "NOT READY".into()
-                    },
-                    {
-                        let mut d: Vec<String> = Vec::new();
-                        match &r.error {
-                            Some(e) => d.push(e.clone()),
-                            None if r.drift.is_empty() => d.push("no drift".into()),
-                            None => d.push(format!("drift: {}", r.drift.join("; "))),
-                        }
-                        d.extend(r.pending.iter().cloned());
-                        d.extend(r.down.iter().map(|x| format!("down: {x}")));
-                        if let Some(l) = &r.lock {
-                            d.push(format!("locked: {l}"));
-                        }
-                        d.extend(r.unfinished.iter().cloned());
-                        d.join("; ")
-                    },
-                ]
-            })
-            .collect();
-        print!(
-            "{}",
-            table(
-                &[
-                    "HOST",
-                    "STATUS",
-                    "RELEASE",
-                    "TOKEN",
-                    "CERT",
-                    "NOT AFTER",
-                    "CONNECTOR",
-                    "DETAIL"
-                ],
-                &rows
-            )
-        );
+        let mut t = Table::new(&[
+            "HOST",
+            "STATUS",
+            "RELEASE",
+            "TOKEN",
+            "CERT",
+            "EXPIRES",
+            "CONNECTOR",
+            "DETAIL",
+        ])
+        .painted("STATUS")
+        .painted("CONNECTOR")
+        .shrinkable("CERT", 10)
+        .shrinkable("RELEASE", 12)
+        .drop_order(&["CERT", "RELEASE"]);
+        for r in &results {
+            t.row(vec![
+                r.name.clone(),
+                if r.ok {
+                    "ok".into()
+                } else {
+                    "ATTENTION".into()
+                },
+                r.release.clone().unwrap_or_else(|| "-".into()),
+                match (&r.token_fingerprint, r.token_matches_fleet) {
+                    (Some(fp), Some(false)) => format!("{fp} (differs)"),
+                    (Some(fp), _) => fp.clone(),
+                    _ => "-".into(),
+                },
+                r.cert_serial.clone().unwrap_or_else(|| "-".into()),
+                r.cert_not_after
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| relative_unix(t.timestamp()))
+                    .unwrap_or_else(|| "-".into()),
+                if r.connector_ready {
+                    "ready".into()
+                } else {
+                    "NOT READY".into()
+                },
+                {
+                    let mut d: Vec<String> = Vec::new();
+                    match &r.error {
+                        Some(e) => d.push(e.clone()),
+                        None if r.drift.is_empty() => d.push("no drift".into()),
+                        None => d.push(format!("drift: {}", r.drift.join("; "))),
+                    }
+                    d.extend(r.pending.iter().cloned());
+                    d.extend(r.down.iter().map(|x| format!("down: {x}")));
+                    if let Some(l) = &r.lock {
+                        d.push(format!("locked: {l}"));
+                    }
+                    d.extend(r.unfinished.iter().cloned());
+                    d.join("; ")
+                },
+            ]);
+        }
+        print!("{}", t.render(style::width()));
         println!("{ok} ok, {failed} need attention");
     }
     Ok(if failed == 0 {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::common::ConnArgs;
-use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
+use super::render::grouped_lines;
+use super::{CliError, EXIT_HOST_FAILED, EXIT_OK, style};
 use crate::remote::{HOLDER_FILE, LOCK_HELD_EXIT, quote, unlock};
 use crate::stack::scripts;
 
@@ -194,23 +195,35 @@ pub async fn run(args: UnlockArgs) -> Result<i32, CliError> {
         }
     });
     let mut failed = 0;
+    let mut lines: Vec<(String, String)> = Vec::new();
     for (name, r) in futures::future::join_all(futs).await {
-        match r {
-            Outcome::NotLocked => println!("{name}: not locked"),
-            Outcome::Removed(holder) => println!("{name}: removed lock held by {holder}"),
+        let line = match r {
+            Outcome::NotLocked => "not locked".to_string(),
+            Outcome::Removed(holder) => format!("removed lock held by {holder}"),
             Outcome::Kept { holder, why } => {
                 failed += 1;
-                println!(
-                    "{name}: NOT removed: lock held by {holder}: {why}; wait for that run, or \
-                     `tunnelfleet unlock --force` once you know it is dead"
-                );
+                format!(
+                    "{}: lock held by {holder}: {why}; wait for that run, or \
+                     `tunnelfleet unlock --force` once you know it is dead",
+                    style::paint("NOT removed")
+                )
             }
             Outcome::Failed(e) => {
                 failed += 1;
-                println!("{name}: FAILED: {e}");
+                format!("{}: {e}", style::paint("FAILED"))
             }
-        }
+        };
+        lines.push((name, line));
     }
+    print!(
+        "{}",
+        grouped_lines(
+            lines
+                .iter()
+                .map(|(h, l)| (h.as_str(), l.as_str()))
+                .collect()
+        )
+    );
     Ok(if failed == 0 {
         EXIT_OK
     } else {

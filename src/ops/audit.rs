@@ -52,3 +52,115 @@ pub fn append(state_dir: &Path, entry: &ControllerAudit<'_>) {
         eprintln!("tunnelfleet: audit log {}: {e}", path.display());
     }
 }
+
+/// The operator's name on the controller: `$SUDO_USER` (the person behind `sudo`), else
+/// `$USER`, else `$LOGNAME`, else the name of the process's uid in the user database, else
+/// `uid N`. Never "unknown".
+pub fn operator() -> String {
+    operator_from(
+        |k| std::env::var(k).ok(),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        unsafe { libc::getuid() },
+        user_name,
+    )
+}
+
+/// [`operator`] from an environment lookup, a uid and a uid-to-name lookup (for tests).
+pub fn operator_from(
+    env: impl Fn(&str) -> Option<String>,
+    uid: u32,
+    name_of: impl FnOnce(u32) -> Option<String>,
+) -> String {
+    for var in ["SUDO_USER", "USER", "LOGNAME"] {
+        if let Some(v) = env(var).map(|v| v.trim().to_string())
+            && !v.is_empty()
+            && !(var == "SUDO_USER" && v == "root" && uid != 0)
+        {
+            return v;
+        }
+    }
+    name_of(uid).unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// The user name of `uid` from the user database (getpwuid_r), if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill in.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; buf outlives every use of pwd's
+        // fields, which point into it.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name is a NUL-terminated string inside buf.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        let name = name.to_string_lossy().into_owned();
+        return (!name.is_empty()).then_some(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn sudo_user_then_user_then_logname_then_the_uid() {
+        let none = |_| None;
+        assert_eq!(
+            operator_from(env(&[("SUDO_USER", "ada"), ("USER", "root")]), 0, none),
+            "ada"
+        );
+        assert_eq!(operator_from(env(&[("USER", "bob")]), 1000, none), "bob");
+        assert_eq!(
+            operator_from(env(&[("USER", ""), ("LOGNAME", "cy")]), 1000, none),
+            "cy"
+        );
+        assert_eq!(
+            operator_from(env(&[]), 1000, |u| Some(format!("user{u}"))),
+            "user1000"
+        );
+        assert_eq!(operator_from(env(&[]), 4242, |_| None), "uid 4242");
+    }
+
+    #[test]
+    fn the_user_database_names_this_process() {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let name = user_name(uid);
+        let want = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        assert_eq!(name, want);
+        assert_eq!(
+            operator_from(|_| None, uid, user_name),
+            name.unwrap_or_default()
+        );
+    }
+}

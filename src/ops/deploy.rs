@@ -299,9 +299,7 @@ pub fn holder_json_for(operation: &str, op_id: &str) -> String {
 
 /// The operator's name on the controller.
 pub fn operator() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    super::audit::operator()
 }
 
 /// This controller's hostname, as lock holders and audit lines record it.

@@ -22,6 +22,9 @@ pub trait Reporter: Send + Sync {
     /// `host` is done with `phase`: `ok` if it passed, otherwise `msg` says why (failed at a
     /// step, skipped, stopped).
     fn host_done(&self, host: &str, phase: &str, ok: bool, msg: &str);
+    /// Batch `index` of `count` of `phase` starts on `hosts` (index 0 of a canary phase is
+    /// the canary). Called once per batch, before its hosts' first step.
+    fn batch(&self, _phase: &str, _index: usize, _count: usize, _hosts: &[String]) {}
 }
 
 /// Decides what happens between two batches of a phase that pauses
@@ -378,6 +381,9 @@ impl<'a> Engine<'a> {
                     }
                     continue;
                 }
+                let batch_names: Vec<String> = batch.iter().map(|&i| names[i].clone()).collect();
+                self.reporter
+                    .batch(&phase.name, b, total_batches, &batch_names);
                 let members: Vec<(usize, C)> = batch
                     .iter()
                     .filter_map(|&i| slots[i].take().map(|c| (i, c)))

@@ -15,6 +15,7 @@ pub mod known_hosts;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use russh::ChannelMsg;
@@ -576,6 +577,48 @@ impl ExecOutput {
     }
 }
 
+static TRACE: AtomicBool = AtomicBool::new(false);
+
+/// Prints every remote command line on stderr from now on (`-vv`). Command lines never hold
+/// a secret (secrets go on stdin, which is never printed: only its size is); values after
+/// `TOKEN=` that look like a token are redacted anyway, as a last guard.
+pub fn set_trace(on: bool) {
+    TRACE.store(on, Ordering::Relaxed);
+}
+
+/// `command` with every value following `TOKEN=` replaced (a last guard for `-vv`).
+pub fn redact_command(command: &str) -> String {
+    let mut out = String::with_capacity(command.len());
+    let mut rest = command;
+    while let Some(at) = rest.find("TOKEN=") {
+        let (head, tail) = rest.split_at(at + "TOKEN=".len());
+        out.push_str(head);
+        // A token-like value: 16 or more characters of base64/base64url.
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-.".contains(c)))
+            .unwrap_or(tail.len());
+        if end >= 16 {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(&tail[..end]);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn trace_command(host: &str, command: &str, stdin_len: usize) {
+    if TRACE.load(Ordering::Relaxed) {
+        let stdin = if stdin_len > 0 {
+            format!(" (+{stdin_len} bytes on stdin, not shown)")
+        } else {
+            String::new()
+        };
+        eprintln!("{host} $ {}{stdin}", redact_command(command));
+    }
+}
+
 /// One authenticated connection to a host, reused for every command of the run.
 pub struct Session {
     /// The host's inventory name.
@@ -618,6 +661,7 @@ impl Session {
     ) -> Result<ExecOutput, SshError> {
         let started = Instant::now();
         let command = self.command_line(script);
+        trace_command(&self.host, &command, stdin.len());
         let fut = async {
             let channel = self.link.handle.channel_open_session().await.map_err(|e| {
                 SshError::new(ErrorKind::Transport, format!("open a session channel: {e}"))
@@ -716,6 +760,16 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_redacts_token_values_only() {
+        assert_eq!(
+            redact_command("env TUNNEL_TOKEN=eyJhIjoiRVhBTVBMRSJ9abc sh"),
+            "env TUNNEL_TOKEN=<redacted> sh"
+        );
+        let sed = "sed -n 's/^TUNNEL_TOKEN=//p' | head -n 1";
+        assert_eq!(redact_command(sed), sed);
+    }
 
     #[test]
     fn host_key_algorithms_prefer_known_and_drop_sha1() {
