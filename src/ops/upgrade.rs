@@ -262,8 +262,9 @@ impl Step<StackHost> for StageStep {
 /// host's fleet lock is held. A change script keeps running on the host when its controller
 /// dies (it ignores SIGHUP and SIGPIPE, so a host is never left half-switched), and holds the
 /// lock until it completes; a run started right after (`deploy --resume`, `rollback`) must
-/// read the host once that script is done, not in the middle of its Compose recreate. A lock
-/// still held after `wait` is left to the step that needs it to report (with its holder).
+/// read the host once that script is done, not in the middle of its Compose recreate. Only a
+/// change script's lock (it records the host's boot) is waited for; any other holder, and a
+/// lock still held after `wait`, is left to the step that needs it to report (with its holder).
 pub struct SettleStep {
     /// How long to wait for the lock to be released.
     pub wait: Duration,
@@ -291,16 +292,25 @@ impl Step<StackHost> for SettleStep {
         let script = format!(
             "[ -d {l} ] || exit 0\n\
              ( {take} ) >/dev/null 2>&1; tf_rc=$?\n\
-             if [ \"$tf_rc\" = {LOCK_HELD_EXIT} ]; then echo held; cat {f} 2>/dev/null; exit 0; fi\n\
+             if [ \"$tf_rc\" = {LOCK_HELD_EXIT} ]; then if [ -f {b} ]; then echo held; else echo foreign; fi; cat {f} 2>/dev/null; exit 0; fi\n\
              ( {release} ) >/dev/null 2>&1; exit 0\n",
             l = crate::remote::quote(&lock),
             f = crate::remote::quote(&format!("{lock}/{}", crate::remote::HOLDER_FILE)),
+            b = crate::remote::quote(&format!("{lock}/boot")),
         );
         let started = tokio::time::Instant::now();
         let mut waited = false;
         loop {
             let out = exec(&session, &script, b"").await?;
             let text = out.stdout_text();
+            // A lock held across commands (a rotation, an operator's own) is no change script
+            // about to finish: waiting would only delay the error that names its holder.
+            if let Some(holder) = text.strip_prefix("foreign") {
+                return Ok(StepOutcome::unchanged(format!(
+                    "the fleet lock is held by another operation: {}",
+                    holder.trim()
+                )));
+            }
             let Some(holder) = text.strip_prefix("held") else {
                 return Ok(StepOutcome::unchanged(if !waited {
                     "no change in progress".to_string()
