@@ -5,9 +5,12 @@
       Runs CMD (stdin /dev/null, stdout to OUT if given, else with stderr to LOG) and writes RUN.json: start and end
       (epoch ms, the clock the testbed's edge and command log use), wall, exit code, the
       controller's CPU (user+sys of CMD and every descendant it waited for, from wait4), the
-      largest single process's max RSS (wait4's ru_maxrss, what `/usr/bin/time -v` prints),
-      the peak RSS summed over CMD's whole process tree (sampled every 100 ms from /proc: Ansible
-      forks workers and ssh clients, so one process's RSS understates it), and the whole
+      largest single process's peak RSS (VmHWM, sampled every 100 ms; wait4's ru_maxrss, which
+      `/usr/bin/time -v` prints, would include the forking Python's image), the peak RSS
+      summed over CMD's whole process tree (sampled every 100 ms from /proc: Ansible
+      forks workers and ssh clients, so one process's RSS understates it; this script is a
+      child subreaper, so daemonised descendants such as ssh ControlPersist masters stay in
+      the tree, and are stopped and reaped when CMD exits, their CPU counted), and the whole
       machine's busy CPU over the run from /proc/stat (the simulated hosts share the machine).
 
   measure.py wait-up --dir DIR --hosts N [--fp FP] [--deadline S]
@@ -23,8 +26,10 @@
   measure.py table --rows rows.jsonl --header HEADER.md
       The markdown table (printed), HEADER.md's text first.
 """
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,10 +46,11 @@ def machine_busy_ms():
     return busy * 1000 // CLK_TCK
 
 
-def tree_rss_kb(root):
-    """Sum of VmRSS over root and its descendants, from one scan of /proc."""
+def tree_memory(root, skip):
+    """(sum of VmRSS over root's descendants, {pid: VmHWM}) from one scan of /proc; `skip` (this
+    script) is left out. VmHWM is each process's own peak since its exec: unlike wait4's
+    ru_maxrss, it does not include the image of the Python process that forked it."""
     parent = {}
-    rss = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -52,21 +58,48 @@ def tree_rss_kb(root):
             with open(f"/proc/{name}/stat") as f:
                 stat = f.read()
             # comm may contain spaces and parentheses: fields after the last ')'.
-            rest = stat[stat.rindex(")") + 2:].split()
-            pid = int(name)
-            parent[pid] = int(rest[1])
-            rss[pid] = int(rest[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
+            parent[int(name)] = int(stat[stat.rindex(")") + 2:].split()[1])
         except (OSError, ValueError, IndexError):
             continue
     children = {}
     for pid, ppid in parent.items():
         children.setdefault(ppid, []).append(pid)
-    total, stack = 0, [root]
+    total, hwm, stack = 0, {}, list(children.get(root, []))
     while stack:
         p = stack.pop()
-        total += rss.get(p, 0)
         stack.extend(children.get(p, []))
-    return total
+        if p == skip:
+            continue
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                    elif line.startswith("VmHWM:"):
+                        hwm[p] = int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total, hwm
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def orphans():
+    """Pids whose parent is this process (the run's leftovers once its main process is gone)."""
+    me = os.getpid()
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == me:
+                out.append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 def cmd_run(args):
@@ -79,20 +112,44 @@ def cmd_run(args):
         busy0 = machine_busy_ms()
         start = time.time()
         t0 = time.monotonic()
+        # Orphans of the run (Ansible's ssh ControlPersist masters daemonise) become our
+        # children, so the tree sampling keeps seeing them and their CPU is collected below.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout if out_file else log,
                                 stderr=log)
         peak = 0
+        largest = {}
         status = ru = None
         while True:
             pid, st, r = os.wait4(proc.pid, os.WNOHANG)
             if pid == proc.pid:
                 status, ru = st, r
                 break
-            peak = max(peak, tree_rss_kb(proc.pid))
+            total, hwm = tree_memory(os.getpid(), os.getpid())
+            peak = max(peak, total)
+            for p, v in hwm.items():
+                largest[p] = max(largest.get(p, 0), v)
             time.sleep(0.1)
         wall = time.monotonic() - t0
         end = time.time()
         busy1 = machine_busy_ms()
+        # What the run left behind (only its own processes: orphans re-parented to us) is
+        # stopped and reaped, and its CPU counted as the controller's.
+        cpu = ru.ru_utime + ru.ru_stime
+        left = 0
+        for pid in orphans():
+            left += 1
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        while True:
+            try:
+                _, _, r = os.wait4(-1, 0)
+            except ChildProcessError:
+                break
+            cpu += r.ru_utime + r.ru_stime
     proc.returncode = os.waitstatus_to_exitcode(status)
     res = {
         "cmd": cmd[0],
@@ -100,9 +157,10 @@ def cmd_run(args):
         "end_ms": int(end * 1000),
         "wall_ms": int(wall * 1000),
         "rc": proc.returncode,
-        "cpu_ms": int((ru.ru_utime + ru.ru_stime) * 1000),
-        "max_rss_kb": ru.ru_maxrss,
-        "peak_tree_rss_kb": max(peak, ru.ru_maxrss),
+        "cpu_ms": int(cpu * 1000),
+        "max_rss_kb": max(largest.values(), default=0),
+        "peak_tree_rss_kb": peak,
+        "leftover_processes": left,
         "machine_busy_ms": busy1 - busy0,
         "cores": os.cpu_count(),
     }
