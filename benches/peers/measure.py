@@ -302,7 +302,8 @@ def cmd_table(args):
             f"| {r['tool']} | {r['hosts']} | {job} | {ws} | {wh} | {fewest} "
             f"| {sec(r['wall_ms'])} | {r['sessions_per_host']:.1f} ({r['sessions_max']}) "
             f"| {sec(r['cpu_ms'])} | {r['max_rss_kb'] / 1024:.0f} / "
-            f"{r['peak_tree_rss_kb'] / 1024:.0f} MiB | {sec(busy)} ({share:.0f} %) "
+            f"{r['peak_tree_rss_kb'] / 1024:.0f} MiB | {sec(busy)} ({share:.0f} %; "
+            f"{(busy - r['cpu_ms']) / r['hosts']:.0f} ms per host beside the tool) "
             f"| {r['rc']} |")
     print("\n".join(out))
     return 0
