@@ -258,11 +258,12 @@ impl Step<StackHost> for StageStep {
     }
 }
 
-/// `settle {wait}`: before the facts of a release change, waits (up to `wait`) while the
+/// `settle {wait}`: after the facts of a release change, when they show the fleet lock
+/// held, waits (up to `wait`) while the
 /// host's fleet lock is held. A change script keeps running on the host when its controller
 /// dies (it ignores SIGHUP and SIGPIPE, so a host is never left half-switched), and holds the
 /// lock until it completes; a run started right after (`deploy --resume`, `rollback`) must
-/// read the host once that script is done, not in the middle of its Compose recreate. Only a
+/// read the host (again: the facts are re-read) once that script is done, not in the middle of its Compose recreate. Only a
 /// change script's lock (it records the host's boot) is waited for; any other holder, and a
 /// lock still held after `wait`, is left to the step that needs it to report (with its holder).
 pub struct SettleStep {
@@ -278,6 +279,10 @@ impl Step<StackHost> for SettleStep {
     async fn run(&self, h: &mut StackHost, cx: &StepCx) -> Result<StepOutcome, StepFailure> {
         if h.check_only {
             return Ok(StepOutcome::unchanged("check only"));
+        }
+        // The facts (read just before) say whether a lock is there: none, no round trip.
+        if h.facts.as_ref().is_some_and(|f| f.lock_holder.is_none()) {
+            return Ok(StepOutcome::unchanged("no change in progress"));
         }
         let session = h.session()?;
         // No lock: nothing written, one round trip. A lock: taking it and releasing it at
@@ -312,6 +317,10 @@ impl Step<StackHost> for SettleStep {
                 )));
             }
             let Some(holder) = text.strip_prefix("held") else {
+                if waited {
+                    // The host changed while we waited: read it again.
+                    super::deploy::FactsStep.run(h, cx).await?;
+                }
                 return Ok(StepOutcome::unchanged(if !waited {
                     "no change in progress".to_string()
                 } else {
