@@ -17,6 +17,11 @@
 //!   host make-before-break, --batch 25%) and a proxy release (config change: every host
 //!   recreated, --max-unavailable 10%), both with --min-healthy 2s: wall time, time per batch,
 //!   fewest hosts up per the edge, remote commands per host, controller and machine CPU.
+//! - rtt: round trips of each rotation phase on 10 hosts at 10 and 50 ms one-way latency
+//!   (issue 13): process start -> token in hand (preflight), token in hand -> `.env` persisted
+//!   on every host, token in hand -> every host ready on the new token (the report, and the
+//!   edge's timeline), plus `status`, `check`, a no-op `deploy` and OpenSSH's `ssh h1 true`;
+//!   the slope (t50 - t10) / 80 ms counts round trips whatever the CPU costs.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -388,6 +393,194 @@ fn bench_upgrade() {
     }
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The median of `v` (0 for an empty list).
+fn median_f(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One latency's measurements (ms, medians), by phase name in print order.
+struct RttRow {
+    phases: Vec<(&'static str, f64)>,
+    controller_cpu: f64,
+    machine_cpu: f64,
+}
+
+fn rtt_at(latency_ms: u32, hosts: usize, runs: usize) -> RttRow {
+    let lat = latency_ms.to_string();
+    let tb = common::Testbed::up(hosts, &["--latency-ms", &lat]);
+    let state = tb.state_with_ca();
+    let token = tb.path().join("token").to_string_lossy().into_owned();
+    let deploy_args = [
+        "--state-dir",
+        state.as_str(),
+        "--token-file",
+        token.as_str(),
+        "--json",
+    ];
+    let out = tb.tf("deploy", &deploy_args);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let timed = |f: &dyn Fn() -> std::process::Output| {
+        let v: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                let out = f();
+                let d = ms(t.elapsed());
+                assert!(out.status.success(), "{}", common::describe(&out));
+                d
+            })
+            .collect();
+        median_f(v)
+    };
+    let ssh_config = tb.path().join("ssh_config");
+    let ssh = timed(&|| {
+        std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&ssh_config)
+            .args(["h1", "true"])
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ssh")
+    });
+    let check = timed(&|| tb.tf("check", &["--json"]));
+    let status = timed(&|| tb.tf("status", &["--state-dir", state.as_str(), "--json"]));
+    let noop = timed(&|| tb.tf("deploy", &deploy_args));
+
+    let (mut pre, mut persist, mut ready, mut edge_from_start, mut edge_from_token) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut cpu, mut machine, mut fewest) = (vec![], vec![], hosts);
+    for _ in 0..runs {
+        let out = tb.testbed(&["edge-rotate"]);
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let next = tb.path().join("token.next");
+        let new_fp = common::fp(&std::fs::read_to_string(&next).expect("token.next"));
+        let next = next.to_string_lossy().into_owned();
+        let before = tb.edge_stats();
+        let c = children_cpu();
+        let busy = machine_busy();
+        let started = unix_ms();
+        let out = tb.tf(
+            "rotate-token",
+            &["--state-dir", &state, "--token-file", &next, "--json"],
+        );
+        machine.push(ms(machine_busy().saturating_sub(busy)));
+        cpu.push(ms(children_cpu().saturating_sub(c)));
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let after = tb.edge_stats();
+        fewest = fewest.min(common::fewest_hosts_up(&before, &after));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let t0 = v["window_start_unix_ms"]
+            .as_u64()
+            .expect("window_start_unix_ms");
+        pre.push(t0.saturating_sub(started) as f64);
+        let hosts_v = v["hosts"].as_array().cloned().unwrap_or_default();
+        let last = |key: &str| {
+            hosts_v
+                .iter()
+                .filter_map(|h| h[key].as_u64())
+                .max()
+                .unwrap_or(0) as f64
+        };
+        persist.push(last("persisted_ms"));
+        ready.push(last("new_ready_ms"));
+        // The edge: when each host's first connector on the new token came up; the last of those.
+        let start = before["timeline"].as_array().map(Vec::len).unwrap_or(0);
+        let mut first_up: std::collections::BTreeMap<String, u64> = Default::default();
+        for e in after["timeline"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .skip(start)
+        {
+            if e["event"] == "up" && e["token_fp"] == new_fp.as_str() {
+                let h = e["host"].as_str().unwrap_or_default().to_string();
+                let t = e["t_ms"].as_u64().unwrap_or(0);
+                first_up.entry(h).or_insert(t);
+            }
+        }
+        assert_eq!(first_up.len(), hosts, "every host came up on the new token");
+        let edge_last = first_up.values().copied().max().unwrap_or(0);
+        edge_from_start.push(edge_last.saturating_sub(started) as f64);
+        edge_from_token.push(edge_last.saturating_sub(t0) as f64);
+    }
+    assert_eq!(
+        fewest, hosts,
+        "make-before-break: every host kept a connector (edge)"
+    );
+    RttRow {
+        phases: vec![
+            ("OpenSSH `ssh h1 true` (reference)", ssh),
+            ("check", check),
+            ("no-op deploy", noop),
+            ("status", status),
+            (
+                "rotate: process start -> token in hand (preflight)",
+                median_f(pre),
+            ),
+            (
+                "rotate: token in hand -> .env persisted on every host",
+                median_f(persist),
+            ),
+            (
+                "rotate: token in hand -> every host ready (report)",
+                median_f(ready),
+            ),
+            (
+                "rotate: token in hand -> last host up on the new token (edge)",
+                median_f(edge_from_token),
+            ),
+            (
+                "rotate: process start -> last host up on the new token (edge)",
+                median_f(edge_from_start),
+            ),
+        ],
+        controller_cpu: median_f(cpu),
+        machine_cpu: median_f(machine),
+    }
+}
+
+fn bench_rtt() {
+    let hosts = 10;
+    let runs = 3;
+    let low = rtt_at(10, hosts, runs);
+    let high = rtt_at(50, hosts, runs);
+    println!(
+        "round trips, {hosts} hosts, 10 and 50 ms one-way latency (median of {runs} runs); \
+         slope = (t50 - t10) / 80 ms:"
+    );
+    println!(
+        "  {:<64} {:>9} {:>9} {:>7}",
+        "phase", "10 ms", "50 ms", "RTs"
+    );
+    for ((name, a), (_, b)) in low.phases.iter().zip(&high.phases) {
+        println!(
+            "  {name:<64} {a:>6.0} ms {b:>6.0} ms {:>7.1}",
+            (b - a) / 80.0
+        );
+    }
+    for (lat, r) in [(10, &low), (50, &high)] {
+        println!(
+            "  rotate-token CPU at {lat} ms: controller {:.0} ms, whole machine {:.0} ms \
+             ({:.0} ms per simulated host)",
+            r.controller_cpu,
+            r.machine_cpu,
+            (r.machine_cpu - r.controller_cpu) / hosts as f64
+        );
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -408,5 +601,8 @@ fn main() {
     }
     if wants("upgrade") {
         bench_upgrade();
+    }
+    if wants("rtt") {
+        bench_rtt();
     }
 }
