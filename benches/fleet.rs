@@ -409,58 +409,88 @@ fn median_f(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One latency's measurements (ms, every run), by phase name in print order.
-struct RttRow {
-    phases: Vec<(&'static str, Vec<f64>)>,
-    controller_cpu: f64,
-    machine_cpu: f64,
+/// The names of the phases the rtt bench measures, in print order.
+const RTT_PHASES: [&str; 9] = [
+    "OpenSSH `ssh h1 true` (reference)",
+    "check",
+    "no-op deploy",
+    "status",
+    "rotate: process start -> token in hand (preflight)",
+    "rotate: token in hand -> .env persisted on every host",
+    "rotate: token in hand -> every host ready (report)",
+    "rotate: token in hand -> last host up on the new token (edge)",
+    "rotate: process start -> last host up on the new token (edge)",
+];
+
+/// A deployed testbed at one latency, and what was measured on it (ms, every run, by phase
+/// in [`RTT_PHASES`] order).
+struct RttBed {
+    tb: common::Testbed,
+    state: String,
+    token: String,
+    hosts: usize,
+    samples: Vec<Vec<f64>>,
+    controller_cpu: Vec<f64>,
+    machine_cpu: Vec<f64>,
 }
 
-fn rtt_at(latency_ms: u32, hosts: usize, runs: usize) -> RttRow {
-    let lat = latency_ms.to_string();
-    let tb = common::Testbed::up(hosts, &["--latency-ms", &lat]);
-    let state = tb.state_with_ca();
-    let token = tb.path().join("token").to_string_lossy().into_owned();
-    let deploy_args = [
-        "--state-dir",
-        state.as_str(),
-        "--token-file",
-        token.as_str(),
-        "--json",
-    ];
-    let out = tb.tf("deploy", &deploy_args);
-    assert!(out.status.success(), "{}", common::describe(&out));
-    let timed = |f: &dyn Fn() -> std::process::Output| {
-        let v: Vec<f64> = (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                let out = f();
-                let d = ms(t.elapsed());
-                assert!(out.status.success(), "{}", common::describe(&out));
-                d
-            })
-            .collect();
-        v
-    };
-    let ssh_config = tb.path().join("ssh_config");
-    let ssh = timed(&|| {
-        std::process::Command::new("ssh")
-            .arg("-F")
-            .arg(&ssh_config)
-            .args(["h1", "true"])
-            .env_remove("SSH_AUTH_SOCK")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run ssh")
-    });
-    let check = timed(&|| tb.tf("check", &["--json"]));
-    let status = timed(&|| tb.tf("status", &["--state-dir", state.as_str(), "--json"]));
-    let noop = timed(&|| tb.tf("deploy", &deploy_args));
+impl RttBed {
+    fn up(latency_ms: u32, hosts: usize) -> RttBed {
+        let lat = latency_ms.to_string();
+        let tb = common::Testbed::up(hosts, &["--latency-ms", &lat]);
+        let state = tb.state_with_ca();
+        let token = tb.path().join("token").to_string_lossy().into_owned();
+        let bed = RttBed {
+            tb,
+            state,
+            token,
+            hosts,
+            samples: vec![Vec::new(); RTT_PHASES.len()],
+            controller_cpu: Vec::new(),
+            machine_cpu: Vec::new(),
+        };
+        let out = bed.tb.tf("deploy", &bed.deploy_args());
+        assert!(out.status.success(), "{}", common::describe(&out));
+        bed
+    }
 
-    let (mut pre, mut persist, mut ready, mut edge_from_start, mut edge_from_token) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let (mut cpu, mut machine, mut fewest) = (vec![], vec![], hosts);
-    for _ in 0..runs {
+    fn deploy_args(&self) -> [&str; 5] {
+        [
+            "--state-dir",
+            self.state.as_str(),
+            "--token-file",
+            self.token.as_str(),
+            "--json",
+        ]
+    }
+
+    fn timed(&mut self, phase: usize, f: &dyn Fn(&Self) -> std::process::Output) {
+        let t = Instant::now();
+        let out = f(self);
+        let d = ms(t.elapsed());
+        assert!(out.status.success(), "{}", common::describe(&out));
+        self.samples[phase].push(d);
+    }
+
+    /// One run of every phase.
+    fn run_once(&mut self) {
+        self.timed(0, &|b| {
+            std::process::Command::new("ssh")
+                .arg("-F")
+                .arg(b.tb.path().join("ssh_config"))
+                .args(["h1", "true"])
+                .env_remove("SSH_AUTH_SOCK")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run ssh")
+        });
+        self.timed(1, &|b| b.tb.tf("check", &["--json"]));
+        self.timed(2, &|b| b.tb.tf("deploy", &b.deploy_args()));
+        self.timed(3, &|b| {
+            b.tb.tf("status", &["--state-dir", b.state.as_str(), "--json"])
+        });
+
+        let tb = &self.tb;
         let out = tb.testbed(&["edge-rotate"]);
         assert!(out.status.success(), "{}", common::describe(&out));
         let next = tb.path().join("token.next");
@@ -472,18 +502,23 @@ fn rtt_at(latency_ms: u32, hosts: usize, runs: usize) -> RttRow {
         let started = unix_ms();
         let out = tb.tf(
             "rotate-token",
-            &["--state-dir", &state, "--token-file", &next, "--json"],
+            &["--state-dir", &self.state, "--token-file", &next, "--json"],
         );
-        machine.push(ms(machine_busy().saturating_sub(busy)));
-        cpu.push(ms(children_cpu().saturating_sub(c)));
+        self.machine_cpu
+            .push(ms(machine_busy().saturating_sub(busy)));
+        self.controller_cpu
+            .push(ms(children_cpu().saturating_sub(c)));
         assert!(out.status.success(), "{}", common::describe(&out));
         let after = tb.edge_stats();
-        fewest = fewest.min(common::fewest_hosts_up(&before, &after));
+        assert_eq!(
+            common::fewest_hosts_up(&before, &after),
+            self.hosts,
+            "make-before-break: every host kept a connector (edge)"
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         let t0 = v["window_start_unix_ms"]
             .as_u64()
             .expect("window_start_unix_ms");
-        pre.push(t0.saturating_sub(started) as f64);
         let hosts_v = v["hosts"].as_array().cloned().unwrap_or_default();
         let last = |key: &str| {
             hosts_v
@@ -492,9 +527,7 @@ fn rtt_at(latency_ms: u32, hosts: usize, runs: usize) -> RttRow {
                 .max()
                 .unwrap_or(0) as f64
         };
-        persist.push(last("persisted_ms"));
-        ready.push(last("new_ready_ms"));
-        // The edge: when each host's first connector on the new token came up; the last of those.
+        // The edge: when each host's first connector on the new token came up; the last one.
         let start = before["timeline"].as_array().map(Vec::len).unwrap_or(0);
         let mut first_up: std::collections::BTreeMap<String, u64> = Default::default();
         for e in after["timeline"]
@@ -506,42 +539,20 @@ fn rtt_at(latency_ms: u32, hosts: usize, runs: usize) -> RttRow {
         {
             if e["event"] == "up" && e["token_fp"] == new_fp.as_str() {
                 let h = e["host"].as_str().unwrap_or_default().to_string();
-                let t = e["t_ms"].as_u64().unwrap_or(0);
-                first_up.entry(h).or_insert(t);
+                first_up.entry(h).or_insert(e["t_ms"].as_u64().unwrap_or(0));
             }
         }
-        assert_eq!(first_up.len(), hosts, "every host came up on the new token");
+        assert_eq!(
+            first_up.len(),
+            self.hosts,
+            "every host came up on the new token"
+        );
         let edge_last = first_up.values().copied().max().unwrap_or(0);
-        edge_from_start.push(edge_last.saturating_sub(started) as f64);
-        edge_from_token.push(edge_last.saturating_sub(t0) as f64);
-    }
-    assert_eq!(
-        fewest, hosts,
-        "make-before-break: every host kept a connector (edge)"
-    );
-    RttRow {
-        phases: vec![
-            ("OpenSSH `ssh h1 true` (reference)", ssh),
-            ("check", check),
-            ("no-op deploy", noop),
-            ("status", status),
-            ("rotate: process start -> token in hand (preflight)", pre),
-            (
-                "rotate: token in hand -> .env persisted on every host",
-                persist,
-            ),
-            ("rotate: token in hand -> every host ready (report)", ready),
-            (
-                "rotate: token in hand -> last host up on the new token (edge)",
-                edge_from_token,
-            ),
-            (
-                "rotate: process start -> last host up on the new token (edge)",
-                edge_from_start,
-            ),
-        ],
-        controller_cpu: median_f(cpu),
-        machine_cpu: median_f(machine),
+        self.samples[4].push(t0.saturating_sub(started) as f64);
+        self.samples[5].push(last("persisted_ms"));
+        self.samples[6].push(last("new_ready_ms"));
+        self.samples[7].push(edge_last.saturating_sub(t0) as f64);
+        self.samples[8].push(edge_last.saturating_sub(started) as f64);
     }
 }
 
@@ -555,19 +566,26 @@ fn bench_rtt() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let low = rtt_at(10, hosts, runs);
-    let high = rtt_at(50, hosts, runs);
+    // Both fleets at once, their runs interleaved, so that whatever else loads the machine
+    // weighs on both latencies alike.
+    let mut low = RttBed::up(10, hosts);
+    let mut high = RttBed::up(50, hosts);
+    for _ in 0..runs {
+        low.run_once();
+        high.run_once();
+    }
     // The testbed's CPU (and anything else on the machine) only adds time: the best of the
     // runs is the least disturbed, and its slope the round trips.
     println!(
-        "round trips, {hosts} hosts, 10 and 50 ms one-way latency, best and median of {runs} runs; \
-         slope = (t50 - t10) / 80 ms:"
+        "round trips, {hosts} hosts, 10 and 50 ms one-way latency (interleaved), best and median \
+         of {runs} runs; slope = (t50 - t10) / 80 ms:"
     );
     println!(
         "  {:<64} {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
         "phase", "best 10", "best 50", "RTs", "med 10", "med 50", "RTs"
     );
-    for ((name, a), (_, b)) in low.phases.iter().zip(&high.phases) {
+    for (i, name) in RTT_PHASES.iter().enumerate() {
+        let (a, b) = (&low.samples[i], &high.samples[i]);
         let (a_min, b_min) = (min_f(a), min_f(b));
         let (a_med, b_med) = (median_f(a.clone()), median_f(b.clone()));
         println!(
@@ -577,12 +595,14 @@ fn bench_rtt() {
         );
     }
     for (lat, r) in [(10, &low), (50, &high)] {
+        let (c, m) = (
+            median_f(r.controller_cpu.clone()),
+            median_f(r.machine_cpu.clone()),
+        );
         println!(
-            "  rotate-token CPU at {lat} ms (median): controller {:.0} ms, whole machine {:.0} ms \
+            "  rotate-token CPU at {lat} ms (median): controller {c:.0} ms, whole machine {m:.0} ms \
              ({:.0} ms per simulated host; the machine is shared, so this is an upper bound)",
-            r.controller_cpu,
-            r.machine_cpu,
-            (r.machine_cpu - r.controller_cpu) / hosts as f64
+            (m - c) / hosts as f64
         );
     }
 }
