@@ -547,6 +547,9 @@ impl RttBed {
             self.hosts,
             "every host came up on the new token"
         );
+        // The fleet's token is now the one in token.next (until the next edge-rotate, which
+        // comes after the next no-op deploy).
+        self.token = tb.path().join("token.next").to_string_lossy().into_owned();
         let edge_last = first_up.values().copied().max().unwrap_or(0);
         self.samples[4].push(t0.saturating_sub(started) as f64);
         self.samples[5].push(last("persisted_ms"));
