@@ -226,6 +226,41 @@ fn readiness_is_probed_without_commands_on_the_host() {
 }
 
 #[test]
+fn in_place_moves_one_host_at_a_time_canary_first() {
+    let f = Fleet::deployed(3);
+    let before = f.edge();
+    let name = f.rotate_at_edge();
+    let new = f.token(&name);
+    let out = f.tf(
+        "rotate-token",
+        &["--token-file", &f.file(&name), "--in-place", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    f.tb.assert_every_host_on(&new);
+    // Recreated in place one host at a time: never more than one host without a connector.
+    assert!(common::fewest_hosts_up(&before, &f.edge()) >= 2);
+    let doc = json(&out);
+    let mut ready: Vec<u64> = doc["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            assert_eq!(h["in_place"], true, "{h}");
+            h["new_ready_ms"].as_u64().expect("new_ready_ms")
+        })
+        .collect();
+    ready.sort();
+    // The canary's new connector was ready before any other host was recreated.
+    for h in doc["hosts"].as_array().expect("hosts") {
+        if let Some(from) = h["unavailable_from_ms"].as_u64()
+            && h["new_ready_ms"].as_u64() != Some(ready[0])
+        {
+            assert!(from >= ready[0], "{h} started before the canary was ready");
+        }
+    }
+}
+
+#[test]
 fn a_down_host_is_pending_and_resume_completes_only_it() {
     let f = Fleet::deployed(4);
     f.tb.fault("h3", "partition");
