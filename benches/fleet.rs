@@ -17,6 +17,11 @@
 //!   host make-before-break, --batch 25%) and a proxy release (config change: every host
 //!   recreated, --max-unavailable 10%), both with --min-healthy 2s: wall time, time per batch,
 //!   fewest hosts up per the edge, remote commands per host, controller and machine CPU.
+//! - rtt: round trips of each rotation phase on 10 hosts at 10 and 50 ms one-way latency
+//!   (issue 13): process start -> token in hand (preflight), token in hand -> `.env` persisted
+//!   on every host, token in hand -> every host ready on the new token (the report, and the
+//!   edge's timeline), plus `status`, `check`, a no-op `deploy` and OpenSSH's `ssh h1 true`;
+//!   the slope (t50 - t10) / 80 ms counts round trips whatever the CPU costs.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -388,6 +393,223 @@ fn bench_upgrade() {
     }
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The median of `v` (0 for an empty list).
+fn median_f(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The names of the phases the rtt bench measures, in print order.
+const RTT_PHASES: [&str; 9] = [
+    "OpenSSH `ssh h1 true` (reference)",
+    "check",
+    "no-op deploy",
+    "status",
+    "rotate: process start -> token in hand (preflight)",
+    "rotate: token in hand -> .env persisted on every host",
+    "rotate: token in hand -> every host ready (report)",
+    "rotate: token in hand -> last host up on the new token (edge)",
+    "rotate: process start -> last host up on the new token (edge)",
+];
+
+/// A deployed testbed at one latency, and what was measured on it (ms, every run, by phase
+/// in [`RTT_PHASES`] order).
+struct RttBed {
+    tb: common::Testbed,
+    state: String,
+    token: String,
+    hosts: usize,
+    samples: Vec<Vec<f64>>,
+    controller_cpu: Vec<f64>,
+    machine_cpu: Vec<f64>,
+}
+
+impl RttBed {
+    fn up(latency_ms: u32, hosts: usize) -> RttBed {
+        let lat = latency_ms.to_string();
+        let tb = common::Testbed::up(hosts, &["--latency-ms", &lat]);
+        let state = tb.state_with_ca();
+        let token = tb.path().join("token").to_string_lossy().into_owned();
+        let bed = RttBed {
+            tb,
+            state,
+            token,
+            hosts,
+            samples: vec![Vec::new(); RTT_PHASES.len()],
+            controller_cpu: Vec::new(),
+            machine_cpu: Vec::new(),
+        };
+        let out = bed.tb.tf("deploy", &bed.deploy_args());
+        assert!(out.status.success(), "{}", common::describe(&out));
+        bed
+    }
+
+    fn deploy_args(&self) -> [&str; 5] {
+        [
+            "--state-dir",
+            self.state.as_str(),
+            "--token-file",
+            self.token.as_str(),
+            "--json",
+        ]
+    }
+
+    fn timed(&mut self, phase: usize, f: &dyn Fn(&Self) -> std::process::Output) {
+        let t = Instant::now();
+        let out = f(self);
+        let d = ms(t.elapsed());
+        assert!(out.status.success(), "{}", common::describe(&out));
+        self.samples[phase].push(d);
+    }
+
+    /// One run of every phase.
+    fn run_once(&mut self) {
+        self.timed(0, &|b| {
+            std::process::Command::new("ssh")
+                .arg("-F")
+                .arg(b.tb.path().join("ssh_config"))
+                .args(["h1", "true"])
+                .env_remove("SSH_AUTH_SOCK")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run ssh")
+        });
+        self.timed(1, &|b| b.tb.tf("check", &["--json"]));
+        self.timed(2, &|b| b.tb.tf("deploy", &b.deploy_args()));
+        self.timed(3, &|b| {
+            b.tb.tf("status", &["--state-dir", b.state.as_str(), "--json"])
+        });
+
+        let tb = &self.tb;
+        let out = tb.testbed(&["edge-rotate"]);
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let next = tb.path().join("token.next");
+        let new_fp = common::fp(&std::fs::read_to_string(&next).expect("token.next"));
+        let next = next.to_string_lossy().into_owned();
+        let before = tb.edge_stats();
+        let c = children_cpu();
+        let busy = machine_busy();
+        let started = unix_ms();
+        let out = tb.tf(
+            "rotate-token",
+            &["--state-dir", &self.state, "--token-file", &next, "--json"],
+        );
+        self.machine_cpu
+            .push(ms(machine_busy().saturating_sub(busy)));
+        self.controller_cpu
+            .push(ms(children_cpu().saturating_sub(c)));
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let after = tb.edge_stats();
+        assert_eq!(
+            common::fewest_hosts_up(&before, &after),
+            self.hosts,
+            "make-before-break: every host kept a connector (edge)"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let t0 = v["window_start_unix_ms"]
+            .as_u64()
+            .expect("window_start_unix_ms");
+        let hosts_v = v["hosts"].as_array().cloned().unwrap_or_default();
+        let last = |key: &str| {
+            hosts_v
+                .iter()
+                .filter_map(|h| h[key].as_u64())
+                .max()
+                .unwrap_or(0) as f64
+        };
+        // The edge: when each host's first connector on the new token came up; the last one.
+        let start = before["timeline"].as_array().map(Vec::len).unwrap_or(0);
+        let mut first_up: std::collections::BTreeMap<String, u64> = Default::default();
+        for e in after["timeline"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .skip(start)
+        {
+            if e["event"] == "up" && e["token_fp"] == new_fp.as_str() {
+                let h = e["host"].as_str().unwrap_or_default().to_string();
+                first_up.entry(h).or_insert(e["t_ms"].as_u64().unwrap_or(0));
+            }
+        }
+        assert_eq!(
+            first_up.len(),
+            self.hosts,
+            "every host came up on the new token"
+        );
+        // The fleet's token is now the one in token.next (until the next edge-rotate, which
+        // comes after the next no-op deploy).
+        self.token = tb.path().join("token.next").to_string_lossy().into_owned();
+        let edge_last = first_up.values().copied().max().unwrap_or(0);
+        self.samples[4].push(t0.saturating_sub(started) as f64);
+        self.samples[5].push(last("persisted_ms"));
+        self.samples[6].push(last("new_ready_ms"));
+        self.samples[7].push(edge_last.saturating_sub(t0) as f64);
+        self.samples[8].push(edge_last.saturating_sub(started) as f64);
+    }
+}
+
+fn min_f(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn bench_rtt() {
+    let hosts = 10;
+    let runs: usize = std::env::var("TF_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    // Both fleets at once, their runs interleaved, so that whatever else loads the machine
+    // weighs on both latencies alike.
+    let mut low = RttBed::up(10, hosts);
+    let mut high = RttBed::up(50, hosts);
+    for _ in 0..runs {
+        low.run_once();
+        high.run_once();
+    }
+    // The testbed's CPU (and anything else on the machine) only adds time: the best of the
+    // runs is the least disturbed, and its slope the round trips.
+    println!(
+        "round trips, {hosts} hosts, 10 and 50 ms one-way latency (interleaved), best and median \
+         of {runs} runs; slope = (t50 - t10) / 80 ms:"
+    );
+    println!(
+        "  {:<64} {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
+        "phase", "best 10", "best 50", "RTs", "med 10", "med 50", "RTs"
+    );
+    for (i, name) in RTT_PHASES.iter().enumerate() {
+        let (a, b) = (&low.samples[i], &high.samples[i]);
+        let (a_min, b_min) = (min_f(a), min_f(b));
+        let (a_med, b_med) = (median_f(a.clone()), median_f(b.clone()));
+        println!(
+            "  {name:<64} {a_min:>6.0} ms {b_min:>6.0} ms {:>6.1} | {a_med:>6.0} ms {b_med:>6.0} ms {:>6.1}",
+            (b_min - a_min) / 80.0,
+            (b_med - a_med) / 80.0
+        );
+    }
+    for (lat, r) in [(10, &low), (50, &high)] {
+        let (c, m) = (
+            median_f(r.controller_cpu.clone()),
+            median_f(r.machine_cpu.clone()),
+        );
+        println!(
+            "  rotate-token CPU at {lat} ms (median): controller {c:.0} ms, whole machine {m:.0} ms \
+             ({:.0} ms per simulated host; the machine is shared, so this is an upper bound)",
+            (m - c) / hosts as f64
+        );
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -408,5 +630,8 @@ fn main() {
     }
     if wants("upgrade") {
         bench_upgrade();
+    }
+    if wants("rtt") {
+        bench_rtt();
     }
 }

@@ -154,7 +154,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn a_refused_canary_stops_the_rotation_with_every_old_connector_up() {
+fn a_refused_token_stops_the_rotation_with_every_old_connector_up() {
+    // Every host's new connector starts at once (make-before-break, no canary): each one's
+    // gate fails and removes it, and the old connectors never stop serving.
     let f = Fleet::deployed(4);
     let old = f.token("token");
     // A well-formed token the edge does not know.
@@ -180,6 +182,81 @@ fn a_refused_canary_stops_the_rotation_with_every_old_connector_up() {
             "docker ps -a --filter label=com.docker.compose.service=cloudflared -q | wc -l",
         );
         assert_eq!(n.trim(), "1", "{h}");
+    }
+}
+
+#[test]
+fn readiness_is_probed_without_commands_on_the_host() {
+    let f = Fleet::deployed(3);
+    let name = f.rotate_at_edge();
+    let new = f.token(&name);
+    let before: Vec<usize> =
+        f.tb.host_names()
+            .iter()
+            .map(|h| f.tb.host_commands(h).lines().count())
+            .collect();
+    let out = f.tf("rotate-token", &["--token-file", &f.file(&name)]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    f.tb.assert_every_host_on(&new);
+    for (h, skip) in f.tb.host_names().iter().zip(before) {
+        let cmds: Vec<String> =
+            f.tb.host_commands(h)
+                .lines()
+                .skip(skip)
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).expect("command log line");
+                    v["cmd"].as_str().unwrap_or_default().to_string()
+                })
+                .collect();
+        // Facts, listing, lock, persist, start, then retire (listing, stop), audit, unlock:
+        // however long the new connector takes to register.
+        assert!(cmds.len() <= 9, "{h}: {} commands: {cmds:#?}", cmds.len());
+        let start = cmds
+            .iter()
+            .position(|c| c.contains("--no-recreate") && !c.contains("docker stop"))
+            .unwrap_or_else(|| panic!("{h}: no scale-up: {cmds:#?}"));
+        // The next command retires the old connector: nothing ran on the host while waiting
+        // for the new one to be ready (the probes go over direct-tcpip).
+        let next = &cmds[start + 1..];
+        assert!(
+            next.iter().take(2).any(|c| c.contains("docker stop")),
+            "{h}: commands between the start and the retirement: {next:#?}"
+        );
+    }
+}
+
+#[test]
+fn in_place_moves_one_host_at_a_time_canary_first() {
+    let f = Fleet::deployed(3);
+    let before = f.edge();
+    let name = f.rotate_at_edge();
+    let new = f.token(&name);
+    let out = f.tf(
+        "rotate-token",
+        &["--token-file", &f.file(&name), "--in-place", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    f.tb.assert_every_host_on(&new);
+    // Recreated in place one host at a time: never more than one host without a connector.
+    assert!(common::fewest_hosts_up(&before, &f.edge()) >= 2);
+    let doc = json(&out);
+    let mut ready: Vec<u64> = doc["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            assert_eq!(h["in_place"], true, "{h}");
+            h["new_ready_ms"].as_u64().expect("new_ready_ms")
+        })
+        .collect();
+    ready.sort();
+    // The canary's new connector was ready before any other host was recreated.
+    for h in doc["hosts"].as_array().expect("hosts") {
+        if let Some(from) = h["unavailable_from_ms"].as_u64()
+            && h["new_ready_ms"].as_u64() != Some(ready[0])
+        {
+            assert!(from >= ready[0], "{h} started before the canary was ready");
+        }
     }
 }
 

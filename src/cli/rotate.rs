@@ -1,5 +1,5 @@
 //! `tunnelfleet rotate-token`: the new token on every host, connectors moved
-//! make-before-break, canary first, with a journal for `--resume` and a report of the
+//! make-before-break on every host at once (canary first with --in-place), with a journal for `--resume` and a report of the
 //! exposure window.
 
 use std::io::IsTerminal;
@@ -52,8 +52,8 @@ pub struct RotateArgs {
     identity_token_file: Option<PathBuf>,
     #[command(flatten)]
     state: StateArgs,
-    /// After the canary, move this many hosts at a time (N or P%; default all at once, 1
-    /// with --in-place).
+    /// Move connectors in batches: a canary host, then this many hosts at a time (N or P%;
+    /// default: every host at once without a canary, or one at a time with --in-place).
     #[arg(long, value_parser = parse_batch)]
     batch: Option<BatchSize>,
     /// Recreate each connector in place instead of make-before-break (for hosts that cannot
@@ -447,23 +447,47 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     )
     .map_err(|e| CliError::input(format!("built-in playbook: {e}")))?;
     let mut phases: Vec<Phase<StackHost>> = playbook.into_phases();
-    if let Some(p) = phases.iter_mut().find(|p| p.name == "preflight") {
+    for p in phases
+        .iter_mut()
+        .filter(|p| p.name == "preflight" || p.name == "lock")
+    {
         if args.allow_down {
             p.max_unavailable = usize::MAX;
         }
-        if args.resume {
-            // A host left mid-rotation may have no ready connector (that is what resuming
-            // fixes): reachable and locked is enough.
-            p.steps.retain(|s| s.name() != "healthy");
-        }
+    }
+    if let Some(p) = phases.iter_mut().find(|p| p.name == "preflight")
+        && args.resume
+    {
+        // A host left mid-rotation may have no ready connector (that is what resuming
+        // fixes): reachable, facts read and locked is enough.
+        let facts = registry
+            .build("facts", &serde_json::Value::Null)
+            .and_then(Result::ok)
+            .ok_or_else(|| CliError::input("internal: no facts step"))?;
+        p.steps = p
+            .steps
+            .iter()
+            .map(|s| {
+                if s.name() == "healthy" {
+                    facts.clone()
+                } else {
+                    s.clone()
+                }
+            })
+            .collect();
     }
     if let Some(p) = phases.iter_mut().find(|p| p.name == "connectors") {
-        let then = args.batch.unwrap_or(if args.in_place {
-            BatchSize::Count(1)
-        } else {
-            BatchSize::Percent(100)
-        });
-        p.strategy = Strategy::Canary { count: 1, then };
+        // Make-before-break: every host at once (a refused token harms nothing, the old
+        // connectors keep serving); a canary only when capacity is at stake (--in-place) or
+        // when the operator asks for batches.
+        p.strategy = match (args.in_place, args.batch) {
+            (false, None) => Strategy::Parallel,
+            (true, None) => Strategy::Canary {
+                count: 1,
+                then: BatchSize::Count(1),
+            },
+            (_, Some(then)) => Strategy::Canary { count: 1, then },
+        };
         if args.in_place {
             let keep: Vec<_> = p
                 .steps
@@ -480,7 +504,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     }
     let preflight: Vec<Phase<StackHost>> = phases
         .iter()
-        .filter(|p| p.name == "preflight")
+        .filter(|p| p.name == "preflight" || p.name == "lock")
         .cloned()
         .collect();
     let release: Vec<Phase<StackHost>> = phases
@@ -490,16 +514,20 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         .collect();
     let rest: Vec<Phase<StackHost>> = phases
         .into_iter()
-        .filter(|p| p.name != "preflight")
+        .filter(|p| p.name != "preflight" && p.name != "lock")
         .collect();
 
     // Contexts without a token yet (it is set on each after preflight).
     let names: Vec<String> = inputs.iter().map(|i| i.host.name.clone()).collect();
     let progress = Progress::for_tunnels("rotate-token", std::slice::from_ref(&tunnel), &names);
-    let ctxs: Vec<StackHost> = inputs
+    let mut ctxs: Vec<StackHost> = inputs
         .into_iter()
         .map(|i| StackHost::new(i, connector.clone(), "rotate-token", false))
         .collect();
+    // The lock phase's canary (the first host) tries the lock with its health check.
+    if let Some(first) = ctxs.first_mut() {
+        first.rotation.lock_early = true;
+    }
 
     // a. Preflight: reachable, healthy, locked; nothing is written to any host before this passes.
     let engine = Engine::new(&progress).with_stop(stop.clone());
@@ -590,6 +618,12 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         )));
     }
     let t0 = setup_started.unwrap_or_else(Instant::now);
+    // The same moment on the wall clock, for benchmarks that line it up with the edge's
+    // timeline and with when the process started.
+    let t0_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64 - t0.elapsed().as_millis() as u64)
+        .unwrap_or(0);
     let new_fp = token.fingerprint();
 
     // Give every context the new token's .env (rendered per host).
@@ -615,7 +649,8 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
     {
         engine = engine.resuming(log);
     }
-    // c-f. Persist everywhere, then connectors canary-first, then audit + unlock everywhere.
+    // c-f. Persist everywhere, then connectors (every host at once; canary first in place),
+    // then audit + unlock everywhere.
     let report = engine.run(rest, ctxs).await;
     progress.finish();
 
@@ -678,6 +713,7 @@ pub async fn run(args: RotateArgs) -> Result<i32, CliError> {
         "new_token_fingerprint": new_fp,
         "exposure_window_ms": window_ms,
         "window_from": if setup_started.is_some() { "setup_started" } else { "token_in_hand" },
+        "window_start_unix_ms": t0_unix_ms,
         "fewest_ready_hosts": fewest_ready,
         "hosts": rows,
         "complete": all_done,

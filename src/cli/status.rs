@@ -74,7 +74,12 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
             return s;
         }
     };
-    let facts = match read_facts(&session, input).await {
+    // The facts command and the readiness probes (direct-tcpip) in the same round trip.
+    let (facts, connectors) =
+        tokio::join!(read_facts(&session, input), health::connectors(&session));
+    s.connectors = connectors;
+    s.connector_ready = s.connectors.iter().any(|c| c.is_ready());
+    let facts = match facts {
         Ok(f) => f,
         Err(e) => {
             s.error = Some(e);
@@ -145,8 +150,6 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
         }
         Err(e) => s.drift.push(e),
     }
-    s.connectors = health::connectors(&session).await;
-    s.connector_ready = s.connectors.iter().any(|c| c.is_ready());
     session.close().await;
     s
 }

@@ -36,7 +36,13 @@ impl ConnectorReady {
 
 /// Every connector answering on the host's metrics ports (probed concurrently).
 pub async fn connectors(session: &Session) -> Vec<ConnectorReady> {
-    let probes = METRICS_PORTS.map(|port| async move {
+    let ports: Vec<u16> = METRICS_PORTS.collect();
+    probe_ports(session, &ports).await
+}
+
+/// The connectors answering on `ports` (probed concurrently, each a direct-tcpip channel).
+pub async fn probe_ports(session: &Session, ports: &[u16]) -> Vec<ConnectorReady> {
+    let probes = ports.iter().map(|&port| async move {
         let r = http::get(session, port, "/ready", Duration::from_secs(5)).await;
         r.ok().map(|resp| {
             let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();

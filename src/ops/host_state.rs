@@ -31,6 +31,10 @@ pub struct RotationState {
     /// Whether this run holds the host's fleet lock.
     #[serde(skip)]
     pub locked: bool,
+    /// This host locks first, alone (of two controllers racing, one stops there): it tries
+    /// in the same round trip as its health check.
+    #[serde(skip)]
+    pub lock_early: bool,
     /// The lock holder record this run wrote.
     #[serde(skip)]
     pub holder: String,
@@ -41,6 +45,49 @@ pub struct RotationState {
     /// since), so the window does not pay for listing them again.
     #[serde(skip)]
     pub listed: Option<Vec<ConnectorContainer>>,
+    /// The connectors answering on the metrics ports during preflight (id and port): the
+    /// new connector is the one answering ready with another id.
+    #[serde(skip)]
+    pub answering: Option<Vec<crate::ops::health::ConnectorReady>>,
+    /// Session channels opened during preflight, so the commands in the window cost one
+    /// round trip each.
+    #[serde(skip)]
+    pub prepared: PreparedChannels,
+}
+
+/// Session channels opened ahead of their commands (see [`crate::ssh::Session::prepare`]),
+/// shared by the clones of a host's state; each is used once.
+#[derive(Clone, Default)]
+pub struct PreparedChannels(std::sync::Arc<std::sync::Mutex<Vec<crate::ssh::PreparedExec>>>);
+
+impl std::fmt::Debug for PreparedChannels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedChannels({})", self.len())
+    }
+}
+
+impl PreparedChannels {
+    /// Keeps `chans` for later.
+    pub fn put(&self, chans: Vec<crate::ssh::PreparedExec>) {
+        if let Ok(mut g) = self.0.lock() {
+            g.extend(chans);
+        }
+    }
+
+    /// One channel, if any is left.
+    pub fn take(&self) -> Option<crate::ssh::PreparedExec> {
+        self.0.lock().ok().and_then(|mut g| g.pop())
+    }
+
+    /// How many are left.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|g| g.len()).unwrap_or(0)
+    }
+
+    /// Whether none is left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl RotationState {

@@ -32,6 +32,24 @@ async fn run(session: &Session, script: &str, stdin: &[u8]) -> Result<ExecOutput
     session.exec(script, stdin).await.map_err(failure)
 }
 
+/// Runs `script` on a channel opened during preflight when one is left (one round trip),
+/// else on a new one (two).
+async fn run_prepared(
+    h: &StackHost,
+    session: &Session,
+    script: &str,
+    stdin: &[u8],
+) -> Result<ExecOutput, StepFailure> {
+    match h.rotation.prepared.take() {
+        Some(ch) => ch.exec(script, stdin).await.map_err(failure),
+        None => run(session, script, stdin).await,
+    }
+}
+
+/// Session channels each host opens during preflight for the commands that follow the
+/// token: lock, persist, start of the new connector.
+const PREPARED_CHANNELS: usize = 3;
+
 async fn containers(
     session: &Session,
     layout: &Layout,
@@ -55,8 +73,14 @@ fn compose(h: &StackHost) -> Result<crate::stack::ComposeCli, StepFailure> {
 }
 
 /// `healthy`: the host has a ready connector now (preflight: never start a rotation on a
-/// host that is already down).
-pub struct HealthyStep;
+/// host that is already down). In the same round trip: the host's facts (unless a `facts`
+/// step ran already), the connector containers, and the session channels the window's
+/// commands will run on. On the host that locks first (see [`RotationState::lock_early`]),
+/// also one attempt at the fleet lock, so that host's lock costs no round trip of its own.
+pub struct HealthyStep {
+    /// This operation's id (the lock holder record names it).
+    pub op_id: String,
+}
 
 #[async_trait::async_trait]
 impl Step<StackHost> for HealthyStep {
@@ -65,13 +89,70 @@ impl Step<StackHost> for HealthyStep {
     }
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
         let session = h.session()?;
-        // The readiness probes and the container listing at once: start_connector uses the
-        // listing instead of taking a round trip for it after the token is in hand.
-        let (probes, listed) = tokio::join!(
+        let need_facts = h.facts.is_none();
+        let input = &h.input;
+        // Everything at once: the facts command, the readiness probes (direct-tcpip), the
+        // container listing (start_connector uses it instead of taking a round trip for it
+        // after the token is in hand), and the channels opened ahead.
+        let facts_fut = async {
+            if need_facts {
+                Some(super::deploy::read_facts(&session, input).await)
+            } else {
+                None
+            }
+        };
+        let prepare = futures::future::join_all((0..PREPARED_CHANNELS).map(|_| session.prepare()));
+        let holder = holder_json_for(&h.operation, &self.op_id);
+        let lock_script = if h.rotation.lock_early {
+            let dir = scripts::lock_dir(&h.input.layout);
+            Some(mkdir_lock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?)
+        } else {
+            None
+        };
+        let lock_fut = async {
+            match &lock_script {
+                Some(script) => Some(session.exec(script, b"").await),
+                None => None,
+            }
+        };
+        let (facts, probes, listed, prepared, locked) = tokio::join!(
+            facts_fut,
             health::connectors(&session),
-            containers(&session, &h.input.layout)
+            containers(&session, &h.input.layout),
+            prepare,
+            lock_fut
         );
+        // Taken: the lock phase has nothing left to do here. Anything else (held by another
+        // run, a failure): the lock phase tries again with its full handling.
+        if let Some(Ok(out)) = locked
+            && out.success()
+        {
+            h.rotation.locked = true;
+            h.rotation.holder = holder;
+        }
+        h.rotation
+            .prepared
+            .put(prepared.into_iter().filter_map(Result::ok).collect());
+        if let Some(facts) = facts {
+            let facts = facts.map_err(StepFailure::new)?;
+            if facts.compose.is_none() {
+                return Err(StepFailure::new("no Docker Compose on the host")
+                    .with_hint("install docker compose (v2) or docker-compose (v1)"));
+            }
+            if !h.input.force_dir
+                && let Some(why) = crate::stack::deploy_dir_refusal(
+                    h.input.layout.deploy_dir(),
+                    facts.dir_state.as_deref(),
+                )
+            {
+                return Err(StepFailure::new(why).with_hint(
+                    "set deploy_dir to a directory of its own (default /srv/mcp-tunnel)",
+                ));
+            }
+            h.facts = Some(facts);
+        }
         h.rotation.listed = listed.ok();
+        h.rotation.answering = Some(probes.clone());
         let ready: Vec<health::ConnectorReady> =
             probes.into_iter().filter(|c| c.is_ready()).collect();
         if ready.is_empty() {
@@ -103,13 +184,16 @@ impl Step<StackHost> for LockStep {
         "lock"
     }
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        if h.rotation.locked {
+            return Ok(StepOutcome::changed("fleet lock taken (during preflight)"));
+        }
         let session = h.session()?;
         let dir = scripts::lock_dir(&h.input.layout);
         let holder = holder_json_for(&h.operation, &self.op_id);
         let script = mkdir_lock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
         let started = Instant::now();
         loop {
-            let out = run(&session, &script, b"").await?;
+            let out = run_prepared(h, &session, &script, b"").await?;
             match out.status.map(|s| s as i32) {
                 Some(0) => {
                     h.rotation.locked = true;
@@ -176,7 +260,7 @@ impl Step<StackHost> for PersistTokenStep {
         let spec = WriteSpec::new(h.input.layout.env_file(), 0o600).dir_mode(0o700);
         let (script, stdin) =
             atomic_write(&[(spec, env.as_bytes())]).map_err(|e| StepFailure::new(e.to_string()))?;
-        let out = run(&session, &script, &stdin).await?;
+        let out = run_prepared(h, &session, &script, &stdin).await?;
         if !out.success() {
             return Err(StepFailure::new(out.stderr_text()).with_hint(
                 "the old .env is intact; free space or fix permissions, then --resume",
@@ -234,7 +318,7 @@ impl Step<StackHost> for StartConnectorStep {
             scripts::scale_connectors_script(&h.input.layout, compose(h)?, count).trim_end(),
             scripts::new_connectors_script(&h.input.layout, &known)
         );
-        let out = run(&session, &script, b"").await?;
+        let out = run_prepared(h, &session, &script, b"").await?;
         if !out.success() {
             return Err(StepFailure::new(format!(
                 "start a second connector: {}",
@@ -330,7 +414,60 @@ impl Step<StackHost> for WaitConnectorStep {
         // The new connector's id: known from its start, else read from its log (once it has
         // logged it); after that, polling is only the readiness probes, no docker calls.
         let mut id = h.rotation.new_connector_id.clone();
+        // Preflight saw which connectors answer (ids and ports): unless the new one's id is
+        // already known, the new one is whichever answers ready with another id, on a port
+        // the old ones do not hold. Readiness is then only direct-tcpip probes, nothing is
+        // started on the host.
+        if id.is_none()
+            && !h.rotation.in_place
+            && let Some(old) = h.rotation.answering.clone()
+        {
+            let old_ids: std::collections::BTreeSet<String> =
+                old.iter().filter_map(|c| c.connector_id.clone()).collect();
+            let old_ports: Vec<u16> = old.iter().map(|c| c.port).collect();
+            let ports: Vec<u16> = health::METRICS_PORTS
+                .filter(|p| !old_ports.contains(p))
+                .collect();
+            loop {
+                let probes = health::probe_ports(&session, &ports).await;
+                if let Some(c) = probes.iter().find(|c| {
+                    c.is_ready()
+                        && c.connector_id
+                            .as_ref()
+                            .is_some_and(|i| !old_ids.contains(i))
+                }) {
+                    h.rotation.new_ready_ms = h.rotation.now_ms();
+                    h.rotation.new_connector_id = c.connector_id.clone();
+                    h.ready = Some(c.clone());
+                    return Ok(StepOutcome::unchanged(format!(
+                        "{name} ({}) ready in {} ms",
+                        c.connector_id.as_deref().unwrap_or("?"),
+                        started.elapsed().as_millis()
+                    )));
+                }
+                last = match probes.iter().find(|c| {
+                    c.connector_id
+                        .as_ref()
+                        .is_some_and(|i| !old_ids.contains(i))
+                }) {
+                    Some(c) => format!(
+                        "{} answers {} with {} connections",
+                        c.connector_id.as_deref().unwrap_or("?"),
+                        c.status,
+                        c.ready_connections
+                    ),
+                    None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
+                };
+                if started.elapsed() >= self.timeout {
+                    break;
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        }
         loop {
+            if started.elapsed() >= self.timeout {
+                return Err(self.give_up(h, &session, &name, &last).await);
+            }
             if id.is_none() {
                 let script = format!(
                     "docker logs {} 2>&1 | sed -n 's/.*Generated Connector ID: *\\([0-9a-fA-F-]*\\).*/\\1/p' | tail -n 1",
@@ -366,36 +503,51 @@ impl Step<StackHost> for WaitConnectorStep {
                 }
             }
             if started.elapsed() >= self.timeout {
-                // Leave no crash-looping connector behind: remove the new one; the old one
-                // keeps serving on the old token it was created with.
-                if !h.rotation.in_place {
-                    let rm = format!(
-                        "docker rm -f {} >/dev/null 2>&1; true",
-                        remote::quote(&name)
-                    );
-                    let _ = session.exec(&rm, b"").await;
-                    if let Ok(c) = compose(h) {
-                        let _ = session
-                            .exec(
-                                &scripts::scale_connectors_script(&h.input.layout, c, 1),
-                                b"",
-                            )
-                            .await;
-                    }
-                }
-                return Err(StepFailure::new(format!(
-                    "the new connector {name} did not become ready within {:?} ({last})",
-                    self.timeout
-                ))
-                .with_hint(
-                    "the old connector still serves this host on the old token, and the new connector was \
-                     removed. The new token is in .env on the hosts it reached; if it is wrong (the edge \
-                     refuses it), run rotate-token again with the right token; if the host was only slow, \
-                     run rotate-token --resume with the same token"
-                ));
+                return Err(self.give_up(h, &session, &name, &last).await);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// How often the window's readiness probes ask (direct-tcpip to the host's loopback: no
+/// process is started on the host).
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+impl WaitConnectorStep {
+    /// The new connector never became ready: remove it (make-before-break: the old one keeps
+    /// serving) and say what to do.
+    async fn give_up(
+        &self,
+        h: &StackHost,
+        session: &Session,
+        name: &str,
+        last: &str,
+    ) -> StepFailure {
+        // Leave no crash-looping connector behind: remove the new one; the old one keeps
+        // serving on the old token it was created with.
+        if !h.rotation.in_place {
+            let rm = format!("docker rm -f {} >/dev/null 2>&1; true", remote::quote(name));
+            let _ = session.exec(&rm, b"").await;
+            if let Ok(c) = compose(h) {
+                let _ = session
+                    .exec(
+                        &scripts::scale_connectors_script(&h.input.layout, c, 1),
+                        b"",
+                    )
+                    .await;
+            }
+        }
+        StepFailure::new(format!(
+            "the new connector {name} did not become ready within {:?} ({last})",
+            self.timeout
+        ))
+        .with_hint(
+            "the old connector still serves this host on the old token, and the new connector was \
+             removed. The new token is in .env on the hosts it reached; if it is wrong (the edge \
+             refuses it), run rotate-token again with the right token; if the host was only slow, \
+             run rotate-token --resume with the same token",
+        )
     }
 }
 
@@ -519,9 +671,10 @@ pub fn register_rotation_steps(
             min_healthy: None,
         },
     );
-    r.register("healthy", |p| {
+    let op = op_id.to_string();
+    r.register("healthy", move |p| {
         Params::new(p, &[])?;
-        Ok(Arc::new(HealthyStep) as Arc<dyn Step<StackHost>>)
+        Ok(Arc::new(HealthyStep { op_id: op.clone() }) as Arc<dyn Step<StackHost>>)
     });
     let op = op_id.to_string();
     r.register("lock", move |p| {

@@ -663,60 +663,30 @@ impl Session {
         let command = self.command_line(script);
         trace_command(&self.host, &command, stdin.len());
         let fut = async {
-            let channel = self.link.handle.channel_open_session().await.map_err(|e| {
-                SshError::new(ErrorKind::Transport, format!("open a session channel: {e}"))
-                    .hint("the connection dropped; rerun, and check the host's sshd MaxSessions")
-            })?;
-            channel.exec(true, command).await.map_err(|e| {
-                SshError::new(ErrorKind::Transport, format!("start the command: {e}"))
-            })?;
-            let (mut read, write) = channel.split();
-            let writer = async move {
-                if !stdin.is_empty() {
-                    write.data(stdin).await?;
-                }
-                write.eof().await
-            };
-            let reader = async move {
-                let mut out = ExecOutput::default();
-                while let Some(msg) = read.wait().await {
-                    match msg {
-                        ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                        ChannelMsg::ExtendedData { data, ext: 1 } => {
-                            out.stderr.extend_from_slice(&data)
-                        }
-                        ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
-                        ChannelMsg::ExitSignal { signal_name, .. } => {
-                            out.signal = Some(format!("{signal_name:?}"))
-                        }
-                        ChannelMsg::Close => break,
-                        _ => {}
-                    }
-                }
-                out
-            };
-            let (w, mut out) = tokio::join!(writer, reader);
-            if let Err(e) = w
-                && out.status.is_none()
-            {
-                return Err(SshError::new(
-                    ErrorKind::Transport,
-                    format!("send the command's input: {e}"),
-                ));
-            }
-            out.elapsed = started.elapsed();
-            Ok(out)
+            let channel = self.open_session_channel().await?;
+            run_on(channel, command, stdin, started).await
         };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(SshError::new(
-                ErrorKind::Timeout,
-                format!("command did not finish within {timeout:?}"),
-            )
-            .hint(
-                "the host may be hung or overloaded; raise --command-timeout if it is just slow",
-            )),
-        }
+        with_deadline(timeout, fut).await
+    }
+
+    async fn open_session_channel(&self) -> Result<russh::Channel<client::Msg>, SshError> {
+        self.link.handle.channel_open_session().await.map_err(|e| {
+            SshError::new(ErrorKind::Transport, format!("open a session channel: {e}"))
+                .hint("the connection dropped; rerun, and check the host's sshd MaxSessions")
+        })
+    }
+
+    /// Opens a session channel now, to run one command on it later: the command then costs
+    /// one round trip (the request, its input and its end sent together) instead of two,
+    /// which matters where a command must follow an event quickly (rotation's window).
+    pub async fn prepare(&self) -> Result<PreparedExec, SshError> {
+        let channel = self.open_session_channel().await?;
+        Ok(PreparedExec {
+            channel,
+            command_prefix_become: self.become_,
+            command_timeout: self.command_timeout,
+            host: self.host.clone(),
+        })
     }
 
     /// Opens a TCP connection from the host to `addr:port` (for example a readiness endpoint
@@ -755,6 +725,101 @@ impl Session {
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
+}
+
+/// A session channel opened ahead of its command (see [`Session::prepare`]).
+pub struct PreparedExec {
+    channel: russh::Channel<client::Msg>,
+    command_prefix_become: bool,
+    command_timeout: Duration,
+    host: String,
+}
+
+impl std::fmt::Debug for PreparedExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedExec")
+    }
+}
+
+impl PreparedExec {
+    /// Runs `script` on the open channel with `stdin` streamed to it, under the run's
+    /// command deadline (the same command line as [`Session::exec`] would send).
+    pub async fn exec(self, script: &str, stdin: &[u8]) -> Result<ExecOutput, SshError> {
+        let started = Instant::now();
+        let command = if self.command_prefix_become {
+            format!("sudo -n -- sh -c {}", quote(script))
+        } else {
+            format!("sh -c {}", quote(script))
+        };
+        trace_command(&self.host, &command, stdin.len());
+        with_deadline(
+            self.command_timeout,
+            run_on(self.channel, command, stdin, started),
+        )
+        .await
+    }
+}
+
+async fn with_deadline(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<ExecOutput, SshError>>,
+) -> Result<ExecOutput, SshError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(SshError::new(
+            ErrorKind::Timeout,
+            format!("command did not finish within {timeout:?}"),
+        )
+        .hint("the host may be hung or overloaded; raise --command-timeout if it is just slow")),
+    }
+}
+
+/// Starts `command` on `channel` without waiting for the server's reply to the request
+/// (its exit status says how it went), streams `stdin` then EOF, and collects the output.
+async fn run_on(
+    channel: russh::Channel<client::Msg>,
+    command: String,
+    stdin: &[u8],
+    started: Instant,
+) -> Result<ExecOutput, SshError> {
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| SshError::new(ErrorKind::Transport, format!("start the command: {e}")))?;
+    let (mut read, write) = channel.split();
+    let writer = async move {
+        if !stdin.is_empty() {
+            write.data(stdin).await?;
+        }
+        write.eof().await
+    };
+    let reader = async move {
+        let mut out = ExecOutput::default();
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    out.signal = Some(format!("{signal_name:?}"))
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        out
+    };
+    let (w, mut out) = tokio::join!(writer, reader);
+    if let Err(e) = w
+        && out.status.is_none()
+    {
+        return Err(SshError::new(
+            ErrorKind::Transport,
+            format!("send the command's input: {e}"),
+        ));
+    }
+    out.elapsed = started.elapsed();
+    Ok(out)
 }
 
 #[cfg(test)]
