@@ -406,9 +406,26 @@ impl Step<StackHost> for WaitConnectorStep {
     }
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
         let session = h.session()?;
-        let name = h.rotation.new_container.clone().ok_or_else(|| {
-            StepFailure::new("no new connector container (run start_connector first)")
-        })?;
+        let name = match h.rotation.new_container.clone() {
+            Some(n) => n,
+            None => {
+                // A resumed run whose start_connector was done by the interrupted one: the
+                // new connector is the one on the new token.
+                let fp = new_fp(h)?;
+                let c = containers(&session, &h.input.layout)
+                    .await?
+                    .into_iter()
+                    .find(|c| c.token_fp.as_deref() == Some(fp.as_str()))
+                    .ok_or_else(|| {
+                        StepFailure::new("no connector on the new token on this host").with_hint(
+                            "run start_connector first (tunnelfleet rotate-token --resume)",
+                        )
+                    })?;
+                h.rotation.new_connector_id = c.connector_id.clone();
+                h.rotation.new_container = Some(c.name.clone());
+                c.name
+            }
+        };
         let started = Instant::now();
         let mut last = String::from("no answer yet");
         // The new connector's id: known from its start, else read from its log (once it has

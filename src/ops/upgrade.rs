@@ -553,9 +553,10 @@ impl Step<StackHost> for SwitchStep {
         h.upgrade.moved = true;
         h.restarted = !actions.is_empty() || (h.upgrade.surge && !undo_surge);
         if undo_surge {
-            // The old connector never stopped: nothing to wait for.
+            // The old connector never stopped: nothing to wait for, nothing to start or
+            // retire (the removed connector counts as handled).
             h.restarted = false;
-            h.upgrade.surge = false;
+            h.upgrade.retired = true;
         }
         if self.back {
             h.upgrade.rolled_back = true;
