@@ -115,6 +115,9 @@ pub struct UpgradeState {
     pub moved: bool,
     /// This run wrote `.env` (a rollback of this run puts the previous one back).
     pub wrote_env: bool,
+    /// `deploy --resume`: the interrupted run switched this host but its gate never passed,
+    /// so it is gated (and rolled back on failure) before the rollout goes on.
+    pub regate: bool,
     /// The gate saw the edge refuse the connector's token (the run's new token is bad).
     pub token_refused: bool,
     /// The host was rolled back (to `from`) after a failure.

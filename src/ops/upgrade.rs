@@ -1527,11 +1527,63 @@ pub async fn run_release_change(
             h.upgrade.releases = Some(rf);
         }
         if let Some(rec) = unfinished.as_ref().filter(|_| inputs.resume) {
+            // What the interrupted run's journal says passed its gate.
+            let log = Journal::load(&inputs.state.journal(op, &key)).ok();
             for h in hosts.iter_mut() {
                 if let Some(r) = rec.hosts.iter().find(|r| r.name == h.name()) {
                     h.upgrade.from = r.from.clone();
+                    // Switched by the interrupted run but never gated: its plan is empty
+                    // now, yet it must pass the gate before the rollout goes on (a bad
+                    // release caught mid-gate must not spread), and be rolled back if not.
+                    let switched = h
+                        .plan
+                        .as_ref()
+                        .is_some_and(|p| p.is_empty() && p.release_id == r.to)
+                        && r.from.as_deref() != Some(r.to.as_str());
+                    let gated = log
+                        .as_ref()
+                        .is_some_and(|l| l.is_done(&rec.op_id, &r.name, "apply", "health_gate"));
+                    if switched && !gated && reached(h) {
+                        h.upgrade.regate = true;
+                        h.upgrade.moved = true;
+                        h.upgrade.to = Some(r.to.clone());
+                        h.restarted = true;
+                    }
                 }
             }
+        }
+    }
+    // A host to gate again may be mid make-before-break (the old connector still beside the
+    // new one): the gate must wait for the connector on the release's image, not accept the
+    // old one, and a rollback must remove the new one.
+    for h in hosts.iter_mut().filter(|h| h.upgrade.regate) {
+        let Some(session) = h.session.clone() else {
+            continue;
+        };
+        let Ok(out) = session
+            .exec(&rs::connector_images_script(&h.input.layout), b"")
+            .await
+        else {
+            continue;
+        };
+        let text = out.stdout_text();
+        let listed = scripts::parse_connectors(&text);
+        let images = rs::parse_connector_images(&text);
+        let want = h.input.settings.cloudflared_image.clone();
+        let (new, old): (Vec<&(String, String)>, Vec<&(String, String)>) =
+            images.iter().partition(|(_, i)| *i == want);
+        // Connectors on another image than the release's: the host is mid make-before-break
+        // (or its surge step never ran): finish it, gated on a connector on the new image.
+        if !old.is_empty() {
+            h.upgrade.surge = true;
+            h.upgrade.new_connector = new.first().map(|(n, _)| n.clone());
+            h.upgrade.old_connectors = old.iter().map(|(n, _)| n.clone()).collect();
+            h.upgrade.retired = false;
+            h.old_connector_ids = listed
+                .iter()
+                .filter(|c| old.iter().any(|(n, _)| *n == c.name))
+                .filter_map(|c| c.connector_id.clone())
+                .collect();
         }
     }
     let changing: Vec<String> = hosts
@@ -1539,7 +1591,7 @@ pub async fn run_release_change(
         .filter(|h| reached(h))
         .filter(|h| match op {
             "rollback" => h.upgrade.to.is_some() && h.upgrade.to != h.upgrade.from,
-            _ => h.plan.as_ref().is_some_and(|p| !p.is_empty()),
+            _ => h.plan.as_ref().is_some_and(|p| !p.is_empty()) || h.upgrade.regate,
         })
         .map(|h| h.name().to_string())
         .collect();

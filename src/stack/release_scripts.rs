@@ -199,6 +199,29 @@ pub fn switch_script(spec: &SwitchSpec<'_>) -> Result<String, ScriptError> {
     ))
 }
 
+/// The connector containers with their state, token fingerprint and logged id (as
+/// [`super::scripts::connectors_script`]) and their image, one `img=NAME IMAGE` line each: a
+/// resumed run tells the old connector of an interrupted make-before-break from the new one.
+pub fn connector_images_script(layout: &Layout) -> String {
+    let project = quote(layout.project());
+    format!(
+        "{}docker ps -a --filter label=com.docker.compose.project={project} \
+         --filter label=com.docker.compose.service={CONNECTOR_SERVICE} --format 'img={{{{.Names}}}} {{{{.Image}}}}' 2>/dev/null\n",
+        super::scripts::connectors_script(layout)
+    )
+}
+
+/// Parses the `img=` lines of [`connector_images_script`]: (container, image).
+pub fn parse_connector_images(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("img="))
+        .filter_map(|l| {
+            let (n, i) = l.split_once(' ')?;
+            Some((n.to_string(), i.trim().to_string()))
+        })
+        .collect()
+}
+
 /// One container of the stack as the gate sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GateContainer {
