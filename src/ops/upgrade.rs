@@ -1570,8 +1570,8 @@ pub async fn run_release_change(
         let listed = scripts::parse_connectors(&text);
         let images = rs::parse_connector_images(&text);
         let want = h.input.settings.cloudflared_image.clone();
-        let (new, old): (Vec<&(String, String)>, Vec<&(String, String)>) =
-            images.iter().partition(|(_, i)| *i == want);
+        type Named<'a> = Vec<&'a (String, String)>;
+        let (new, old): (Named, Named) = images.iter().partition(|(_, i)| *i == want);
         // Connectors on another image than the release's: the host is mid make-before-break
         // (or its surge step never ran): finish it, gated on a connector on the new image.
         if !old.is_empty() {
