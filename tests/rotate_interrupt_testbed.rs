@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Testbed, describe, fp};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 const LOCK: &str = "/srv/mcp-tunnel/.tunnelfleet/lock";
@@ -36,18 +36,10 @@ impl Fleet {
     }
 
     fn spawn(&self, verb: &str, args: &[&str]) -> std::process::Child {
-        Command::new(common::tunnelfleet_bin())
-            .arg(verb)
-            .arg("-i")
-            .arg(self.tb.inventory())
-            .arg("--known-hosts")
-            .arg(self.tb.known_hosts())
-            .args(["--ssh-config", "none", "--state-dir", &self.state])
-            .args(args)
-            .env_remove("SSH_AUTH_SOCK")
-            .env("HOME", self.tb.path())
-            .env("TUNNELFLEET_MIN_HEALTHY", "0s")
-            .stdin(Stdio::null())
+        let mut a = vec!["--state-dir", self.state.as_str()];
+        a.extend(args);
+        self.tb
+            .tf_command(verb, &a)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

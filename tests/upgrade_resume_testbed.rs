@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Testbed, describe, json};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const DEPLOY_DIR: &str = "/srv/mcp-tunnel";
@@ -35,18 +35,18 @@ fn resume_gates_a_host_the_killed_run_switched_and_rolls_it_back_when_it_fails()
 
     let journal = format!("{state}/journal/deploy-testbed.jsonl");
     let seen = std::fs::read_to_string(&journal).unwrap_or_default().len();
-    let mut child = Command::new(common::tunnelfleet_bin())
-        .arg("deploy")
-        .arg("-i")
-        .arg(tb.inventory())
-        .arg("--known-hosts")
-        .arg(tb.known_hosts())
-        .args(["--ssh-config", "none", "--state-dir", &state])
-        .args(["--token-file", &token, "--healthy-deadline", "60s"])
-        .env_remove("SSH_AUTH_SOCK")
-        .env("HOME", tb.path())
-        .env("TUNNELFLEET_MIN_HEALTHY", "0s")
-        .stdin(Stdio::null())
+    let mut child = tb
+        .tf_command(
+            "deploy",
+            &[
+                "--state-dir",
+                &state,
+                "--token-file",
+                &token,
+                "--healthy-deadline",
+                "60s",
+            ],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

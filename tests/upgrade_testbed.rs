@@ -11,7 +11,6 @@ use std::process::Output;
 struct Fleet {
     tb: Testbed,
     state: String,
-    hosts: usize,
 }
 
 const DEPLOY_DIR: &str = "/srv/mcp-tunnel";
@@ -21,11 +20,7 @@ impl Fleet {
     fn deployed(n: usize) -> Fleet {
         let tb = Testbed::up(n, &[]);
         let state = tb.state_with_ca();
-        let f = Fleet {
-            tb,
-            state,
-            hosts: n,
-        };
+        let f = Fleet { tb, state };
         let out = f.deploy(&["--token-file", &f.file("token")]);
         assert!(out.status.success(), "first deploy: {}", describe(&out));
         f
@@ -504,7 +499,6 @@ fn keep_releases_prunes_old_releases_but_never_the_current_or_previous() {
     let out = f.tf("rollback", &["--min-healthy", "0s"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(f.current("h1"), ids[2]);
-    let _ = f.hosts;
 }
 
 #[test]

@@ -172,7 +172,7 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
     let mut rows: Vec<StagedHost> = report
         .hosts
         .iter()
-        .map(|h| staged::staged_host(h, report.records.get(h.name()), None))
+        .map(|h| staged::staged_host(h, report.records.get(h.name())))
         .collect();
     for r in rows.iter_mut() {
         if let Some(d) = report.diffs.get(&r.name) {

@@ -84,7 +84,7 @@ pub async fn run(args: RollbackArgs) -> Result<i32, CliError> {
         .hosts
         .iter()
         .map(|h| {
-            let mut r = staged::staged_host(h, report.records.get(h.name()), None);
+            let mut r = staged::staged_host(h, report.records.get(h.name()));
             r.plan.clear();
             if let (Some(f), Some(t)) = (&r.from, &r.to)
                 && f != t

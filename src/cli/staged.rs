@@ -408,11 +408,7 @@ pub fn render_outcome(hosts: &[StagedHost], halted: Option<&str>, interrupted: O
 }
 
 /// Builds a host's row from what the engine and the steps recorded.
-pub fn staged_host(
-    h: &StackHost,
-    rec: Option<&crate::rollout::HostRecord>,
-    rb: Option<&crate::rollout::HostRecord>,
-) -> StagedHost {
+pub fn staged_host(h: &StackHost, rec: Option<&crate::rollout::HostRecord>) -> StagedHost {
     use crate::rollout::HostStatus;
     let up_to_date = h.plan.as_ref().is_some_and(|p| p.is_empty()) && !h.upgrade.moved;
     let status = rec.map(|r| r.status);
@@ -431,7 +427,6 @@ pub fn staged_host(
         }
     };
     let failed_rec = rec.filter(|r| r.status != HostStatus::Ok);
-    let _ = rb;
     StagedHost {
         name: h.name().to_string(),
         outcome,

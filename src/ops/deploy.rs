@@ -408,13 +408,7 @@ impl Step<StackHost> for ConnectStep {
             .connector
             .connect(&h.input.host.target)
             .await
-            .map_err(|e| {
-                let f = StepFailure::new(e.message.clone());
-                match e.hint {
-                    Some(hint) => f.with_hint(hint),
-                    None => f,
-                }
-            })?;
+            .map_err(super::ssh_failure)?;
         let detail = format!("{} ({})", s.auth, s.host_key_fingerprint);
         h.session = Some(Arc::new(s));
         Ok(StepOutcome::unchanged(detail))
@@ -553,11 +547,7 @@ impl Step<StackHost> for ApplyStep {
             // The connection went during the apply: the script completes on the host
             // (it ignores SIGHUP/SIGPIPE), so count the host as moved for a rollback.
             h.upgrade.moved = plan.switch_current || !plan.actions.is_empty();
-            let f = StepFailure::new(e.message.clone());
-            match e.hint {
-                Some(hint) => f.with_hint(hint),
-                None => f,
-            }
+            super::ssh_failure(e)
         })?;
         match out.status.map(|s| s as i32) {
             Some(0) => {}
@@ -638,7 +628,8 @@ impl Step<StackHost> for HealthGateStep {
 /// The default deadline of `health_gate`.
 pub const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn last_line(s: &str) -> String {
+/// The last non-empty line of a remote command's output (`failed` when there is none).
+pub(crate) fn last_line(s: &str) -> String {
     s.lines()
         .rev()
         .find(|l| !l.trim().is_empty())

@@ -11,3 +11,12 @@ pub mod rotate;
 pub mod setup;
 pub mod tls_probe;
 pub mod upgrade;
+
+/// A step failure from an SSH error: its message and hint (one mapping for every step).
+pub(crate) fn ssh_failure(e: crate::ssh::SshError) -> crate::rollout::StepFailure {
+    let f = crate::rollout::StepFailure::new(e.message);
+    match e.hint {
+        Some(h) => f.with_hint(h),
+        None => f,
+    }
+}

@@ -20,13 +20,7 @@ use crate::stack::scripts::{self, ConnectorContainer};
 
 pub use super::host_state::RotationState;
 
-fn failure(e: crate::ssh::SshError) -> StepFailure {
-    let f = StepFailure::new(e.message.clone());
-    match e.hint {
-        Some(h) => f.with_hint(h),
-        None => f,
-    }
-}
+use super::ssh_failure as failure;
 
 async fn run(session: &Session, script: &str, stdin: &[u8]) -> Result<ExecOutput, StepFailure> {
     session.exec(script, stdin).await.map_err(failure)

@@ -179,12 +179,9 @@ pub fn release_images(release: &Release) -> Vec<String> {
     out
 }
 
+/// A transport failure may pass when run again (`--resume`).
 fn failure(e: crate::ssh::SshError) -> StepFailure {
-    let f = StepFailure::new(e.message.clone()).retryable();
-    match e.hint {
-        Some(h) => f.with_hint(h),
-        None => f,
-    }
+    super::ssh_failure(e).retryable()
 }
 
 async fn exec(session: &Session, script: &str, stdin: &[u8]) -> Result<ExecOutput, StepFailure> {
@@ -198,13 +195,7 @@ fn compose(h: &StackHost) -> Result<ComposeCli, StepFailure> {
         .ok_or_else(|| StepFailure::new("no Docker Compose on the host (run `facts` first)"))
 }
 
-fn last_line(s: &str) -> String {
-    s.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("failed")
-        .to_string()
-}
+use super::deploy::last_line;
 
 /// `stage`: the new release's files (not switched to) and every image it names, present or
 /// pulled. Nothing runs differently on the host afterwards.
@@ -658,28 +649,6 @@ fn unhealthy(now: &[GateContainer], baseline: Option<&[GateContainer]>) -> Optio
     None
 }
 
-/// Replaces token-shaped words (base64 JSON, `eyJ...`, 20+ characters) with `<redacted>`:
-/// a last guard for container logs carried into a report.
-pub fn redact_token_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("eyJ") {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-.".contains(c)))
-            .unwrap_or(tail.len());
-        if end >= 20 {
-            out.push_str("<redacted>");
-        } else {
-            out.push_str(&tail[..end]);
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Reads the last log lines of `names` into the host's report (secrets redacted), and
 /// returns the most telling line for the failure message.
 async fn collect_logs(h: &mut StackHost, session: &Session, names: &[String]) -> Option<String> {
@@ -692,7 +661,7 @@ async fn collect_logs(h: &mut StackHost, session: &Session, names: &[String]) ->
     for (name, lines) in blocks {
         let lines: Vec<String> = lines
             .iter()
-            .map(|l| redact_token_like(&h.redact(l)))
+            .map(|l| crate::secrets::redact_token_shaped(&h.redact(l)))
             .collect();
         if lines.iter().any(|l| l.contains("Unauthorized")) {
             h.upgrade.token_refused = true;
@@ -1211,9 +1180,6 @@ pub fn can_surge(facts: &ReleasesFacts, from: &str, to_compose: &str, to_config:
     };
     fp == to_config && rs::connector_image_only(fc, to_compose)
 }
-
-/// Per-host files of the releases concerned, for `--check --diff`.
-pub type FileDiffs = BTreeMap<String, String>;
 
 /// Why a release change did not start (nothing was touched).
 #[derive(Debug)]
@@ -1870,16 +1836,6 @@ mod tests {
             s.batches,
             vec![vec!["h1".to_string()], vec!["h2".to_string()]]
         );
-    }
-
-    #[test]
-    fn token_like_words_are_redacted() {
-        let t = "eyJhIjoiRVhBTVBMRSIsInQiOiJFWEFNUExFIiwicyI6IkVYQU1QTEUifQ==";
-        assert_eq!(
-            redact_token_like(&format!("bad token {t}: Unauthorized")),
-            "bad token <redacted>: Unauthorized"
-        );
-        assert_eq!(redact_token_like("eyJ short"), "eyJ short");
     }
 
     #[test]

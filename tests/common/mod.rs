@@ -183,6 +183,23 @@ impl Testbed {
         self.tf_with(verb, &self.inventory(), &self.known_hosts(), args)
     }
 
+    /// The command `tf` runs, for running tunnelfleet in the background (to interrupt it).
+    pub fn tf_command(&self, verb: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(tunnelfleet_bin());
+        c.arg(verb)
+            .arg("-i")
+            .arg(self.inventory())
+            .arg("--known-hosts")
+            .arg(self.known_hosts())
+            .args(["--ssh-config", "none"])
+            .args(args)
+            .env_remove("SSH_AUTH_SOCK")
+            .env("HOME", self.path())
+            .env("TUNNELFLEET_MIN_HEALTHY", "0s")
+            .stdin(Stdio::null());
+        c
+    }
+
     pub fn tf_with(&self, verb: &str, inv: &Path, kh: &Path, args: &[&str]) -> Output {
         Command::new(tunnelfleet_bin())
             .arg(verb)
