@@ -206,7 +206,7 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
     // clean end, per host it did not complete.
     let state_dir = crate::ssh::config::expand_tilde(&args.state.state_dir);
     for t in tunnels.values() {
-        let (journal, _) = super::rotate::journal_paths(&state_dir, &t.name);
+        let (journal, _) = crate::ops::rotate::journal_paths(&state_dir, &t.name);
         let Ok(log) = crate::rollout::Journal::load(&journal) else {
             continue;
         };
