@@ -25,3 +25,27 @@ impl Reporter for Progress {
         Progress::batch(self, phase, index, count, hosts);
     }
 }
+
+impl crate::ops::LiveProgress for Progress {
+    fn finish(&self) {
+        Progress::finish(self);
+    }
+}
+
+/// The terminal as an operation's operator side: the progress display on stderr for each
+/// engine run, notices on stderr.
+pub struct TerminalUi;
+
+impl crate::ops::OpUi for TerminalUi {
+    fn progress(
+        &self,
+        operation: &str,
+        inputs: &[crate::ops::deploy::HostInput],
+    ) -> Box<dyn crate::ops::LiveProgress> {
+        Box::new(Progress::for_inputs(operation, inputs))
+    }
+
+    fn notice(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}
