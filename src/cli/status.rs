@@ -116,7 +116,7 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
         }
     }
     if let Some(h) = &facts.lock_holder {
-        s.lock = Some(super::unlock::Holder::parse(h).describe(chrono::Utc::now()));
+        s.lock = Some(crate::ops::unlock::Holder::parse(h).describe(chrono::Utc::now()));
     }
     match desired_state(input, &facts) {
         Ok(d) => {

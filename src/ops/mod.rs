@@ -11,6 +11,7 @@ pub mod renew;
 pub mod rotate;
 pub mod setup;
 pub mod tls_probe;
+pub mod unlock;
 pub mod upgrade;
 
 /// A step failure from an SSH error: its message and hint (one mapping for every step).
