@@ -30,6 +30,14 @@ impl crate::ops::LiveProgress for Progress {
     fn finish(&self) {
         Progress::finish(self);
     }
+
+    fn working(&self, host: &str, what: &str) {
+        Progress::step(self, host, what);
+    }
+
+    fn done(&self, host: &str, ok: bool, msg: &str) {
+        Progress::done(self, host, ok, msg);
+    }
 }
 
 /// The terminal as an operation's operator side: the progress display on stderr for each
@@ -40,9 +48,10 @@ impl crate::ops::OpUi for TerminalUi {
     fn progress(
         &self,
         operation: &str,
-        inputs: &[crate::ops::deploy::HostInput],
+        tunnels: &[String],
+        hosts: &[String],
     ) -> Box<dyn crate::ops::LiveProgress> {
-        Box::new(Progress::for_inputs(operation, inputs))
+        Box::new(Progress::for_tunnels(operation, tunnels, hosts))
     }
 
     fn notice(&self, line: &str) {

@@ -10,6 +10,7 @@ pub mod http;
 pub mod renew;
 pub mod rotate;
 pub mod setup;
+pub mod status;
 pub mod tls_probe;
 pub mod unlock;
 pub mod upgrade;
@@ -48,12 +49,34 @@ impl OpError {
 pub trait LiveProgress: crate::rollout::Reporter {
     /// Clears the display (the recap follows).
     fn finish(&self);
+    /// Outside an engine run: `host` is at `what` (plain words).
+    fn working(&self, host: &str, what: &str);
+    /// Outside an engine run: `host` is done, `ok` or not, with a one-line summary.
+    fn done(&self, host: &str, ok: bool, msg: &str);
 }
 
 /// The operator's side of an operation: a progress display per engine run, and notices.
 pub trait OpUi: Sync {
-    /// A progress display for an engine run of `operation` over `inputs`.
-    fn progress(&self, operation: &str, inputs: &[deploy::HostInput]) -> Box<dyn LiveProgress>;
+    /// A progress display for a run of `operation` of `tunnels` over `hosts`.
+    fn progress(
+        &self,
+        operation: &str,
+        tunnels: &[String],
+        hosts: &[String],
+    ) -> Box<dyn LiveProgress>;
     /// A line for the operator (stderr), between runs.
     fn notice(&self, line: &str);
+}
+
+/// The tunnels of `inputs`, in order of first appearance, and the hosts' names (what a
+/// progress display is headed by).
+pub fn tunnels_and_hosts(inputs: &[deploy::HostInput]) -> (Vec<String>, Vec<String>) {
+    let mut tunnels: Vec<String> = Vec::new();
+    for i in inputs {
+        if !tunnels.contains(&i.settings.tunnel_name) {
+            tunnels.push(i.settings.tunnel_name.clone());
+        }
+    }
+    let names = inputs.iter().map(|i| i.host.name.clone()).collect();
+    (tunnels, names)
 }

@@ -236,7 +236,8 @@ pub async fn run(
         let (_, inputs) = super::deploy::load_inputs(selected, None, &state_dir, false)
             .await
             .map_err(OpError::input)?;
-        let progress = ui.progress("renew-cert", &inputs);
+        let (tunnels, names) = super::tunnels_and_hosts(&inputs);
+        let progress = ui.progress("renew-cert", &tunnels, &names);
         let mut ctxs: Vec<StackHost> = inputs
             .into_iter()
             .map(|i| StackHost::new(i, connector.clone(), "renew-cert", false))
