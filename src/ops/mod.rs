@@ -2,6 +2,7 @@
 //! connection, the deploy and rotation steps run by the rollout engine).
 
 pub mod audit;
+pub mod check;
 pub mod deploy;
 pub mod fleet;
 pub mod health;
