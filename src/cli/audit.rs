@@ -241,7 +241,7 @@ pub async fn run(args: AuditArgs) -> Result<i32, CliError> {
         async move {
             p.step(&h.name, "reading the audit log");
             // The audit log depends on the deploy dir only, not on the tunnel.
-            let log = scripts::audit_log(&Layout::new(&h.conn.deploy_dir, ""));
+            let log = scripts::audit_log(&Layout::of_dir(&h.conn.deploy_dir));
             let script = format!("cat -- {} 2>/dev/null || true", quote(&log));
             let r = match c.connect(&h.target).await {
                 Ok(s) => {
