@@ -108,34 +108,10 @@ pub struct StateArgs {
     pub state_dir: String,
 }
 
-/// Parses `500ms`, `10s`, `5m`, `720h`, `2d`, or a bare number of seconds.
+/// Parses `500ms`, `10s`, `5m`, `720h`, `2d`, `1h30m`, `1.5s`, or a bare number of seconds
+/// (the flags' grammar of [`crate::duration`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (examples: 500ms, 10s, 5m, 720h)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => {
-            return Err(format!(
-                "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{s}' is not a valid duration"));
-    }
-    // Too large for a Duration (found by fuzzing: `--connect-timeout 99999999999999999999999`
-    // panicked in from_secs_f64).
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long a duration"))
+    crate::duration::parse(s, crate::duration::Grammar::Flag)
 }
 
 impl ConnArgs {

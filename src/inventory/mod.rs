@@ -25,7 +25,7 @@ pub mod vault;
 /// schema errors name `file:line:column` too. Crate-internal; nothing here is public API.
 pub(crate) mod yaml;
 
-pub use connection::{Connection, DEFAULT_DEPLOY_DIR, JumpHost};
+pub use connection::{Connection, DEFAULT_DEPLOY_DIR, JumpHost, check_deploy_dir};
 pub use error::InventoryError;
 pub use list::VAULTED_FILE_VALUE;
 pub use vault::VaultKeys;

@@ -91,6 +91,62 @@ impl Layout {
     pub fn data_dir(&self) -> String {
         format!("{}/shared/data", self.deploy_dir)
     }
+
+    /// The layout of a deploy dir whose tunnel is not known (paths only: the lock, the
+    /// audit log), for operations that read any host's deploy dir.
+    pub fn of_dir(deploy_dir: &str) -> Layout {
+        Layout {
+            deploy_dir: deploy_dir.to_string(),
+            project: String::new(),
+        }
+    }
+
+    /// `<deploy_dir>/shared`: what every release links to (`.env`, `data/`).
+    pub fn shared_dir(&self) -> String {
+        format!("{}/shared", self.deploy_dir)
+    }
+
+    /// `<deploy_dir>/.tunnelfleet`: tunnelfleet's own files on the host.
+    pub fn tool_dir(&self) -> String {
+        format!("{}/.tunnelfleet", self.deploy_dir)
+    }
+
+    /// `<deploy_dir>/.tunnelfleet/lock`: the fleet lock (a directory).
+    pub fn lock_dir(&self) -> String {
+        format!("{}/lock", self.tool_dir())
+    }
+
+    /// `<deploy_dir>/.tunnelfleet/audit.log`: one line per operation.
+    pub fn audit_log(&self) -> String {
+        format!("{}/audit.log", self.tool_dir())
+    }
+
+    /// `<deploy_dir>/.tunnelfleet/compose.log`: the change scripts' Compose output.
+    pub fn compose_log(&self) -> String {
+        format!("{}/compose.log", self.tool_dir())
+    }
+
+    /// `<deploy_dir>/.tunnelfleet/setup-token-version`: the setup component's last
+    /// `--token-version` on this host.
+    pub fn setup_version_file(&self) -> String {
+        format!("{}/setup-token-version", self.tool_dir())
+    }
+
+    /// `<deploy_dir>/shared/.env.prev`: the `.env` before the last write that replaced it.
+    pub fn env_prev(&self) -> String {
+        format!("{}.prev", self.env_file())
+    }
+
+    /// `<deploy_dir>/.current.tmp`: the symlink renamed over `current` to switch it.
+    pub fn current_tmp(&self) -> String {
+        format!("{}/.current.tmp", self.deploy_dir)
+    }
+
+    /// `<deploy_dir>/<rel>`: a path of the deploy dir given relative to it (as plans and
+    /// facts name files: `shared/.env`, `releases/<id>/...`).
+    pub fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.deploy_dir)
+    }
 }
 
 /// One regular file of a release.

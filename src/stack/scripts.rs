@@ -18,22 +18,17 @@ pub const PROXY_SERVICE: &str = "mcp-proxy";
 /// The connector's service name.
 pub const CONNECTOR_SERVICE: &str = "cloudflared";
 
-/// The lock directory of a deploy dir.
+/// The lock directory of a deploy dir ([`Layout::lock_dir`]).
 pub fn lock_dir(layout: &Layout) -> String {
-    lock_dir_in(layout.deploy_dir())
-}
-
-/// The lock directory of the deploy dir `deploy_dir`.
-pub fn lock_dir_in(deploy_dir: &str) -> String {
-    format!("{deploy_dir}/.tunnelfleet/lock")
+    layout.lock_dir()
 }
 
 /// The Compose label holding a container's project directory.
 const WORKDIR_LABEL: &str = "com.docker.compose.project.working_dir";
 
-/// The audit log of a deploy dir.
+/// The audit log of a deploy dir ([`Layout::audit_log`]).
 pub fn audit_log(layout: &Layout) -> String {
-    format!("{}/.tunnelfleet/audit.log", layout.deploy_dir())
+    layout.audit_log()
 }
 
 fn cert_path(layout: &Layout, c: CertFile) -> String {
@@ -122,7 +117,7 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
         let _ = writeln!(
             s,
             "tf_s=$(stat -c '%a %u %g' -- {} 2>/dev/null) && echo \"perm={rel} $tf_s\"",
-            quote(&format!("{}/{rel}", layout.deploy_dir()))
+            quote(&layout.path(&rel))
         );
     }
     // Whose the deploy dir is: tunnelfleet's, empty, absent, or someone else's.
@@ -390,7 +385,7 @@ pub struct ApplySpec<'a> {
 }
 
 /// Exit code of the apply script when the host changed between facts and apply.
-pub const CHANGED_EXIT: i32 = 4;
+pub const CHANGED_EXIT: i32 = crate::remote::RemoteExit::Changed.code();
 
 /// Builds the apply script and its stdin. The script takes the fleet lock (exit 3 with the
 /// holder on stdout when held), checks the host still is as the plan saw it, writes every file
@@ -457,13 +452,13 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
     let _ = writeln!(
         body,
         "mkdir -p -m 0700 {shared} && mkdir -p -m 0755 {data} || exit 1",
-        shared = quote(&format!("{}/shared", l.deploy_dir())),
+        shared = quote(&l.shared_dir()),
         data = quote(&l.data_dir())
     );
     if spec.env.is_some() {
         // The previous .env stays beside it (0600), so a deploy whose new token the edge
         // refuses can be undone on the hosts it reached.
-        let prev = quote(&format!("{}.prev", l.env_file()));
+        let prev = quote(&l.env_prev());
         let _ = writeln!(
             body,
             "if [ -f {env} ]; then cp -p {env} {prev}.tmp && mv -f {prev}.tmp {prev} || echo 'keep the previous .env: failed' >&2; fi"
@@ -483,7 +478,7 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
         }
     }
     if spec.switch_current {
-        let tmp = quote(&format!("{}/.current.tmp", l.deploy_dir()));
+        let tmp = quote(&l.current_tmp());
         let _ = writeln!(
             body,
             "ln -sfn {target} {tmp} && mv -Tf {tmp} {cur} || {{ echo 'switch current: failed' >&2; exit 1; }}",
@@ -491,7 +486,7 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
         );
     }
     for f in &spec.fix_perms {
-        let path = quote(&format!("{}/{}", l.deploy_dir(), f.path));
+        let path = quote(&l.path(&f.path));
         let chown = match &f.owner {
             Some(o) => format!("chown -- {} {path} && ", quote(o)),
             None => String::new(),
@@ -630,7 +625,7 @@ pub const SETUP_SERVICE: &str = "setup";
 /// Where tunnelfleet records, on a host, the last `--token-version` the setup component ran
 /// with (the component refuses to rotate when the value has not changed).
 pub fn setup_version_file(layout: &Layout) -> String {
-    format!("{}/.tunnelfleet/setup-token-version", layout.deploy_dir())
+    layout.setup_version_file()
 }
 
 /// The file the setup component writes the tunnel token to (root-only).
@@ -639,7 +634,7 @@ pub fn setup_token_file(layout: &Layout) -> String {
 }
 
 /// Exit code of the setup scripts when the component itself failed (its message on stderr).
-pub const SETUP_FAILED_EXIT: i32 = 5;
+pub const SETUP_FAILED_EXIT: i32 = crate::remote::RemoteExit::ComposeFailed.code();
 
 /// Rotates the token through the setup component on this host, as the guide does by hand:
 /// `docker compose run --rm setup` with `--token-version` one above both `floor` and the
@@ -654,7 +649,7 @@ pub fn setup_token_script(layout: &Layout, compose: ComposeCli, floor: u32) -> S
     format!(
         "# tunnelfleet: setup token\n\
          IFS= read -r ANTHROPIC_IDENTITY_TOKEN || true\n\
-         if [ -z \"$ANTHROPIC_IDENTITY_TOKEN\" ]; then echo 'no identity token on stdin' >&2; exit 2; fi\n\
+         if [ -z \"$ANTHROPIC_IDENTITY_TOKEN\" ]; then echo 'no identity token on stdin' >&2; exit {no_input}; fi\n\
          export ANTHROPIC_IDENTITY_TOKEN\n\
          tf_last=$(cat {vf} 2>/dev/null | tr -dc 0-9)\n\
          tf_v={floor}\n\
@@ -666,6 +661,7 @@ pub fn setup_token_script(layout: &Layout, compose: ComposeCli, floor: u32) -> S
          || echo 'record the token version: failed' >&2\n\
          {read}",
         read = setup_read_token_body(&tf, "$tf_v"),
+        no_input = crate::remote::RemoteExit::NoInput.code(),
     )
 }
 
@@ -683,9 +679,10 @@ pub fn setup_read_token_script(layout: &Layout) -> String {
 
 fn setup_read_token_body(token_file: &str, version: &str) -> String {
     format!(
-        "if [ ! -s {token_file} ]; then echo 'the setup component left no token in data/tunnel-token' >&2; exit 6; fi\n\
+        "if [ ! -s {token_file} ]; then echo 'the setup component left no token in data/tunnel-token' >&2; exit {incomplete}; fi\n\
          echo \"setup_version={version}\"\n\
-         printf 'token='; cat {token_file}; echo\n"
+         printf 'token='; cat {token_file}; echo\n",
+        incomplete = crate::remote::RemoteExit::Incomplete.code(),
     )
 }
 

@@ -18,8 +18,9 @@ pub const DEFAULT_MCP_PROXY_IMAGE: &str = "us-docker.pkg.dev/anthropic-public-re
 /// cloudflared image pinned by the stack's public quickstart.
 pub const DEFAULT_CLOUDFLARED_IMAGE: &str = "cloudflare/cloudflared@sha256:6b599ca3e974349ead3286d178da61d291961182ec3fe9c505e1dd02c8ac31b0";
 
-/// Where the stack lives on a host unless `deploy_dir` says otherwise.
-pub const DEFAULT_DEPLOY_DIR: &str = "/srv/mcp-tunnel";
+/// Where the stack lives on a host unless `deploy_dir` says otherwise (the inventory's
+/// default: one value).
+pub use crate::inventory::DEFAULT_DEPLOY_DIR;
 
 /// The route the sample server gets when `sample_server: true` (as in the guide).
 pub const SAMPLE_ROUTE: &str = "echo";
@@ -141,7 +142,9 @@ impl StackSettings {
         let routes = r.routes(sample_server)?;
 
         let deploy_dir = match r.string("deploy_dir")? {
-            Some(dir) => normalize_deploy_dir(&dir).map_err(|p| r.err("deploy_dir", p))?,
+            Some(dir) => {
+                crate::inventory::check_deploy_dir(&dir).map_err(|p| r.err("deploy_dir", p))?
+            }
             None => DEFAULT_DEPLOY_DIR.to_string(),
         };
 
@@ -948,36 +951,6 @@ pub fn deploy_dir_refusal(dir: &str, dir_state: Option<&str>) -> Option<String> 
     })
 }
 
-fn normalize_deploy_dir(dir: &str) -> Result<String, String> {
-    let d = shown(dir);
-    if !dir.starts_with('/') {
-        return Err(format!(
-            "{d} is not an absolute path (e.g. {DEFAULT_DEPLOY_DIR})"
-        ));
-    }
-    if !dir
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
-    {
-        return Err(format!(
-            "{d}: expected a path of letters, digits, '/', '.', '_', '-'"
-        ));
-    }
-    let trimmed = dir.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return Err(format!("{d}: the stack cannot live in /"));
-    }
-    if trimmed[1..]
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(format!(
-            "{d}: expected a normalized path (no '//', '.' or '..')"
-        ));
-    }
-    Ok(trimmed.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1247,7 +1220,7 @@ mod tests {
             err_of(&with("sample_server", json!("yes"))),
             "h1: sample_server: expected true or false, got a string"
         );
-        assert!(err_of(&with("deploy_dir", json!("srv/x"))).contains("not an absolute path"));
+        assert!(err_of(&with("deploy_dir", json!("srv/x"))).contains("must be an absolute path"));
         assert!(err_of(&with("deploy_dir", json!("/srv/../x"))).contains("normalized"));
         assert!(err_of(&with("deploy_dir", json!("/srv/my dir"))).contains("expected a path"));
         let s = StackSettings::from_vars("h1", &with("deploy_dir", json!("/opt/tunnel/")))
