@@ -56,6 +56,9 @@ struct HostStatus {
     lock: Option<String>,
     /// Operations of this controller that did not finish, with the command that finishes them.
     unfinished: Vec<String>,
+    /// A running connector outside the running proxy's network namespace: the cause, what
+    /// tells it, and the repairing command.
+    connector_netns_lost: Option<String>,
     connectors: Vec<health::ConnectorReady>,
     connector_ready: bool,
 }
@@ -86,6 +89,23 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
             return s;
         }
     };
+    if let Some(why) = facts.engine_refusal() {
+        // No container fact holds: an engine that does not answer is not "nothing runs".
+        s.release = facts.facts.current_release.clone();
+        s.token_fingerprint = facts.env_token_fp.clone();
+        s.error = Some(format!(
+            "{why} ({})",
+            crate::stack::scripts::ENGINE_DOWN_HINT
+        ));
+        session.close().await;
+        return s;
+    }
+    s.connector_netns_lost = facts.facts.connector_netns_lost.as_ref().map(|why| {
+        format!(
+            "{} ({why}): `tunnelfleet deploy` recreates it",
+            crate::stack::scripts::NETNS_LOST_CAUSE
+        )
+    });
     s.release = facts.facts.current_release.clone();
     s.token_fingerprint = facts.env_token_fp.clone();
     s.connector_token_fingerprint = facts.facts.connector_token_fingerprint.clone();
@@ -228,6 +248,7 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
             && r.pending.is_none()
             && r.drift.is_empty()
             && r.down.is_empty()
+            && r.connector_netns_lost.is_none()
             && r.lock.is_none()
             && r.connector_ready
             && r.token_matches_fleet != Some(false);
@@ -285,6 +306,7 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
                         None if r.drift.is_empty() => d.push("no drift".into()),
                         None => d.push(format!("drift: {}", r.drift.join("; "))),
                     }
+                    d.extend(r.connector_netns_lost.iter().cloned());
                     d.extend(r.pending.iter().cloned());
                     d.extend(r.down.iter().map(|x| format!("down: {x}")));
                     if let Some(l) = &r.lock {
