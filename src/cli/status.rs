@@ -89,10 +89,15 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
             return s;
         }
     };
+    s.release = facts.facts.current_release.clone();
+    s.token_fingerprint = facts.env_token_fp.clone();
+    s.connector_token_fingerprint = facts.facts.connector_token_fingerprint.clone();
+    if let Some(info) = facts.tls_crt.as_deref().and_then(|p| cert_info(p).ok()) {
+        s.cert_serial = Some(info.serial);
+        s.cert_not_after = Some(info.not_after);
+    }
     if let Some(why) = facts.engine_refusal() {
         // No container fact holds: an engine that does not answer is not "nothing runs".
-        s.release = facts.facts.current_release.clone();
-        s.token_fingerprint = facts.env_token_fp.clone();
         s.error = Some(format!(
             "{why} ({})",
             crate::stack::scripts::ENGINE_DOWN_HINT
@@ -106,13 +111,6 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
             crate::stack::scripts::NETNS_LOST_CAUSE
         )
     });
-    s.release = facts.facts.current_release.clone();
-    s.token_fingerprint = facts.env_token_fp.clone();
-    s.connector_token_fingerprint = facts.facts.connector_token_fingerprint.clone();
-    if let Some(info) = facts.tls_crt.as_deref().and_then(|p| cert_info(p).ok()) {
-        s.cert_serial = Some(info.serial);
-        s.cert_not_after = Some(info.not_after);
-    }
     for (svc, (name, st)) in &facts.containers {
         let diag = facts.diagnostics.get(name);
         let st = match (st, diag) {
@@ -138,6 +136,10 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
     if let Some(h) = &facts.lock_holder {
         s.lock = Some(super::unlock::Holder::parse(h).describe(chrono::Utc::now()));
     }
+    // Drift is what differs from the deploy; a connector that lost the proxy's namespace is a
+    // run-time fault, named above with its cause.
+    let mut facts = facts;
+    facts.facts.connector_netns_lost = None;
     match desired_state(input, &facts) {
         Ok(d) => {
             let plan = stack::compute_plan(&d, &facts.facts);

@@ -1,0 +1,338 @@
+//! The stack on a real Docker Engine with real Compose v1 and v2 (`testbed up --engine
+//! docker`): what only a real engine does. Each host runs its own dockerd; the images are the
+//! test images of tests/testbed/engine-images (no registry). A proxy killed by a signal is
+//! restarted by Docker's restart policy in a new network namespace while the connector stays
+//! in the old one: status names it, rotate-token's preflight names the repair, deploy repairs
+//! it. A stopped engine is "engine down", not "nothing runs". A restarted engine brings the
+//! stack back by the restart policies with the token from `.env`. `down` leaves nothing.
+
+mod common;
+
+use common::{Testbed, describe, fp, json, repo_root};
+use serde_json::Value;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Fleet {
+    tb: Testbed,
+    state: String,
+    compose: &'static str,
+}
+
+impl Fleet {
+    fn up(compose: &'static str) -> Fleet {
+        let tb = Testbed::up(2, &["--engine", "docker", "--compose", compose]);
+        let out = Command::new(repo_root().join("tests/testbed/engine-images/build"))
+            .arg(tb.path())
+            .output()
+            .expect("run engine-images/build");
+        assert!(out.status.success(), "engine images: {}", describe(&out));
+        // The test images, referenced by tag.
+        let inv = tb.inventory();
+        let text = std::fs::read_to_string(&inv).expect("inventory");
+        let text = text.replacen(
+            "        tunnel_name: testbed\n",
+            "        tunnel_name: testbed\n        allow_unpinned_images: true\n        \
+             mcp_proxy_image: tunnelfleet-test/mcp-proxy:busybox\n        \
+             cloudflared_image: tunnelfleet-test/cloudflared:busybox\n",
+            1,
+        );
+        std::fs::write(&inv, text).expect("write inventory");
+        let state = tb.state_with_ca();
+        Fleet { tb, state, compose }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.tb.path().join(name).to_string_lossy().into_owned()
+    }
+
+    fn tf(&self, verb: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["--state-dir", self.state.as_str()];
+        args.extend(extra);
+        self.tb.tf(verb, &args)
+    }
+
+    /// `docker ARGS` against HOST's own dockerd, from the controller.
+    fn docker(&self, host: &str, args: &[&str]) -> String {
+        let sock = self
+            .tb
+            .path()
+            .join(format!("hosts/{host}/engine/docker.sock"));
+        let out = Command::new("/usr/bin/docker")
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+            .output()
+            .expect("run docker");
+        assert!(
+            out.status.success(),
+            "docker {args:?} on {host}: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// (name, full id) of the stack's containers on HOST, by service.
+    fn containers(&self, host: &str) -> Vec<(String, String, String)> {
+        let out = self.docker(
+            host,
+            &[
+                "ps",
+                "-a",
+                "--no-trunc",
+                "--filter",
+                "label=com.docker.compose.project=mcp-tunnel-testbed",
+                "--format",
+                "{{.Label \"com.docker.compose.service\"}} {{.Names}} {{.ID}}",
+            ],
+        );
+        let mut v: Vec<(String, String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split(' ');
+                Some((
+                    it.next()?.to_string(),
+                    it.next()?.to_string(),
+                    it.next()?.to_string(),
+                ))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn status(&self) -> Value {
+        json(&self.tf("status", &["--json"]))
+    }
+
+    fn host_status(&self, host: &str) -> Value {
+        let doc = self.status();
+        doc["hosts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == host).cloned())
+            .unwrap_or_else(|| panic!("{host} in status: {doc}"))
+    }
+
+    /// Polls `status` until HOST is ok.
+    fn wait_ok(&self, host: &str, what: &str) -> Value {
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            let h = self.host_status(host);
+            if h["ok"] == true {
+                return h;
+            }
+            assert!(Instant::now() < end, "{host} not ok after {what}: {h}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn run_stack_on_a_real_engine(compose: &'static str) {
+    let f = Fleet::up(compose);
+    let token = std::fs::read_to_string(f.file("token")).expect("token");
+
+    // First deploy, on the real Compose of the testbed.
+    let out = f.tf("deploy", &["--token-file", &f.file("token")]);
+    assert!(out.status.success(), "first deploy: {}", describe(&out));
+    for h in ["h1", "h2"] {
+        let st = f.wait_ok(h, "the first deploy");
+        assert_eq!(st["connector_token_fingerprint"], fp(&token), "{st}");
+    }
+    let sep = if f.compose == "v1" { "_" } else { "-" };
+    let names: Vec<String> = f.containers("h1").into_iter().map(|c| c.1).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with(&format!("mcp-tunnel-testbed{sep}"))),
+        "Compose {} names its containers with {sep}: {names:?}",
+        f.compose
+    );
+
+    // A no-op deploy recreates nothing.
+    let before = (f.containers("h1"), f.containers("h2"));
+    let out = f.tf("deploy", &["--token-file", &f.file("token")]);
+    assert!(out.status.success(), "no-op deploy: {}", describe(&out));
+    assert_eq!(before, (f.containers("h1"), f.containers("h2")));
+
+    // The proxy killed by a signal: Docker restarts it in a new network namespace; the
+    // connector stays "Up" in the old one.
+    let proxy = f
+        .containers("h1")
+        .into_iter()
+        .find(|c| c.0 == "mcp-proxy")
+        .expect("proxy on h1");
+    let pid: i32 = f
+        .docker("h1", &["inspect", "-f", "{{.State.Pid}}", &proxy.1])
+        .parse()
+        .expect("proxy pid");
+    assert!(pid > 0);
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let end = Instant::now() + Duration::from_secs(60);
+    while f.docker(
+        "h1",
+        &[
+            "inspect",
+            "-f",
+            "{{.RestartCount}} {{.State.Status}}",
+            &proxy.1,
+        ],
+    ) != "1 running"
+    {
+        assert!(
+            Instant::now() < end,
+            "the restart policy did not restart the proxy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h1 = f.host_status("h1");
+    assert_eq!(h1["ok"], false, "{h1}");
+    assert_eq!(h1["connector_ready"], false, "{h1}");
+    let lost = h1["connector_netns_lost"].as_str().unwrap_or_default();
+    assert!(
+        lost.contains("connector lost the proxy's network after the proxy restarted")
+            && lost.contains("tunnelfleet deploy"),
+        "{h1}"
+    );
+    assert_eq!(f.host_status("h2")["ok"], true);
+
+    // rotate-token refuses in preflight and names the command that repairs.
+    let edge = f.tb.testbed(&["edge-rotate"]);
+    assert!(edge.status.success(), "{}", describe(&edge));
+    let out = f.tf("rotate-token", &["--token-file", &f.file("token.next")]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = describe(&out);
+    assert!(
+        text.contains("connector lost the proxy's network")
+            && text.contains("`tunnelfleet deploy`"),
+        "{text}"
+    );
+    assert_eq!(
+        f.host_status("h2")["connector_token_fingerprint"],
+        fp(&token),
+        "the refused rotation moved nothing"
+    );
+
+    // deploy repairs it: the connector is recreated into the proxy's namespace, the proxy and
+    // the other host are left alone.
+    let (h1_before, h2_before) = (f.containers("h1"), f.containers("h2"));
+    let out = f.tf("deploy", &["--token-file", &f.file("token")]);
+    assert!(out.status.success(), "repairing deploy: {}", describe(&out));
+    f.wait_ok("h1", "the repairing deploy");
+    let h1_after = f.containers("h1");
+    let id = |v: &[(String, String, String)], svc: &str| {
+        v.iter()
+            .filter(|c| c.0 == svc)
+            .map(|c| c.2.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(id(&h1_before, "mcp-proxy"), id(&h1_after, "mcp-proxy"));
+    assert_ne!(id(&h1_before, "cloudflared"), id(&h1_after, "cloudflared"));
+    assert_eq!(id(&h1_after, "cloudflared").len(), 1, "{h1_after:?}");
+    assert_eq!(h2_before, f.containers("h2"));
+
+    // The engine stopped: "engine down", never "nothing runs".
+    let pidfile = f.tb.path().join("hosts/h2/engine/docker.pid");
+    let dpid = std::fs::read_to_string(&pidfile).expect("dockerd pidfile");
+    let dpid = dpid.trim().to_string();
+    assert!(
+        Command::new("kill")
+            .arg(&dpid)
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&format!("/proc/{dpid}")).exists() {
+        assert!(Instant::now() < end, "dockerd did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h2 = f.host_status("h2");
+    let err = h2["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("Docker engine down") && err.contains("start the Docker engine"),
+        "{h2}"
+    );
+    let out = f.tf("deploy", &["--token-file", &f.file("token")]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = describe(&out);
+    assert!(text.contains("Docker engine down"), "{text}");
+    assert!(!text.contains("start every service"), "{text}");
+
+    // The engine back (a reboot): the restart policies bring the stack back with the token
+    // from .env.
+    f.tb.fault("h2", "reboot");
+    let h2 = f.wait_ok("h2", "dockerd came back");
+    assert_eq!(h2["connector_token_fingerprint"], fp(&token), "{h2}");
+}
+
+#[test]
+fn compose_v1_stack_heals_a_lost_namespace_and_tells_an_engine_down() {
+    run_stack_on_a_real_engine("v1");
+}
+
+#[test]
+fn compose_v2_stack_heals_a_lost_namespace_and_tells_an_engine_down() {
+    run_stack_on_a_real_engine("v2");
+}
+
+#[test]
+fn down_leaves_no_daemon_container_mount_or_namespace() {
+    let tb = Testbed::up(1, &["--engine", "docker", "--compose", "v1"]);
+    let st: Value = serde_json::from_str(
+        &std::fs::read_to_string(tb.path().join("state.json")).expect("state"),
+    )
+    .expect("state.json");
+    let ns = st["hosts"]["h1"]["netns"]
+        .as_str()
+        .expect("netns")
+        .to_string();
+    // A container runs (busybox from the test images), so down has one to kill.
+    let out = Command::new(repo_root().join("tests/testbed/engine-images/build"))
+        .arg(tb.path())
+        .output()
+        .expect("run engine-images/build");
+    assert!(out.status.success(), "{}", describe(&out));
+    let started = tb.host_exec(
+        "h1",
+        "docker run -d --restart always --entrypoint /bin/sleep tunnelfleet-test/cloudflared:busybox 1000",
+    );
+    assert_eq!(started.trim().len(), 64, "{started}");
+    let cg = format!("/sys/fs/cgroup/pids/{ns}");
+    assert!(
+        std::path::Path::new(&cg).exists(),
+        "the container runs under {cg}"
+    );
+    let dir = tb.path().to_string_lossy().into_owned();
+    let out = tb.testbed(&["down"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!std::path::Path::new(&format!("/run/netns/{ns}")).exists());
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(!mounts.contains(&dir), "{mounts}");
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let zombie = std::fs::read_to_string(e.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if cmd.contains(&dir) && !zombie {
+            left.push(cmd);
+        }
+    }
+    assert!(left.is_empty(), "processes left: {left:?}");
+    assert!(
+        !std::path::Path::new(&cg).exists(),
+        "cgroup {cg} left behind"
+    );
+}
