@@ -3,7 +3,8 @@
 //! Started by the stand-in docker for images containing "mcp-proxy", with the service's
 //! command as arguments (`-config /config/mcp-proxy.yaml`; the default). Container paths map
 //! to host paths through the container's volumes (TESTBED_VOLUMES, set by the stand-in
-//! docker: `[[host, container, mode], ...]`).
+//! docker: `[[host, container, mode], ...]`; unset: paths are the container's own). Listens
+//! on TESTBED_PROXY_BIND (default 127.0.0.1).
 //!
 //! Modelled behaviour:
 //! - Reads its config ONCE at start (no hot reload). Validates: routes must be a map (a list
@@ -52,9 +53,12 @@ fn fatal(msg: &str) -> ! {
     std::process::exit(1);
 }
 
-/// The container's volumes: (host path, container path).
+/// The container's volumes: (host path, container path). Unset (the binary runs inside a real
+/// container): every path is the container's own.
 fn volumes() -> Vec<(String, String)> {
-    let raw = std::env::var("TESTBED_VOLUMES").unwrap_or_else(|_| "[]".into());
+    let Ok(raw) = std::env::var("TESTBED_VOLUMES") else {
+        return vec![(String::new(), "/".to_string())];
+    };
     let v: Value = serde_json::from_str(&raw).unwrap_or(Value::Array(Vec::new()));
     v.as_array()
         .map(|a| {
@@ -470,7 +474,10 @@ pub fn main(args: &[String]) -> i32 {
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or_else(|| fatal(&format!("listen tcp {listen}: invalid port")));
-    let listener = TcpListener::bind(("127.0.0.1", port))
+    // The testbed's containers share the host's loopback; in a real container
+    // TESTBED_PROXY_BIND=0.0.0.0 makes the port reachable from outside it.
+    let bind = std::env::var("TESTBED_PROXY_BIND").unwrap_or_else(|_| "127.0.0.1".into());
+    let listener = TcpListener::bind((bind.as_str(), port))
         .unwrap_or_else(|e| fatal(&format!("listen tcp {listen}: {}", strerror(&e))));
     {
         let (current, info) = (Arc::clone(&current), Arc::clone(&info));
@@ -573,5 +580,10 @@ mod tests {
             Some("/srv/a/cfg/mcp-proxy.yaml")
         );
         assert_eq!(host_path(&vols, "/database"), None);
+        let own = vec![(String::new(), "/".to_string())];
+        assert_eq!(
+            host_path(&own, "/data/tls.crt").as_deref(),
+            Some("/data/tls.crt")
+        );
     }
 }
