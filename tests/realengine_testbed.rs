@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Testbed, describe, fp, json, repo_root};
+use common::{Testbed, describe, fewest_hosts_up, fp, json, repo_root};
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -33,8 +33,8 @@ impl Fleet {
         let text = text.replacen(
             "        tunnel_name: testbed\n",
             "        tunnel_name: testbed\n        allow_unpinned_images: true\n        \
-             mcp_proxy_image: tunnelfleet-test/mcp-proxy:busybox\n        \
-             cloudflared_image: tunnelfleet-test/cloudflared:busybox\n",
+             mcp_proxy_image: tunnelfleet-test/mcp-proxy:standin\n        \
+             cloudflared_image: tunnelfleet-test/cloudflared:standin\n",
             1,
         );
         std::fs::write(&inv, text).expect("write inventory");
@@ -126,17 +126,32 @@ impl Fleet {
     }
 }
 
+/// Polls the edge until every host has connectors up on `token` and on no other.
+fn wait_edge_on(f: &Fleet, token: &str, what: &str) {
+    let end = Instant::now() + Duration::from_secs(60);
+    let want = std::collections::BTreeSet::from([fp(token)]);
+    loop {
+        let cur = f.tb.edge_current();
+        if f.tb.host_names().iter().all(|h| cur.get(h) == Some(&want)) {
+            return;
+        }
+        assert!(Instant::now() < end, "edge after {what}: {cur:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn run_stack_on_a_real_engine(compose: &'static str) {
     let f = Fleet::up(compose);
     let token = std::fs::read_to_string(f.file("token")).expect("token");
 
-    // First deploy, on the real Compose of the testbed.
+    // First deploy, on the real Compose of the testbed: the edge sees every host.
     let out = f.tf("deploy", &["--token-file", &f.file("token")]);
     assert!(out.status.success(), "first deploy: {}", describe(&out));
     for h in ["h1", "h2"] {
         let st = f.wait_ok(h, "the first deploy");
         assert_eq!(st["connector_token_fingerprint"], fp(&token), "{st}");
     }
+    wait_edge_on(&f, &token, "the first deploy");
     let sep = if f.compose == "v1" { "_" } else { "-" };
     let names: Vec<String> = f.containers("h1").into_iter().map(|c| c.1).collect();
     assert!(
@@ -152,6 +167,32 @@ fn run_stack_on_a_real_engine(compose: &'static str) {
     let out = f.tf("deploy", &["--token-file", &f.file("token")]);
     assert!(out.status.success(), "no-op deploy: {}", describe(&out));
     assert_eq!(before, (f.containers("h1"), f.containers("h2")));
+
+    // rotate-token, make-before-break: per the edge, no host is ever without a connector,
+    // and each ends with one connector container, on the new token (Compose v2 removes the
+    // highest-numbered container on a scale-down: the old ones go by name first).
+    let edge = f.tb.testbed(&["edge-rotate"]);
+    assert!(edge.status.success(), "{}", describe(&edge));
+    let token = std::fs::read_to_string(f.file("token.next")).expect("token.next");
+    let before = f.tb.edge_stats();
+    let out = f.tf("rotate-token", &["--token-file", &f.file("token.next")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "rotate-token: {}",
+        describe(&out)
+    );
+    wait_edge_on(&f, &token, "rotate-token");
+    assert_eq!(fewest_hosts_up(&before, &f.tb.edge_stats()), 2);
+    for h in ["h1", "h2"] {
+        let conns: Vec<_> = f
+            .containers(h)
+            .into_iter()
+            .filter(|c| c.0 == "cloudflared")
+            .collect();
+        assert_eq!(conns.len(), 1, "{h}: {conns:?}");
+        assert_eq!(f.host_status(h)["connector_token_fingerprint"], fp(&token));
+    }
 
     // The proxy killed by a signal: Docker restarts it in a new network namespace; the
     // connector stays "Up" in the old one.
@@ -189,7 +230,6 @@ fn run_stack_on_a_real_engine(compose: &'static str) {
     }
     let h1 = f.host_status("h1");
     assert_eq!(h1["ok"], false, "{h1}");
-    assert_eq!(h1["connector_ready"], false, "{h1}");
     let lost = h1["connector_netns_lost"].as_str().unwrap_or_default();
     assert!(
         lost.contains("connector lost the proxy's network after the proxy restarted")
@@ -198,10 +238,18 @@ fn run_stack_on_a_real_engine(compose: &'static str) {
     );
     assert_eq!(f.host_status("h2")["ok"], true);
 
-    // rotate-token refuses in preflight and names the command that repairs.
-    let edge = f.tb.testbed(&["edge-rotate"]);
-    assert!(edge.status.success(), "{}", describe(&edge));
-    let out = f.tf("rotate-token", &["--token-file", &f.file("token.next")]);
+    // rotate-token refuses in preflight (before any token is used) and names the repair.
+    std::fs::write(
+        f.file("token.unused"), // A well-formed token the edge never saw: preflight refuses before it is used.
+        "eyJhIjoicHJlZmxpZ2h0IiwidCI6InJlZnVzZXMiLCJzIjoiYm1WMlpYSXRkWE5sWkE9PSJ9\n",
+    )
+    .expect("token");
+    std::fs::set_permissions(
+        f.file("token.unused"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod token");
+    let out = f.tf("rotate-token", &["--token-file", &f.file("token.unused")]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let text = describe(&out);
     assert!(
@@ -215,12 +263,13 @@ fn run_stack_on_a_real_engine(compose: &'static str) {
         "the refused rotation moved nothing"
     );
 
-    // deploy repairs it: the connector is recreated into the proxy's namespace, the proxy and
-    // the other host are left alone.
+    // deploy repairs it: the connector is recreated into the proxy's namespace (the edge sees
+    // h1 again), the proxy and the other host are left alone.
     let (h1_before, h2_before) = (f.containers("h1"), f.containers("h2"));
-    let out = f.tf("deploy", &["--token-file", &f.file("token")]);
+    let out = f.tf("deploy", &["--token-file", &f.file("token.next")]);
     assert!(out.status.success(), "repairing deploy: {}", describe(&out));
     f.wait_ok("h1", "the repairing deploy");
+    wait_edge_on(&f, &token, "the repairing deploy");
     let h1_after = f.containers("h1");
     let id = |v: &[(String, String, String)], svc: &str| {
         v.iter()
@@ -255,17 +304,18 @@ fn run_stack_on_a_real_engine(compose: &'static str) {
         err.contains("Docker engine down") && err.contains("start the Docker engine"),
         "{h2}"
     );
-    let out = f.tf("deploy", &["--token-file", &f.file("token")]);
+    let out = f.tf("deploy", &["--token-file", &f.file("token.next")]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let text = describe(&out);
     assert!(text.contains("Docker engine down"), "{text}");
     assert!(!text.contains("start every service"), "{text}");
 
     // The engine back (a reboot): the restart policies bring the stack back with the token
-    // from .env.
+    // from .env, and the edge sees the host again.
     f.tb.fault("h2", "reboot");
     let h2 = f.wait_ok("h2", "dockerd came back");
     assert_eq!(h2["connector_token_fingerprint"], fp(&token), "{h2}");
+    wait_edge_on(&f, &token, "the reboot");
 }
 
 #[test]
@@ -297,7 +347,7 @@ fn down_leaves_no_daemon_container_mount_or_namespace() {
     assert!(out.status.success(), "{}", describe(&out));
     let started = tb.host_exec(
         "h1",
-        "docker run -d --restart always --entrypoint /bin/sleep tunnelfleet-test/cloudflared:busybox 1000",
+        "docker run -d --restart always --entrypoint /bin/sleep tunnelfleet-test/cloudflared:standin 1000",
     );
     assert_eq!(started.trim().len(), 64, "{started}");
     let cg = format!("/sys/fs/cgroup/pids/{ns}");
