@@ -316,6 +316,110 @@ fn run_stack_on_a_real_engine(compose: &'static str) {
     let h2 = f.wait_ok("h2", "dockerd came back");
     assert_eq!(h2["connector_token_fingerprint"], fp(&token), "{h2}");
     wait_edge_on(&f, &token, "the reboot");
+    if f.compose == "v1" {
+        // The slow cases once (Compose v1 only): a config change, and a bad release rolled
+        // back by itself.
+        release_changes(&f, &token);
+    } else {
+        // And once (Compose v2): rotate-token --in-place recreates each connector on the new
+        // token, one host at a time, the other host serving meanwhile.
+        let edge = f.tb.testbed(&["edge-rotate"]);
+        assert!(edge.status.success(), "{}", describe(&edge));
+        let newer = std::fs::read_to_string(f.file("token.next")).expect("token.next");
+        let before = f.tb.edge_stats();
+        let out = f.tf(
+            "rotate-token",
+            &["--in-place", "--token-file", &f.file("token.next")],
+        );
+        assert_eq!(out.status.code(), Some(0), "--in-place: {}", describe(&out));
+        wait_edge_on(&f, &newer, "rotate-token --in-place");
+        assert!(fewest_hosts_up(&before, &f.tb.edge_stats()) >= 1);
+        for h in ["h1", "h2"] {
+            assert_eq!(f.host_status(h)["connector_token_fingerprint"], fp(&newer));
+        }
+    }
+}
+
+/// Sets fleet-group vars in the inventory (replacing earlier values).
+fn set_var(f: &Fleet, key: &str, value: &str) {
+    let inv = f.tb.inventory();
+    let text = std::fs::read_to_string(&inv).expect("inventory");
+    let mut out = String::new();
+    for l in text.lines() {
+        if l.starts_with(&format!("        {key}:")) {
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+        if l == "        tunnel_name: testbed" {
+            out.push_str(&format!("        {key}: {value}\n"));
+        }
+    }
+    std::fs::write(&inv, out).expect("write inventory");
+}
+
+fn release_changes(f: &Fleet, token: &str) {
+    let tok = f.file("token.next");
+    // A config change: the proxy is recreated (it reads its config only at start), the
+    // connector with it; the edge sees every host again on the same token.
+    let proxy_ids = |h: &str| {
+        f.containers(h)
+            .into_iter()
+            .filter(|c| c.0 == "mcp-proxy")
+            .map(|c| c.2)
+            .collect::<Vec<_>>()
+    };
+    let before = (proxy_ids("h1"), proxy_ids("h2"));
+    let inv = f.tb.inventory();
+    let text = std::fs::read_to_string(&inv).expect("inventory");
+    assert!(text.contains(":9000\""), "{text}");
+    std::fs::write(&inv, text.replace(":9000\"", ":9001\"")).expect("write inventory");
+    let out = f.tf("deploy", &["--token-file", &tok]);
+    assert!(out.status.success(), "config change: {}", describe(&out));
+    assert_ne!(before.0, proxy_ids("h1"));
+    assert_ne!(before.1, proxy_ids("h2"));
+    for h in ["h1", "h2"] {
+        f.wait_ok(h, "the config change");
+    }
+    wait_edge_on(f, token, "the config change");
+
+    // A connector image that never becomes ready: the gate fails on the canary, which is
+    // rolled back; per the edge no host was ever without a connector (the connector-only
+    // change moves make-before-break).
+    let release = |h: &str| f.host_status(h)["release"].clone();
+    let was = (release("h1"), release("h2"));
+    let before = f.tb.edge_stats();
+    set_var(
+        f,
+        "cloudflared_image",
+        "tunnelfleet-test/cloudflared:never-ready",
+    );
+    let out = f.tf(
+        "deploy",
+        &["--token-file", &tok, "--healthy-deadline", "8s"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bad release: {}",
+        describe(&out)
+    );
+    let text = describe(&out);
+    assert!(
+        text.contains("no new connector became ready within 8s") && text.contains("rolled back"),
+        "{text}"
+    );
+    assert_eq!((release("h1"), release("h2")), was);
+    wait_edge_on(f, token, "the rollback");
+    assert_eq!(fewest_hosts_up(&before, &f.tb.edge_stats()), 2);
+    for h in ["h1", "h2"] {
+        let conns: Vec<_> = f
+            .containers(h)
+            .into_iter()
+            .filter(|c| c.0 == "cloudflared")
+            .collect();
+        assert_eq!(conns.len(), 1, "{h}: {conns:?}");
+    }
 }
 
 #[test]
