@@ -82,10 +82,13 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
     // label their containers). And the token the running connector of this project and
     // directory was created with, hashed on the host: only its fingerprint comes back.
     let here = quote(&format!("{WORKDIR_LABEL}={cur},"));
+    // An engine that does not answer is not "no containers": `engine=down` with Docker's own
+    // words (asked again only then, so the common path costs nothing more).
     let _ = writeln!(
         s,
-        "tf_ps=$(docker ps -a --filter label=com.docker.compose.project={project} \
-         --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
+        "if ! tf_ps=$(docker ps -a --filter label=com.docker.compose.project={project} \
+         --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null); then \
+         echo \"engine=down $(docker ps -q 2>&1 >/dev/null | grep -v '^$' | head -n 1 | tr -d '\\r' | cut -c1-200)\"; fi\n\
          tf_lps=$(docker ps -a --filter label=com.docker.compose.project={legacy} \
          --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
          printf '%s\\n' \"$tf_ps\" | sed -n 's/^./ctr=&/p'\n\
@@ -105,6 +108,20 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
          tf_r=$(docker inspect --format '{{{{.RestartCount}}}}' \"$tf_a\" 2>/dev/null); \
          tf_g=$(docker logs --tail 1 \"$tf_a\" 2>&1 | tail -n 1 | tr -d '\\r' | cut -c1-300); \
          echo \"ctrdiag=$tf_a $tf_b ${{tf_r:--}} $tf_g\"; done"
+    );
+    // The network namespace of this tunnel's running proxy and connectors (one `docker
+    // inspect` for all): Docker's restart policy gives a restarted proxy a new namespace and
+    // leaves the connector in the old one, where localhost:8080 is nobody. The namespace
+    // inode (`/proc/PID/ns/net`, readable when the session may look at the containers'
+    // processes) and the container a connector joined (`NetworkMode` `container:ID`) tell.
+    let _ = writeln!(
+        s,
+        "tf_run=$(printf '%s\\n' \"$tf_ps\" | sed 's/$/,/' | grep -F -e {here} | grep '^[^ ]* running ' \
+         | grep -e 'com.docker.compose.service={PROXY_SERVICE},' -e 'com.docker.compose.service={CONNECTOR_SERVICE},' | cut -d' ' -f1)\n\
+         if [ -n \"$tf_run\" ]; then docker inspect --format '{{{{.Name}}}} {{{{.Id}}}} {{{{.State.Pid}}}} {{{{.HostConfig.NetworkMode}}}} {{{{index .Config.Labels \"com.docker.compose.service\"}}}}' $tf_run 2>/dev/null \
+         | while read -r tf_a tf_i tf_p tf_m tf_s; do \
+         tf_ns=$(readlink \"/proc/$tf_p/ns/net\" 2>/dev/null | tr -cd 0-9); \
+         echo \"netns=$tf_s ${{tf_a#/}} $tf_i ${{tf_ns:--}} $tf_m\"; done; fi"
     );
     // Modes and owners of the secret-bearing paths, and the uid this session writes as.
     let _ = writeln!(s, "echo \"uid=$(id -u)\"");
@@ -187,6 +204,79 @@ pub struct ParsedFacts {
     /// The deploy dir: `absent`, `empty`, `managed` (tunnelfleet's: `.tunnelfleet/` or
     /// `current`), or `foreign` (holds other things).
     pub dir_state: Option<String>,
+    /// The Docker engine did not answer (`docker ps` failed): Docker's error line. The
+    /// container facts then say nothing (no containers were seen, none were absent).
+    pub engine_down: Option<String>,
+    /// The network namespace facts of this tunnel's running proxy and connectors.
+    pub netns: Vec<NetnsFact>,
+}
+
+/// What to do when the Docker engine does not answer: the hint every verb gives.
+pub const ENGINE_DOWN_HINT: &str = "start the Docker engine on the host (e.g. `sudo systemctl \
+     start docker`), then run this again; `tunnelfleet status` shows when it answers";
+
+/// What to do when a connector lost the proxy's network namespace: the repairing command.
+pub const NETNS_LOST_HINT: &str = "run `tunnelfleet deploy` (it recreates the connector in \
+     the proxy's network namespace), then run this again";
+
+/// The cause `status` names for [`HostFacts::connector_netns_lost`].
+pub const NETNS_LOST_CAUSE: &str = "connector lost the proxy's network after the proxy restarted";
+
+impl ParsedFacts {
+    /// `Docker engine down: ...` when the engine did not answer: no container fact holds, so
+    /// no verb may plan from them.
+    pub fn engine_refusal(&self) -> Option<String> {
+        self.engine_down
+            .as_ref()
+            .map(|why| format!("Docker engine down: {why}"))
+    }
+}
+
+/// The network namespace of one running container of the stack, as the engine and the
+/// host's `/proc` tell it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetnsFact {
+    /// Compose service.
+    pub service: String,
+    /// Container name.
+    pub name: String,
+    /// Container id.
+    pub id: String,
+    /// Inode of `/proc/PID/ns/net` of the container's process, when readable.
+    pub inode: Option<u64>,
+    /// Docker's `HostConfig.NetworkMode` (`container:ID` for a connector sharing the proxy's
+    /// namespace on a real engine).
+    pub network_mode: String,
+}
+
+/// Why a running connector is not in the running proxy's network namespace, if one is not:
+/// its namespace inode differs from the proxy's, or it joined another container than the
+/// proxy that runs now. Unknown facts (an inode the session may not read, another engine's
+/// `NetworkMode` spelling) never count as lost.
+pub fn connector_netns_lost(netns: &[NetnsFact]) -> Option<String> {
+    let proxy = netns.iter().find(|n| n.service == PROXY_SERVICE)?;
+    for c in netns.iter().filter(|n| n.service == CONNECTOR_SERVICE) {
+        if let (Some(a), Some(b)) = (proxy.inode, c.inode)
+            && a != b
+        {
+            return Some(format!(
+                "{} is in network namespace {b}, the proxy {} in {a}",
+                c.name, proxy.name
+            ));
+        }
+        if let Some(joined) = c.network_mode.strip_prefix("container:")
+            && !joined.is_empty()
+            && joined != proxy.id
+        {
+            return Some(format!(
+                "{} joined container {}, not the proxy {} that runs now",
+                c.name,
+                &joined[..joined.len().min(12)],
+                proxy.name
+            ));
+        }
+    }
+    None
 }
 
 /// Why a container is not running, as far as the host can tell.
@@ -264,6 +354,28 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
             "uid" => p.facts.remote_uid = v.trim().parse().ok(),
             "lock" => p.lock_holder = Some(v.to_string()),
             "dir" => p.dir_state = Some(v.to_string()),
+            "engine" => {
+                let why = v.strip_prefix("down").unwrap_or(v).trim();
+                p.engine_down = Some(if why.is_empty() {
+                    "the Docker engine did not answer".to_string()
+                } else {
+                    why.to_string()
+                });
+            }
+            "netns" => {
+                let mut it = v.split(' ');
+                if let (Some(svc), Some(name), Some(id), Some(ino), Some(mode)) =
+                    (it.next(), it.next(), it.next(), it.next(), it.next())
+                {
+                    p.netns.push(NetnsFact {
+                        service: svc.to_string(),
+                        name: name.to_string(),
+                        id: id.to_string(),
+                        inode: ino.parse().ok(),
+                        network_mode: mode.to_string(),
+                    });
+                }
+            }
             "deployed" if !v.is_empty() => p.last_deployed = Some(v.to_string()),
             "ctrdiag" => {
                 let mut it = v.splitn(4, ' ');
@@ -319,6 +431,7 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
     if cert.contains("BEGIN CERTIFICATE") {
         p.tls_crt = Some(cert);
     }
+    p.facts.connector_netns_lost = connector_netns_lost(&p.netns);
     p.facts.proxy = p
         .containers
         .get(PROXY_SERVICE)
@@ -806,6 +919,81 @@ mod tests {
             parse_cert_block(&format!("{CERT_BEGIN}\n{CERT_END}\n")),
             None
         );
+    }
+
+    #[test]
+    fn engine_down_and_lost_namespaces_are_parsed() {
+        let l = Layout::new("/srv/a", "t");
+        let r = Release::new(Vec::new(), Vec::new());
+        let p = parse_facts(&l, &r, "engine=down Cannot connect to the Docker daemon\n");
+        assert_eq!(
+            p.engine_down.as_deref(),
+            Some("Cannot connect to the Docker daemon")
+        );
+        assert_eq!(
+            parse_facts(&l, &r, "engine=down \n").engine_down.as_deref(),
+            Some("the Docker engine did not answer")
+        );
+        assert_eq!(parse_facts(&l, &r, "compose=v2\n").engine_down, None);
+
+        let fact = |svc: &str, name: &str, id: &str, ino: Option<u64>, mode: &str| NetnsFact {
+            service: svc.into(),
+            name: name.into(),
+            id: id.into(),
+            inode: ino,
+            network_mode: mode.into(),
+        };
+        let proxy = fact(PROXY_SERVICE, "p", "pid1", Some(10), "mcp-tunnel-t_default");
+        // Inodes decide when both are known.
+        let lost = connector_netns_lost(&[
+            proxy.clone(),
+            fact(CONNECTOR_SERVICE, "c", "cid", Some(9), "container:pid1"),
+        ]);
+        assert_eq!(
+            lost.as_deref(),
+            Some("c is in network namespace 9, the proxy p in 10")
+        );
+        assert_eq!(
+            connector_netns_lost(&[
+                proxy.clone(),
+                fact(CONNECTOR_SERVICE, "c", "cid", Some(10), "container:pid1"),
+            ]),
+            None
+        );
+        // Unknown inodes: the container the connector joined decides.
+        let unread = fact(PROXY_SERVICE, "p", "pid1", None, "default");
+        assert!(
+            connector_netns_lost(&[
+                unread.clone(),
+                fact(
+                    CONNECTOR_SERVICE,
+                    "c",
+                    "cid",
+                    None,
+                    "container:old0123456789abcdef"
+                ),
+            ])
+            .is_some_and(|w| w.contains("joined container old012345678"))
+        );
+        // The model's spelling (`service:X`) and a missing proxy say nothing.
+        assert_eq!(
+            connector_netns_lost(&[
+                unread,
+                fact(CONNECTOR_SERVICE, "c", "cid", None, "service:mcp-proxy"),
+            ]),
+            None
+        );
+        assert_eq!(
+            connector_netns_lost(&[fact(CONNECTOR_SERVICE, "c", "cid", Some(9), "x")]),
+            None
+        );
+
+        let out = "netns=mcp-proxy p pid1 10 default\nnetns=cloudflared c cid 9 container:pid1\n";
+        let p = parse_facts(&l, &r, out);
+        assert_eq!(p.netns.len(), 2);
+        assert!(p.facts.connector_netns_lost.is_some());
+        let out = "netns=mcp-proxy p pid1 - default\nnetns=cloudflared c cid - container:pid1\n";
+        assert_eq!(parse_facts(&l, &r, out).facts.connector_netns_lost, None);
     }
 
     #[test]

@@ -133,6 +133,11 @@ impl Step<StackHost> for HealthyStep {
                 return Err(StepFailure::new("no Docker Compose on the host")
                     .with_hint("install docker compose (v2) or docker-compose (v1)"));
             }
+            if let Some(why) = facts.engine_refusal() {
+                return Err(
+                    StepFailure::new(why).with_hint(crate::stack::scripts::ENGINE_DOWN_HINT)
+                );
+            }
             if !h.input.force_dir
                 && let Some(why) = crate::stack::deploy_dir_refusal(
                     h.input.layout.deploy_dir(),
@@ -150,9 +155,21 @@ impl Step<StackHost> for HealthyStep {
         let ready: Vec<health::ConnectorReady> =
             probes.into_iter().filter(|c| c.is_ready()).collect();
         if ready.is_empty() {
+            use crate::stack::scripts::{NETNS_LOST_CAUSE, NETNS_LOST_HINT};
+            if let Some(why) = h
+                .facts
+                .as_ref()
+                .and_then(|f| f.facts.connector_netns_lost.as_ref())
+            {
+                return Err(StepFailure::new(format!(
+                    "no ready connector on the host: {NETNS_LOST_CAUSE} ({why})"
+                ))
+                .with_hint(format!("{NETNS_LOST_HINT}, or exclude it with --limit")));
+            }
             return Err(
                 StepFailure::new("no ready connector on the host").with_hint(
-                    "fix the host first (tunnelfleet status; deploy), or exclude it with --limit",
+                    "fix the host first: `tunnelfleet status` names the cause and `tunnelfleet \
+                     deploy` repairs what it can; or exclude it with --limit",
                 ),
             );
         }

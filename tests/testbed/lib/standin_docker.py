@@ -4,8 +4,9 @@
 Invoked through DIR/bin/docker (`standin_docker.py docker ARGS...`) and
 DIR/bin/docker-compose (`standin_docker.py compose-v1 ARGS...`). A "container"
 is a real process on the host running a stand-in program chosen by image name:
-  image contains "cloudflared" -> standin_cloudflared.py COMMAND...
-  image contains "mcp-proxy"   -> standin_mcp_proxy.py COMMAND..., or, when the
+  image contains "cloudflared" -> `standin cloudflared COMMAND...` (compiled,
+                                  tests/testbed/standins)
+  image contains "mcp-proxy"   -> `standin mcp-proxy COMMAND...`, or, when the
                                   entrypoint (else the command) is `setup`,
                                   standin_setup.py with the remaining words
   anything else                -> a sleep loop (the command is NOT run)
@@ -220,12 +221,12 @@ def program_for(c):
         args = list(c.get("command") or [])
         if c.get("entrypoint") and c["entrypoint"][-1:] != ["cloudflared"]:
             args = cmd
-        return [PY, os.path.join(LIB, "standin_cloudflared.py"), *args]
+        return [os.path.join(LIB, "standin"), "cloudflared", *args]
     if "mcp-proxy" in image:
         # The setup component ships in the same image (binary `setup`).
         if cmd[:1] and os.path.basename(cmd[0]) == "setup":
             return [PY, os.path.join(LIB, "standin_setup.py"), *cmd[1:]]
-        return [PY, os.path.join(LIB, "standin_mcp_proxy.py"), *(c.get("command") or [])]
+        return [os.path.join(LIB, "standin"), "mcp-proxy", *(c.get("command") or [])]
     # Unknown image: keep a process alive; the command is not run on the host.
     return ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
 

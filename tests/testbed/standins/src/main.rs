@@ -1,0 +1,48 @@
+//! The testbed's compiled stand-ins, one static binary with a subcommand per program:
+//!
+//! ```text
+//! standin cloudflared ARGS...   the connector (see cloudflared.rs)
+//! standin mcp-proxy ARGS...     the proxy (see mcp_proxy.rs)
+//! ```
+//!
+//! Called through a link named `cloudflared` or `mcp-proxy`, the name is the subcommand, so a
+//! container image can use the binary as its entrypoint directly. Built by the testbed itself
+//! (`tests/testbed/testbed` runs cargo) as a static binary:
+//!
+//! ```text
+//! CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+//!   cargo build --release -p tunnelfleet-testbed-standins --target x86_64-unknown-linux-gnu
+//! ```
+
+mod cloudflared;
+mod common;
+mod mcp_proxy;
+
+const USAGE: &str = "usage: standin cloudflared|mcp-proxy ARGS...";
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().collect();
+    let argv0 = args.first().cloned().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (prog, rest) = if matches!(name.as_str(), "cloudflared" | "mcp-proxy") {
+        (name, args.split_off(1))
+    } else if args.len() >= 2 {
+        let rest = args.split_off(2);
+        (args[1].clone(), rest)
+    } else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
+    let code = match prog.as_str() {
+        "cloudflared" => cloudflared::main(&rest),
+        "mcp-proxy" => mcp_proxy::main(&rest),
+        other => {
+            eprintln!("standin: unknown program {other:?}; {USAGE}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
