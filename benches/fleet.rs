@@ -705,13 +705,15 @@ fn bench_testbed() {
         let idle_rate = idle_cpu / idle.as_secs_f64();
         println!(
             "  {hosts:>3} hosts: deploy {:.1} s, {deploy_cpu:.0} ms CPU per host (max {deploy_max:.0}); \
-             idle 60 s: {:.1} ms CPU per host per second (max {:.1}), machine {:.0} % of 2 cores, \
+             idle 60 s: {:.1} ms CPU per host per second (max {:.1}; all hosts: {:.3} cores), \
+             machine {:.0} % of 2 cores, \
              load average (1 min) {load:.2}, fewest hosts up (edge) {idle_fewest}/{hosts}; \
              rotate-token: {rot_cpu:.0} ms CPU per host (max {rot_max:.0}; {:.0} ms beyond idle), \
              wall {:.1} s, fewest hosts up (edge) {}/{hosts}",
             deploy_wall.as_secs_f64(),
             idle_rate,
             idle_max / idle.as_secs_f64(),
+            idle_rate * hosts as f64 / 1000.0,
             100.0 * busy.as_secs_f64() / idle.as_secs_f64() / 2.0,
             rot_cpu - idle_rate * wall.as_secs_f64(),
             wall.as_secs_f64(),

@@ -460,13 +460,29 @@ def stop_container(c, timeout=None, user=True):
     update(c["id"], want_stop)
     shim = c.get("shim_pid")
     if alive(shim, c.get("shim_start")):
+        # A pidfd of the shim, taken while it is known to be ours: the wait below sleeps in
+        # poll until the shim exits, where a 20 ms polling loop cost CPU for the whole drain.
+        try:
+            pidfd = os.pidfd_open(shim) if alive(shim, c.get("shim_start")) else None
+        except (OSError, AttributeError):
+            pidfd = None
         try:
             os.kill(shim, signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + t + 5
-        while alive(shim, c.get("shim_start")) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        try:
+            while alive(shim, c.get("shim_start")) and time.monotonic() < deadline:
+                if pidfd is not None:
+                    import select
+                    if select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                        os.close(pidfd)
+                        pidfd = None   # exited: a zombie until reaped, polled below
+                    continue
+                time.sleep(0.02)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
         if alive(shim, c.get("shim_start")):
             for pid, st in ((c.get("pid"), c.get("pid_start")), (shim, c.get("shim_start"))):
                 if alive(pid, st):
@@ -659,7 +675,8 @@ class Project:
             try:
                 with open(f) as fh:
                     import yaml
-                    doc = yaml.safe_load(fh) or {}
+                    # libyaml's loader where PyYAML has it: same documents, a fraction of the CPU.
+                    doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
             except FileNotFoundError:
                 raise UserError(f"open {f}: no such file or directory")
             except Exception as e:  # yaml errors
@@ -2047,6 +2064,12 @@ def engine_main(path):
         import yaml  # noqa: F401
     except ImportError:
         pass
+
+    # Objects that exist now are never collected: the GC does not touch (and so copy) their
+    # pages in the children, which are forked copies of this process.
+    import gc
+    gc.collect()
+    gc.freeze()
 
     def reap(signum, frame):
         while True:

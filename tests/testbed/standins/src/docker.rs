@@ -169,3 +169,28 @@ pub fn main(mode: &str, args: &[String]) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_is_a_length_prefixed_json_object() {
+        let args = vec!["ps".to_string(), "-a\"é".to_string()];
+        let r = request("docker", &args);
+        let n = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
+        assert_eq!(n, r.len() - 4);
+        let v: serde_json::Value = serde_json::from_slice(&r[4..]).expect("json");
+        assert_eq!(v["mode"], "docker");
+        assert_eq!(v["argv"], serde_json::json!(["ps", "-a\"é"]));
+        assert_eq!(
+            v["env"]["PATH"].as_str(),
+            std::env::var("PATH").ok().as_deref()
+        );
+        assert_eq!(
+            v["cwd"].as_str().map(PathBuf::from),
+            std::env::current_dir().ok()
+        );
+        assert!(v["umask"].as_u64().is_some_and(|m| m <= 0o777));
+    }
+}
