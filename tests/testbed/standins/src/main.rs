@@ -5,6 +5,7 @@
 //! standin mcp-proxy ARGS...     the proxy (see mcp_proxy.rs)
 //! standin docker ARGS...        the thin client of the host's docker engine (see docker.rs)
 //! standin docker-compose ARGS...
+//! standin relay --map ...       the latency relay of a host's sshd (see relay.rs)
 //! ```
 //!
 //! Called by a name of one of them (a link or a copy named `cloudflared`, `mcp-proxy`,
@@ -21,8 +22,9 @@ mod cloudflared;
 mod common;
 mod docker;
 mod mcp_proxy;
+mod relay;
 
-const USAGE: &str = "usage: standin cloudflared|mcp-proxy|docker|docker-compose ARGS...";
+const USAGE: &str = "usage: standin cloudflared|mcp-proxy|docker|docker-compose|relay ARGS...";
 
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
@@ -49,6 +51,7 @@ fn main() {
         "mcp-proxy" => mcp_proxy::main(&rest),
         "docker" => docker::main("docker", &rest),
         "docker-compose" => docker::main("compose-v1", &rest),
+        "relay" => relay::main(&rest),
         other => {
             eprintln!("standin: unknown program {other:?}; {USAGE}");
             2
