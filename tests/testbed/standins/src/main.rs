@@ -3,10 +3,14 @@
 //! ```text
 //! standin cloudflared ARGS...   the connector (see cloudflared.rs)
 //! standin mcp-proxy ARGS...     the proxy (see mcp_proxy.rs)
+//! standin docker ARGS...        the thin client of the host's docker engine (see docker.rs)
+//! standin docker-compose ARGS...
+//! standin relay --map ...       the latency relay of a host's sshd (see relay.rs)
 //! ```
 //!
-//! Called through a link named `cloudflared` or `mcp-proxy`, the name is the subcommand, so a
-//! container image can use the binary as its entrypoint directly. Built by the testbed itself
+//! Called by a name of one of them (a link or a copy named `cloudflared`, `mcp-proxy`,
+//! `docker`, `docker-compose`), the name is the subcommand, so a container image can use the
+//! binary as its entrypoint directly and DIR/bin/docker is a copy of it. Built by the testbed itself
 //! (`tests/testbed/testbed` runs cargo) as a static binary:
 //!
 //! ```text
@@ -16,9 +20,11 @@
 
 mod cloudflared;
 mod common;
+mod docker;
 mod mcp_proxy;
+mod relay;
 
-const USAGE: &str = "usage: standin cloudflared|mcp-proxy ARGS...";
+const USAGE: &str = "usage: standin cloudflared|mcp-proxy|docker|docker-compose|relay ARGS...";
 
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
@@ -27,7 +33,11 @@ fn main() {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (prog, rest) = if matches!(name.as_str(), "cloudflared" | "mcp-proxy") {
+    let named = matches!(
+        name.as_str(),
+        "cloudflared" | "mcp-proxy" | "docker" | "docker-compose"
+    );
+    let (prog, rest) = if named {
         (name, args.split_off(1))
     } else if args.len() >= 2 {
         let rest = args.split_off(2);
@@ -39,6 +49,9 @@ fn main() {
     let code = match prog.as_str() {
         "cloudflared" => cloudflared::main(&rest),
         "mcp-proxy" => mcp_proxy::main(&rest),
+        "docker" => docker::main("docker", &rest),
+        "docker-compose" => docker::main("compose-v1", &rest),
+        "relay" => relay::main(&rest),
         other => {
             eprintln!("standin: unknown program {other:?}; {USAGE}");
             2
