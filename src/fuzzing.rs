@@ -25,12 +25,21 @@ fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(data)
 }
 
-/// The inventory reader: parse, list as ansible-inventory does, resolve every host's
-/// connection. Invariant: a selection holds only hosts of the inventory.
+/// The inventory readers, YAML and INI, on the same bytes: parse, list as ansible-inventory
+/// does, resolve every host's connection. Invariant: a selection holds only hosts of the
+/// inventory.
 pub fn inventory(data: &[u8]) {
-    let Ok(inv) = crate::inventory::Inventory::from_str(&text(data), Path::new("fuzz.yaml")) else {
-        return;
-    };
+    use crate::inventory::Inventory;
+    let t = text(data);
+    if let Ok(inv) = Inventory::from_str(&t, Path::new("fuzz.yaml")) {
+        inventory_invariants(&inv);
+    }
+    if let Ok(inv) = Inventory::from_ini_str(&t, Path::new("fuzz.ini")) {
+        inventory_invariants(&inv);
+    }
+}
+
+fn inventory_invariants(inv: &crate::inventory::Inventory) {
     let _ = inv.ansible_list();
     if let Ok(hosts) = inv.select(None) {
         for h in &hosts {
