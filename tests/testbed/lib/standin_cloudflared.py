@@ -9,8 +9,9 @@ http://localhost:8080`). Behaviour modelled on the real connector:
 - Connects to the stand-in edge at TESTBED_EDGE (host:port, set by the testbed),
   registration takes TESTBED_REGISTER_MS (default 300 ms), then logs four
   "Registered tunnel connection connIndex=N ..." lines.
-- Metrics server on the first free port of 127.0.0.1:20241-20245 (or
-  --metrics ADDR:PORT): /ready answers 200 {"status":200,"readyConnections":4,
+- Metrics server on the first free port of 127.0.0.1:20241-20245, each as the
+  host port its network namespace publishes it on (TESTBED_PUBLISHED), or
+  --metrics ADDR:PORT: /ready answers 200 {"status":200,"readyConnections":4,
   "connectorId":...} once registered, 503 with readyConnections 0 otherwise;
   /metrics, /healthcheck.
 - The edge refusing the token: logs the error and exits 1 (a restart policy
@@ -169,7 +170,9 @@ def start_metrics(spec):
     else:
         # In a real container: 0.0.0.0. Testbed containers share the host's
         # network namespace, so the loopback keeps them off the bridge.
-        candidates = [("127.0.0.1", p) for p in range(20241, 20246)]
+        # A published port is bound as the host port it is published on.
+        pub = json.loads(os.environ.get("TESTBED_PUBLISHED") or "{}")
+        candidates = [("127.0.0.1", pub.get(str(p), p)) for p in range(20241, 20246)]
     for addr in candidates:
         try:
             srv = MetricsServer(addr, MetricsHandler)

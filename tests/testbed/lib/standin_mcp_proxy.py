@@ -14,7 +14,8 @@ Modelled behaviour (see STACK-FACTS.md):
   user (TESTBED_USER, from compose `user:`; a non-root user needs "other"
   read permission, else "open /data/tls.key: permission denied"). Exits 1 on
   an invalid config.
-- Terminates TLS (1.2/1.3) on 127.0.0.1:<port of listen_addr> (default 8080)
+- Terminates TLS (1.2/1.3) on TESTBED_ADDR (the project's address, default
+  127.0.0.1):<port of listen_addr> (default 8080)
   with tls.cert_file / tls.key_file, as the real proxy terminates the inner
   TLS; a certificate or key that does not load exits 1 at start ("tls: ...").
   Any SNI is accepted; the certificate is the same for every name.
@@ -220,7 +221,7 @@ def main():
                 conn.close()
 
     try:
-        srv = TLSServer(("127.0.0.1", port), Handler)
+        srv = TLSServer((os.environ.get("TESTBED_ADDR") or "127.0.0.1", port), Handler)
     except OSError as e:
         fatal(f"listen tcp {listen}: {e.strerror}")
     srv.daemon_threads = True
