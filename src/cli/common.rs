@@ -114,6 +114,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s, crate::duration::Grammar::Flag)
 }
 
+/// The SSH endpoint that identifies a machine: `address:port`, and the jump chain if any.
+fn endpoint(conn: &Connection) -> String {
+    let mut e = format!("{}:{}", conn.address, conn.port);
+    if !conn.proxy_jump.is_empty() {
+        let hops: Vec<String> = conn
+            .proxy_jump
+            .iter()
+            .map(|j| format!("{}:{}", j.address, j.port))
+            .collect();
+        e.push_str(&format!(" via {}", hops.join(",")));
+    }
+    e
+}
+
+/// Refuses tunnels that would clash on one machine ([`crate::stack::check_shared_machines`]),
+/// over the whole inventory, not only the selected hosts: `--limit` to one tunnel must not
+/// deploy it into ports or a directory another tunnel of the inventory uses on that machine.
+/// Hosts whose connection or stack vars do not read are skipped here (their own errors come
+/// when they are selected).
+fn check_shared_machines(inv: &Inventory) -> Result<(), CliError> {
+    let mut settings = Vec::new();
+    for h in inv.hosts() {
+        if let (Ok(conn), Ok(s)) = (
+            inv.connection(h),
+            crate::stack::StackSettings::from_vars(&h.name, &h.vars),
+        ) {
+            settings.push((endpoint(&conn), s));
+        }
+    }
+    let pairs: Vec<(String, &crate::stack::StackSettings)> =
+        settings.iter().map(|(e, s)| (e.clone(), s)).collect();
+    crate::stack::check_shared_machines(&pairs).map_err(|e| CliError::input(e.to_string()))
+}
+
 impl ConnArgs {
     /// The SSH options these flags describe.
     pub fn ssh_options(&self) -> SshOptions {
@@ -144,6 +178,7 @@ impl ConnArgs {
         let hosts = inv
             .select(self.limit.as_deref())
             .map_err(|e| CliError::input(e.to_string()))?;
+        check_shared_machines(&inv)?;
         let ssh_config = match self.ssh_config.as_str() {
             "none" => None,
             p => Some(ssh::config::expand_tilde(p)),

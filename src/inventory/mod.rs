@@ -160,6 +160,12 @@ impl Inventory {
         build::build(text, path)
     }
 
+    /// Parses inventory INI `text` (Ansible's `ini` plugin format) as [`Inventory::from_str`]
+    /// does YAML. Files are read through [`Inventory::load`], which picks the format.
+    pub fn from_ini_str(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
+        build::build_ini(text, path)
+    }
+
     /// The path the inventory was read from.
     pub fn path(&self) -> &Path {
         &self.path

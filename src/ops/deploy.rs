@@ -524,7 +524,8 @@ impl Step<StackHost> for ApplyStep {
             .compose
             .ok_or_else(|| StepFailure::new("no Docker Compose on the host"))?;
         if !plan.actions.is_empty() {
-            h.old_connector_ids = health::connector_ids(&session).await;
+            h.old_connector_ids =
+                health::connector_ids(&session, h.input.settings.metrics_ports()).await;
         }
         let desired_fp = h.input.token_fp.clone().or(facts.env_token_fp.clone());
         let audit = AuditEntry {

@@ -100,8 +100,10 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
         }
     };
     // The facts command and the readiness probes (direct-tcpip) in the same round trip.
-    let (facts, connectors) =
-        tokio::join!(read_facts(&session, input), health::connectors(&session));
+    let (facts, connectors) = tokio::join!(
+        read_facts(&session, input),
+        health::connectors(&session, input.settings.metrics_ports())
+    );
     s.connectors = connectors;
     s.connector_ready = s.connectors.iter().any(|c| c.is_ready());
     let facts = match facts {

@@ -316,9 +316,16 @@ pub fn render_compose(settings: &StackSettings) -> String {
          \x20     - \"./data:/data:ro\"\n\
          \x20   ports:\n\
          \x20     # cloudflared shares this service's network namespace; its metrics server (/ready)\n\
-         \x20     # takes the first free port of 20241-20245. Published on the host's loopback only.\n\
-         \x20     - \"127.0.0.1:20241-20245:20241-20245\"\n",
+         \x20     # takes the first free port of 20241-20245. Published on the host's loopback only.\n",
     );
+    let (host, inside) = (settings.metrics_ports(), super::CONNECTOR_METRICS_PORTS);
+    out.push_str(&format!(
+        "      - \"127.0.0.1:{}-{}:{}-{}\"\n",
+        host.start(),
+        host.end(),
+        inside.start(),
+        inside.end()
+    ));
     out.push_str(HARDENING);
     out.push('\n');
 
@@ -540,6 +547,28 @@ mod tests {
             vars.extend(m);
         }
         StackSettings::from_vars("h1", &vars).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_metrics_ports_are_published_from_the_tunnels_range() {
+        let compose = |extra: Value| -> serde_json::Value {
+            let text = render_compose(&settings(extra));
+            let doc: serde_json::Value =
+                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+            doc["services"]["mcp-proxy"]["ports"].clone()
+        };
+        assert_eq!(
+            compose(json!({})),
+            json!(["127.0.0.1:20241-20245:20241-20245"])
+        );
+        assert_eq!(
+            compose(json!({"tunnel_metrics_port": 20251})),
+            json!(["127.0.0.1:20251-20255:20241-20245"])
+        );
+        assert_ne!(
+            render_release(&settings(json!({}))).id,
+            render_release(&settings(json!({"tunnel_metrics_port": 20251}))).id
+        );
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl Step<StackHost> for HealthyStep {
         };
         let (facts, probes, listed, prepared, locked) = tokio::join!(
             facts_fut,
-            health::connectors(&session),
+            health::connectors(&session, h.input.settings.metrics_ports()),
             containers(&session, &h.input.layout),
             prepare,
             lock_fut
@@ -453,7 +453,10 @@ impl Step<StackHost> for WaitConnectorStep {
             let old_ids: std::collections::BTreeSet<String> =
                 old.iter().filter_map(|c| c.connector_id.clone()).collect();
             let old_ports: Vec<u16> = old.iter().map(|c| c.port).collect();
-            let ports: Vec<u16> = health::METRICS_PORTS
+            let ports: Vec<u16> = h
+                .input
+                .settings
+                .metrics_ports()
                 .filter(|p| !old_ports.contains(p))
                 .collect();
             loop {
@@ -484,7 +487,10 @@ impl Step<StackHost> for WaitConnectorStep {
                         c.status,
                         c.ready_connections
                     ),
-                    None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
+                    None => format!(
+                        "no new connector answering on {}",
+                        health::describe_ports(&h.input.settings.metrics_ports())
+                    ),
                 };
                 if started.elapsed() >= self.timeout {
                     break;
@@ -508,7 +514,7 @@ impl Step<StackHost> for WaitConnectorStep {
                 }
             }
             if let Some(id) = &id {
-                let probes = health::connectors(&session).await;
+                let probes = health::connectors(&session, h.input.settings.metrics_ports()).await;
                 if let Some(c) = probes
                     .iter()
                     .find(|c| c.connector_id.as_deref() == Some(id.as_str()))
@@ -527,7 +533,10 @@ impl Step<StackHost> for WaitConnectorStep {
                         c.status, c.ready_connections
                     );
                 } else {
-                    last = format!("{id} not answering on 127.0.0.1:20241-20245");
+                    last = format!(
+                        "{id} not answering on {}",
+                        health::describe_ports(&h.input.settings.metrics_ports())
+                    );
                 }
             }
             if started.elapsed() >= self.timeout {

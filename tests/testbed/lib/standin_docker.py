@@ -15,7 +15,10 @@ first. The image reference also selects the stand-ins' failure modes
 (TESTBED_IMAGE: never-ready, crash-after-Ns, bad-config; unpullable here).
 No filesystem or network isolation: every container of a host shares the
 host's (namespaced) filesystem and loopback, so `network_mode: service:X` is
-satisfied trivially. Volumes are recorded and handed to stand-ins as a
+satisfied trivially. Two emulations let two stacks share a host: a project's
+address (standin.json addr_by_project, default 127.0.0.1; TESTBED_ADDR, and
+docker inspect's IPAddress), and published ports (TESTBED_PUBLISHED: the
+container ports the namespace owner's `ports:` publish, and their host ports). Volumes are recorded and handed to stand-ins as a
 container->host path map (TESTBED_VOLUMES).
 
 State: /var/lib/standin-docker/containers/<id>/{state.json (0600: holds the
@@ -254,7 +257,46 @@ def program_env(c):
     env["TESTBED_IMAGE"] = c["image"]
     env["TESTBED_USER"] = c.get("user") or ""
     env["TESTBED_VOLUMES"] = json.dumps(c.get("volumes") or [])
+    # Network namespace emulation (containers share the host's): the address of the
+    # container's "network" (standin.json addr_by_project, default 127.0.0.1), and the host
+    # ports its namespace owner publishes ({"container port": host port}), which a stand-in
+    # binds instead of the container port.
+    env["TESTBED_ADDR"] = project_addr(c)
+    env["TESTBED_PUBLISHED"] = json.dumps(published_ports(netns_owner(c)))
     return env
+
+
+def project_addr(c):
+    return (testbed_config().get("addr_by_project") or {}).get(c["project"], "127.0.0.1")
+
+
+def netns_owner(c):
+    """The container whose network namespace c uses (`network_mode: service:X`), else c."""
+    nm = c.get("network_mode") or ""
+    if nm.startswith("service:"):
+        owners = [x for x in all_containers()
+                  if x["project"] == c["project"] and x["service"] == nm[8:]]
+        owners.sort(key=lambda x: x.get("status") != "running")
+        if owners:
+            return owners[0]
+    return c
+
+
+def published_ports(c):
+    """{"container port": host port} from compose `ports:` ("[ip:]host[-end]:ctr[-end]")."""
+    out = {}
+    for spec in c.get("ports") or []:
+        parts = str(spec).split("/")[0].rsplit(":", 2)
+        if len(parts) < 2:
+            continue
+        try:
+            (h0, _, h1), (c0, _, c1) = parts[-2].partition("-"), parts[-1].partition("-")
+            hosts = range(int(h0), int(h1 or h0) + 1)
+            ctrs = range(int(c0), int(c1 or c0) + 1)
+        except ValueError:
+            continue
+        out.update({str(k): v for k, v in zip(ctrs, hosts)})
+    return out
 
 
 # ----------------------------------------------------------------- shim ----
@@ -1447,8 +1489,9 @@ def network_settings(c):
     if nm in ("host", "none"):
         return {"IPAddress": "", "Gateway": "", "Networks": {nm: {"IPAddress": "", "Gateway": ""}}}
     net = nm if nm and nm not in ("default", "bridge") else f"{c['project']}_default"
-    return {"IPAddress": "127.0.0.1", "Gateway": "", "Networks": {
-        net: {"IPAddress": "127.0.0.1", "Gateway": "", "Aliases": [c["service"], c["id"][:12]]}}}
+    addr = project_addr(c)
+    return {"IPAddress": addr, "Gateway": "", "Networks": {
+        net: {"IPAddress": addr, "Gateway": "", "Aliases": [c["service"], c["id"][:12]]}}}
 
 
 # --------------------------------------------------------------- images ----

@@ -8,7 +8,8 @@
 //! - Connects to the stand-in edge at TESTBED_EDGE (host:port, set by the testbed);
 //!   registration takes TESTBED_REGISTER_MS (default 300 ms), then logs four "Registered
 //!   tunnel connection connIndex=N ..." lines.
-//! - Metrics server on the first free port of 127.0.0.1:20241-20245 (or --metrics ADDR:PORT):
+//! - Metrics server on the first free port of 127.0.0.1:20241-20245, each bound as the host port
+//!   its network namespace publishes it on (TESTBED_PUBLISHED), or --metrics ADDR:PORT:
 //!   /ready answers 200 {"status":200,"readyConnections":4,"connectorId":...} once
 //!   registered, 503 with readyConnections 0 otherwise; /metrics, /healthcheck.
 //! - The edge refusing the token: logs the error and exits 1 (a restart policy then restarts
@@ -237,8 +238,25 @@ fn start_metrics(st: &Arc<State>, spec: Option<&str>) {
             )]
         }
         // In a real container: 0.0.0.0. Testbed containers share the host's network
-        // namespace, so the loopback keeps them off the bridge.
-        None => (20241..20246).map(|p| format!("127.0.0.1:{p}")).collect(),
+        // namespace, so the loopback keeps them off the bridge, and a port the proxy's
+        // namespace publishes (TESTBED_PUBLISHED, container port -> host port) is bound as
+        // the host port it is published on, so two tunnels on one host do not collide.
+        None => {
+            let published: serde_json::Map<String, serde_json::Value> =
+                std::env::var("TESTBED_PUBLISHED")
+                    .ok()
+                    .and_then(|raw| serde_json::from_str(&raw).ok())
+                    .unwrap_or_default();
+            (20241u16..20246)
+                .map(|p| {
+                    let host_port = published
+                        .get(&p.to_string())
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(u64::from(p));
+                    format!("127.0.0.1:{host_port}")
+                })
+                .collect()
+        }
     };
     for addr in &candidates {
         // std sets SO_REUSEADDR on listeners, as Python's server did.

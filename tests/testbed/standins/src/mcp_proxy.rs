@@ -476,7 +476,13 @@ pub fn main(args: &[String]) -> i32 {
         .unwrap_or_else(|| fatal(&format!("listen tcp {listen}: invalid port")));
     // The testbed's containers share the host's loopback; in a real container
     // TESTBED_PROXY_BIND=0.0.0.0 makes the port reachable from outside it.
-    let bind = std::env::var("TESTBED_PROXY_BIND").unwrap_or_else(|_| "127.0.0.1".into());
+    // Two stacks on one testbed host listen on their project's own address (TESTBED_ADDR,
+    // set by the stand-in docker from standin.json's addr_by_project).
+    let bind = std::env::var("TESTBED_PROXY_BIND")
+        .ok()
+        .or_else(|| std::env::var("TESTBED_ADDR").ok())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into());
     let listener = TcpListener::bind((bind.as_str(), port))
         .unwrap_or_else(|e| fatal(&format!("listen tcp {listen}: {}", strerror(&e))));
     {
