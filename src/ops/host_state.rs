@@ -53,6 +53,36 @@ pub struct RotationState {
     /// round trip each.
     #[serde(skip)]
     pub prepared: PreparedChannels,
+    /// The `.env` write started during preflight, waiting for the new token on its input,
+    /// so that persisting costs one round trip (see [`crate::ssh::PreparedExec::start`]).
+    #[serde(skip)]
+    pub armed_env: ArmedWrite,
+}
+
+/// A write started ahead of its contents (see [`crate::remote::atomic_write_framed`]),
+/// shared by the clones of a host's state; used once.
+#[derive(Clone, Default)]
+pub struct ArmedWrite(std::sync::Arc<std::sync::Mutex<Option<crate::ssh::StartedExec>>>);
+
+impl std::fmt::Debug for ArmedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let armed = self.0.lock().map(|g| g.is_some()).unwrap_or(false);
+        write!(f, "ArmedWrite({})", if armed { "armed" } else { "none" })
+    }
+}
+
+impl ArmedWrite {
+    /// Keeps `started` for later.
+    pub fn put(&self, started: crate::ssh::StartedExec) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(started);
+        }
+    }
+
+    /// The started write, if there is one (once).
+    pub fn take(&self) -> Option<crate::ssh::StartedExec> {
+        self.0.lock().ok().and_then(|mut g| g.take())
+    }
 }
 
 /// Session channels opened ahead of their commands (see [`crate::ssh::Session::prepare`]),

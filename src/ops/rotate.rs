@@ -41,8 +41,23 @@ async fn run_prepared(
 }
 
 /// Session channels each host opens during preflight for the commands that follow the
-/// token: lock, persist, start of the new connector.
+/// token: lock, start of the new connector, and the `.env` write (started at once, see
+/// [`env_write_script`]).
 const PREPARED_CHANNELS: usize = 3;
+
+/// Where the new token goes: `.env`, 0600, in a 0700 directory.
+fn env_spec(h: &StackHost) -> WriteSpec {
+    WriteSpec::new(h.input.layout.env_file(), 0o600).dir_mode(0o700)
+}
+
+/// The `.env` write started during preflight, before the token is known: sshd grants a
+/// session channel's input window only once its command runs, so a write started when the
+/// token is in hand waits a round trip for the window before the token can go. Started
+/// ahead, it waits for a header line and the contents on its input; an EOF first (the
+/// controller died or stopped) makes it exit having touched nothing.
+fn env_write_script(h: &StackHost) -> Result<String, StepFailure> {
+    remote::atomic_write_framed(&[env_spec(h)]).map_err(|e| StepFailure::new(e.to_string()))
+}
 
 async fn containers(
     session: &Session,
@@ -95,7 +110,22 @@ impl Step<StackHost> for HealthyStep {
                 None
             }
         };
-        let prepare = futures::future::join_all((0..PREPARED_CHANNELS).map(|_| session.prepare()));
+        let env_script = env_write_script(h)?;
+        let prepare = async {
+            let mut chans: Vec<crate::ssh::PreparedExec> =
+                futures::future::join_all((0..PREPARED_CHANNELS).map(|_| session.prepare()))
+                    .await
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .collect();
+            // The `.env` write starts as soon as its channel is open, so its input window is
+            // there long before the token.
+            let armed = match chans.pop() {
+                Some(ch) => ch.start(&env_script).await.ok(),
+                None => None,
+            };
+            (chans, armed)
+        };
         let holder = holder_json_for(&h.operation, &self.op_id);
         let lock_script = if h.rotation.lock_early {
             let dir = scripts::lock_dir(&h.input.layout);
@@ -124,9 +154,11 @@ impl Step<StackHost> for HealthyStep {
             h.rotation.locked = true;
             h.rotation.holder = holder;
         }
-        h.rotation
-            .prepared
-            .put(prepared.into_iter().filter_map(Result::ok).collect());
+        let (prepared, armed) = prepared;
+        h.rotation.prepared.put(prepared);
+        if let Some(armed) = armed {
+            h.rotation.armed_env.put(armed);
+        }
         if let Some(facts) = facts {
             let facts = facts.map_err(StepFailure::new)?;
             if facts.compose.is_none() {
@@ -245,16 +277,35 @@ impl Step<StackHost> for PersistTokenStep {
             .as_ref()
             .ok_or_else(|| StepFailure::new("no new .env (internal)"))?;
         let facts_fp = h.facts.as_ref().and_then(|f| f.env_token_fp.clone());
+        let armed = h.rotation.armed_env.take();
         if facts_fp.as_deref() == Some(fp.as_str()) {
+            if let Some(armed) = armed {
+                armed.cancel().await;
+            }
             h.rotation.persisted_ms = h.rotation.now_ms();
             return Ok(StepOutcome::unchanged(format!(
                 "token {fp} already persisted"
             )));
         }
-        let spec = WriteSpec::new(h.input.layout.env_file(), 0o600).dir_mode(0o700);
-        let (script, stdin) =
-            atomic_write(&[(spec, env.as_bytes())]).map_err(|e| StepFailure::new(e.to_string()))?;
-        let out = run_prepared(h, &session, &script, &stdin).await?;
+        // The write started during preflight: the token and EOF out, the exit status back.
+        let armed_out = match armed {
+            Some(armed) => Some(
+                armed
+                    .finish(&remote::framed_payload(&[env.as_bytes()]))
+                    .await
+                    .map_err(failure)?,
+            ),
+            None => None,
+        };
+        let out = match armed_out {
+            // Cancelled before it had its input (it touched nothing): write afresh.
+            Some(out) if out.status.map(|s| s as i32) != Some(remote::WRITE_CANCELLED_EXIT) => out,
+            _ => {
+                let (script, stdin) = atomic_write(&[(env_spec(h), env.as_bytes())])
+                    .map_err(|e| StepFailure::new(e.to_string()))?;
+                run_prepared(h, &session, &script, &stdin).await?
+            }
+        };
         if !out.success() {
             return Err(StepFailure::new(out.stderr_text()).with_hint(
                 "the old .env is intact; free space or fix permissions, then --resume",
@@ -429,50 +480,71 @@ impl Step<StackHost> for WaitConnectorStep {
         // already known, the new one is whichever answers ready with another id, on a port
         // the old ones do not hold. Readiness is then only direct-tcpip probes, nothing is
         // started on the host.
-        if id.is_none()
-            && !h.rotation.in_place
-            && let Some(old) = h.rotation.answering.clone()
-        {
+        // With the new connector's id known (start_connector read it), the new one is the
+        // one answering with that id: again only probes.
+        let old = h
+            .rotation
+            .answering
+            .clone()
+            .filter(|_| !h.rotation.in_place);
+        if id.is_some() || old.is_some() {
+            let old = old.unwrap_or_default();
             let old_ids: std::collections::BTreeSet<String> =
                 old.iter().filter_map(|c| c.connector_id.clone()).collect();
-            let old_ports: Vec<u16> = old.iter().map(|c| c.port).collect();
+            // Without the id, the new one answers on a port the old ones do not hold; with
+            // it, on any (it may be one preflight saw: a resumed or repeated rotation whose
+            // connector already runs on the new token).
+            let old_ports: Vec<u16> = old
+                .iter()
+                .filter(|_| id.is_none())
+                .map(|c| c.port)
+                .collect();
             let ports: Vec<u16> = health::METRICS_PORTS
                 .filter(|p| !old_ports.contains(p))
                 .collect();
+            let is_new = |c: &health::ConnectorReady| match &id {
+                Some(id) => c.connector_id.as_deref() == Some(id.as_str()),
+                None => c
+                    .connector_id
+                    .as_ref()
+                    .is_some_and(|i| !old_ids.contains(i)),
+            };
+            // A new round of probes every PROBE_INTERVAL, without waiting for the earlier
+            // ones to answer (a round is two round trips: the direct-tcpip open, then the
+            // request): the first ready answer is seen one probe interval, not one whole
+            // round plus an interval, after the connector is ready.
+            let mut rounds = futures::stream::FuturesUnordered::new();
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            let mut next_round = tokio::time::Instant::now();
             loop {
-                let probes = health::probe_ports(&session, &ports).await;
-                if let Some(c) = probes.iter().find(|c| {
-                    c.is_ready()
-                        && c.connector_id
-                            .as_ref()
-                            .is_some_and(|i| !old_ids.contains(i))
-                }) {
-                    h.rotation.new_ready_ms = h.rotation.now_ms();
-                    h.rotation.new_connector_id = c.connector_id.clone();
-                    h.ready = Some(c.clone());
-                    return Ok(StepOutcome::unchanged(format!(
-                        "{name} ({}) ready in {} ms",
-                        c.connector_id.as_deref().unwrap_or("?"),
-                        started.elapsed().as_millis()
-                    )));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_round), if rounds.len() < MAX_PROBE_ROUNDS => {
+                        rounds.push(health::probe_ports(&session, &ports));
+                        next_round = tokio::time::Instant::now() + PROBE_INTERVAL;
+                    }
+                    Some(probes) = futures::StreamExt::next(&mut rounds) => {
+                        if let Some(c) = probes.iter().find(|c| c.is_ready() && is_new(c)) {
+                            h.rotation.new_ready_ms = h.rotation.now_ms();
+                            h.rotation.new_connector_id = c.connector_id.clone();
+                            h.ready = Some(c.clone());
+                            return Ok(StepOutcome::unchanged(format!(
+                                "{name} ({}) ready in {} ms",
+                                c.connector_id.as_deref().unwrap_or("?"),
+                                started.elapsed().as_millis()
+                            )));
+                        }
+                        last = match probes.iter().find(|c| is_new(c)) {
+                            Some(c) => format!(
+                                "{} answers {} with {} connections",
+                                c.connector_id.as_deref().unwrap_or("?"),
+                                c.status,
+                                c.ready_connections
+                            ),
+                            None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
+                        };
+                    }
+                    _ = tokio::time::sleep_until(deadline) => break,
                 }
-                last = match probes.iter().find(|c| {
-                    c.connector_id
-                        .as_ref()
-                        .is_some_and(|i| !old_ids.contains(i))
-                }) {
-                    Some(c) => format!(
-                        "{} answers {} with {} connections",
-                        c.connector_id.as_deref().unwrap_or("?"),
-                        c.status,
-                        c.ready_connections
-                    ),
-                    None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
-                };
-                if started.elapsed() >= self.timeout {
-                    break;
-                }
-                tokio::time::sleep(PROBE_INTERVAL).await;
             }
         }
         loop {
@@ -523,7 +595,11 @@ impl Step<StackHost> for WaitConnectorStep {
 
 /// How often the window's readiness probes ask (direct-tcpip to the host's loopback: no
 /// process is started on the host).
-const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// At most this many rounds of readiness probes in flight per host (a round takes two
+/// round trips: at 100 ms round trip and a 50 ms interval, four are in flight).
+const MAX_PROBE_ROUNDS: usize = 8;
 
 impl WaitConnectorStep {
     /// The new connector never became ready: remove it (make-before-break: the old one keeps
