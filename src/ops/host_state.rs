@@ -31,8 +31,10 @@ pub struct RotationState {
     /// Whether this run holds the host's fleet lock.
     #[serde(skip)]
     pub locked: bool,
-    /// This host locks first, alone (of two controllers racing, one stops there): it tries
-    /// in the same round trip as its health check.
+    /// This host locks first, alone (of two controllers racing, one stops there). Every
+    /// host tries the lock in the same round trip as its health check; when another run
+    /// holds it somewhere, this host's `lock` step gives back the locks taken early so they
+    /// are taken again in order (see `ops::rotate::EarlyLocks`).
     #[serde(skip)]
     pub lock_early: bool,
     /// The lock holder record this run wrote.

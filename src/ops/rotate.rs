@@ -81,14 +81,63 @@ fn compose(h: &StackHost) -> Result<crate::stack::ComposeCli, StepFailure> {
         .ok_or_else(|| StepFailure::new("no Docker Compose on the host (run `facts` first)"))
 }
 
+/// The fleet lock as the hosts of one rotation took it during `healthy` (every host tries
+/// it there, so an uncontended lock costs no round trip of its own). When any host finds it
+/// held by another run, the `lock` phase's first host gives back every lock taken early
+/// before the lock is taken again in order (the first host alone, then the others), so
+/// two controllers racing can never each hold part of the fleet and wait for each other.
+#[derive(Default)]
+pub struct EarlyLocks {
+    /// Some host found the lock held by another run.
+    contended: std::sync::atomic::AtomicBool,
+    /// The locks taken early and not given back: host, session, release script.
+    taken: std::sync::Mutex<Vec<(String, Arc<Session>, String)>>,
+    /// Hosts whose early lock was given back (their own state still says locked).
+    released: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl EarlyLocks {
+    fn contended(&self) -> bool {
+        self.contended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn was_released(&self, host: &str) -> bool {
+        self.released
+            .lock()
+            .map(|g| g.contains(host))
+            .unwrap_or(false)
+    }
+
+    /// Gives back every lock taken early (concurrently); each host's own `lock` step takes
+    /// it again in order. A release that fails leaves a lock naming this run, which the
+    /// `lock` step takes over.
+    async fn give_back(&self) {
+        let taken = self
+            .taken
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        futures::future::join_all(
+            taken
+                .iter()
+                .map(|(_, session, script)| session.exec(script, b"")),
+        )
+        .await;
+        if let Ok(mut g) = self.released.lock() {
+            g.extend(taken.into_iter().map(|(host, _, _)| host));
+        }
+    }
+}
+
 /// `healthy`: the host has a ready connector now (preflight: never start a rotation on a
 /// host that is already down). In the same round trip: the host's facts (unless a `facts`
-/// step ran already), the connector containers, and the session channels the window's
-/// commands will run on. On the host that locks first (see [`RotationState::lock_early`]),
-/// also one attempt at the fleet lock, so that host's lock costs no round trip of its own.
+/// step ran already), the connector containers, the session channels the window's
+/// commands will run on, and one attempt at the fleet lock (see [`EarlyLocks`]).
 pub struct HealthyStep {
     /// This operation's id (the lock holder record names it).
     pub op_id: String,
+    /// The locks taken early by this run's hosts.
+    pub early: Arc<EarlyLocks>,
 }
 
 #[async_trait::async_trait]
@@ -127,18 +176,11 @@ impl Step<StackHost> for HealthyStep {
             (chans, armed)
         };
         let holder = holder_json_for(&h.operation, &self.op_id);
-        let lock_script = if h.rotation.lock_early {
-            let dir = scripts::lock_dir(&h.input.layout);
-            Some(mkdir_lock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?)
-        } else {
-            None
-        };
-        let lock_fut = async {
-            match &lock_script {
-                Some(script) => Some(session.exec(script, b"").await),
-                None => None,
-            }
-        };
+        let dir = scripts::lock_dir(&h.input.layout);
+        let lock_script = mkdir_lock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
+        let unlock_script =
+            remote::unlock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
+        let lock_fut = async { Some(session.exec(&lock_script, b"").await) };
         let (facts, probes, listed, prepared, locked) = tokio::join!(
             facts_fut,
             health::connectors(&session),
@@ -146,13 +188,23 @@ impl Step<StackHost> for HealthyStep {
             prepare,
             lock_fut
         );
-        // Taken: the lock phase has nothing left to do here. Anything else (held by another
-        // run, a failure): the lock phase tries again with its full handling.
-        if let Some(Ok(out)) = locked
-            && out.success()
-        {
-            h.rotation.locked = true;
-            h.rotation.holder = holder;
+        // Taken: the lock phase has nothing left to do here (unless another host found the
+        // lock held). Held by another run: the lock phase takes it in order. Anything else
+        // (a failure): the lock phase tries again with its full handling.
+        match locked {
+            Some(Ok(out)) if out.success() => {
+                h.rotation.locked = true;
+                h.rotation.holder = holder;
+                if let Ok(mut g) = self.early.taken.lock() {
+                    g.push((h.input.host.name.clone(), session.clone(), unlock_script));
+                }
+            }
+            Some(Ok(out)) if out.status.map(|s| s as i32) == Some(LOCK_HELD_EXIT) => {
+                self.early
+                    .contended
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            _ => {}
         }
         let (prepared, armed) = prepared;
         h.rotation.prepared.put(prepared);
@@ -197,11 +249,16 @@ impl Step<StackHost> for HealthyStep {
 
 /// `lock {wait}`: takes the fleet lock for this operation, waiting up to `wait` for another
 /// holder; takes over a lock left by an earlier run of the same operation (a resumed run).
+/// Nothing to do on a host that took it during `healthy`, unless another host found it held
+/// by another run: then the first host ([`RotationState::lock_early`]) gives back every
+/// lock taken early, and each host takes it again here, in order.
 pub struct LockStep {
     /// How long to wait for another holder.
     pub wait: Duration,
     /// This operation's id (a lock whose holder names it is ours from an earlier run).
     pub op_id: String,
+    /// The locks taken early by this run's hosts.
+    pub early: Arc<EarlyLocks>,
 }
 
 #[async_trait::async_trait]
@@ -210,6 +267,14 @@ impl Step<StackHost> for LockStep {
         "lock"
     }
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        if self.early.contended() {
+            if h.rotation.lock_early {
+                self.early.give_back().await;
+            }
+            if self.early.was_released(&h.input.host.name) {
+                h.rotation.locked = false;
+            }
+        }
         if h.rotation.locked {
             return Ok(StepOutcome::changed("fleet lock taken (during preflight)"));
         }
@@ -224,6 +289,9 @@ impl Step<StackHost> for LockStep {
                 Some(0) => {
                     h.rotation.locked = true;
                     h.rotation.holder = holder;
+                    if let Ok(mut g) = self.early.released.lock() {
+                        g.remove(&h.input.host.name);
+                    }
                     return Ok(StepOutcome::changed("fleet lock taken"));
                 }
                 Some(LOCK_HELD_EXIT) => {
@@ -363,7 +431,30 @@ impl Step<StackHost> for StartConnectorStep {
             scripts::scale_connectors_script(&h.input.layout, compose(h)?, count).trim_end(),
             scripts::new_connectors_script(&h.input.layout, &known)
         );
-        let out = run_prepared(h, &session, &script, b"").await?;
+        // While the command runs, watch for the new connector to answer ready (it often
+        // registers before Compose has finished): one whose id preflight did not see, on a
+        // port the old ones do not hold. The gate then has nothing left to wait for.
+        let answering = h.rotation.answering.clone();
+        let mut seen = None;
+        let out = {
+            let start = run_prepared(h, &session, &script, b"");
+            tokio::pin!(start);
+            match &answering {
+                Some(old) => {
+                    let (ports, is_new) = new_connector_rule(old, None);
+                    let mut last = String::new();
+                    let watch = watch_ready(&session, &ports, &is_new, &mut last);
+                    tokio::select! {
+                        out = &mut start => out,
+                        found = watch => {
+                            seen = Some(found);
+                            start.await
+                        }
+                    }
+                }
+                None => start.await,
+            }
+        }?;
         if !out.success() {
             return Err(StepFailure::new(format!(
                 "start a second connector: {}",
@@ -383,6 +474,16 @@ impl Step<StackHost> for StartConnectorStep {
             })?;
         h.rotation.new_container = Some(new.name.clone());
         h.rotation.new_connector_id = new.connector_id.clone();
+        if let Some((c, at)) = seen
+            && (new.connector_id.is_none() || new.connector_id == c.connector_id)
+        {
+            h.rotation.new_ready_ms = h
+                .rotation
+                .t0
+                .map(|t0| at.saturating_duration_since(t0).as_millis() as u64);
+            h.rotation.new_connector_id = c.connector_id.clone();
+            h.ready = Some(c);
+        }
         Ok(StepOutcome::changed(format!("started {}", new.name)))
     }
 }
@@ -480,71 +581,33 @@ impl Step<StackHost> for WaitConnectorStep {
         // already known, the new one is whichever answers ready with another id, on a port
         // the old ones do not hold. Readiness is then only direct-tcpip probes, nothing is
         // started on the host.
-        // With the new connector's id known (start_connector read it), the new one is the
-        // one answering with that id: again only probes.
+        // Seen ready while start_connector ran (it watches the probes meanwhile).
+        if h.rotation.new_ready_ms.is_some() && h.ready.is_some() {
+            return Ok(StepOutcome::unchanged(format!(
+                "{name} ({}) ready as it started",
+                h.rotation.new_connector_id.as_deref().unwrap_or("?")
+            )));
+        }
+        // With the new connector's id known (start_connector read it), or preflight's
+        // connectors known, readiness is only probes: nothing is started on the host.
         let old = h
             .rotation
             .answering
             .clone()
             .filter(|_| !h.rotation.in_place);
         if id.is_some() || old.is_some() {
-            let old = old.unwrap_or_default();
-            let old_ids: std::collections::BTreeSet<String> =
-                old.iter().filter_map(|c| c.connector_id.clone()).collect();
-            // Without the id, the new one answers on a port the old ones do not hold; with
-            // it, on any (it may be one preflight saw: a resumed or repeated rotation whose
-            // connector already runs on the new token).
-            let old_ports: Vec<u16> = old
-                .iter()
-                .filter(|_| id.is_none())
-                .map(|c| c.port)
-                .collect();
-            let ports: Vec<u16> = health::METRICS_PORTS
-                .filter(|p| !old_ports.contains(p))
-                .collect();
-            let is_new = |c: &health::ConnectorReady| match &id {
-                Some(id) => c.connector_id.as_deref() == Some(id.as_str()),
-                None => c
-                    .connector_id
-                    .as_ref()
-                    .is_some_and(|i| !old_ids.contains(i)),
-            };
-            // A new round of probes every PROBE_INTERVAL, without waiting for the earlier
-            // ones to answer (a round is two round trips: the direct-tcpip open, then the
-            // request): the first ready answer is seen one probe interval, not one whole
-            // round plus an interval, after the connector is ready.
-            let mut rounds = futures::stream::FuturesUnordered::new();
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            let mut next_round = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next_round), if rounds.len() < MAX_PROBE_ROUNDS => {
-                        rounds.push(health::probe_ports(&session, &ports));
-                        next_round = tokio::time::Instant::now() + PROBE_INTERVAL;
-                    }
-                    Some(probes) = futures::StreamExt::next(&mut rounds) => {
-                        if let Some(c) = probes.iter().find(|c| c.is_ready() && is_new(c)) {
-                            h.rotation.new_ready_ms = h.rotation.now_ms();
-                            h.rotation.new_connector_id = c.connector_id.clone();
-                            h.ready = Some(c.clone());
-                            return Ok(StepOutcome::unchanged(format!(
-                                "{name} ({}) ready in {} ms",
-                                c.connector_id.as_deref().unwrap_or("?"),
-                                started.elapsed().as_millis()
-                            )));
-                        }
-                        last = match probes.iter().find(|c| is_new(c)) {
-                            Some(c) => format!(
-                                "{} answers {} with {} connections",
-                                c.connector_id.as_deref().unwrap_or("?"),
-                                c.status,
-                                c.ready_connections
-                            ),
-                            None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
-                        };
-                    }
-                    _ = tokio::time::sleep_until(deadline) => break,
-                }
+            let (ports, is_new) = new_connector_rule(&old.unwrap_or_default(), id.clone());
+            let watch = watch_ready(&session, &ports, &is_new, &mut last);
+            if let Ok((c, _)) = tokio::time::timeout(self.timeout, watch).await {
+                h.rotation.new_ready_ms = h.rotation.now_ms();
+                h.rotation.new_connector_id = c.connector_id.clone();
+                let ready_id = c.connector_id.clone();
+                h.ready = Some(c);
+                return Ok(StepOutcome::unchanged(format!(
+                    "{name} ({}) ready in {} ms",
+                    ready_id.as_deref().unwrap_or("?"),
+                    started.elapsed().as_millis()
+                )));
             }
         }
         loop {
@@ -595,11 +658,71 @@ impl Step<StackHost> for WaitConnectorStep {
 
 /// How often the window's readiness probes ask (direct-tcpip to the host's loopback: no
 /// process is started on the host).
-const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// At most this many rounds of readiness probes in flight per host (a round takes two
-/// round trips: at 100 ms round trip and a 50 ms interval, four are in flight).
-const MAX_PROBE_ROUNDS: usize = 8;
+/// Watches the host's metrics `ports` until a connector that `is_new` accepts answers ready;
+/// returns it with when it was seen. One round of probes (a direct-tcpip open, then the
+/// request: two round trips) at a time, the next one as soon as the last has answered but
+/// no sooner than [`PROBE_INTERVAL`] after it started: no fixed sleep after a round, which
+/// on a far host would add to the wait, and no more probes than the host can answer.
+/// Never returns otherwise: the caller bounds it.
+async fn watch_ready(
+    session: &Session,
+    ports: &[u16],
+    is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
+    last: &mut String,
+) -> (health::ConnectorReady, Instant) {
+    loop {
+        let round = tokio::time::Instant::now();
+        let probes = health::probe_ports(session, ports).await;
+        if let Some(c) = probes.iter().find(|c| c.is_ready() && is_new(c)) {
+            return (c.clone(), Instant::now());
+        }
+        *last = match probes.iter().find(|c| is_new(c)) {
+            Some(c) => format!(
+                "{} answers {} with {} connections",
+                c.connector_id.as_deref().unwrap_or("?"),
+                c.status,
+                c.ready_connections
+            ),
+            None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
+        };
+        tokio::time::sleep_until(round + PROBE_INTERVAL).await;
+    }
+}
+
+/// The ports a new connector can answer on, and the test that an answer is from it: with
+/// its id known, that id on any port (it may be one preflight saw: a resumed or repeated
+/// rotation whose connector already runs on the new token); without it, another id than
+/// preflight's connectors, on a port they do not hold.
+fn new_connector_rule(
+    answering: &[health::ConnectorReady],
+    id: Option<String>,
+) -> (
+    Vec<u16>,
+    impl Fn(&health::ConnectorReady) -> bool + Sync + use<>,
+) {
+    let old_ids: std::collections::BTreeSet<String> = answering
+        .iter()
+        .filter_map(|c| c.connector_id.clone())
+        .collect();
+    let old_ports: Vec<u16> = answering
+        .iter()
+        .filter(|_| id.is_none())
+        .map(|c| c.port)
+        .collect();
+    let ports: Vec<u16> = health::METRICS_PORTS
+        .filter(|p| !old_ports.contains(p))
+        .collect();
+    let is_new = move |c: &health::ConnectorReady| match &id {
+        Some(id) => c.connector_id.as_deref() == Some(id.as_str()),
+        None => c
+            .connector_id
+            .as_ref()
+            .is_some_and(|i| !old_ids.contains(i)),
+    };
+    (ports, is_new)
+}
 
 impl WaitConnectorStep {
     /// The new connector never became ready: remove it (make-before-break: the old one keeps
@@ -683,7 +806,10 @@ impl Step<StackHost> for StopOldStep {
 }
 
 /// `unlock`: releases the fleet lock this run holds (clean-up: runs on every host).
-pub struct UnlockStep;
+pub struct UnlockStep {
+    /// The locks taken early by this run's hosts (one given back is not held any more).
+    pub early: Arc<EarlyLocks>,
+}
 
 #[async_trait::async_trait]
 impl Step<StackHost> for UnlockStep {
@@ -691,7 +817,7 @@ impl Step<StackHost> for UnlockStep {
         "unlock"
     }
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
-        if !h.rotation.locked {
+        if !h.rotation.locked || self.early.was_released(&h.input.host.name) {
             return Ok(StepOutcome::unchanged("not locked by this run"));
         }
         let session = h.session()?;
@@ -759,17 +885,24 @@ pub fn register_rotation_steps(
         },
     );
     let op = op_id.to_string();
+    let early = Arc::new(EarlyLocks::default());
+    let shared = early.clone();
     r.register("healthy", move |p| {
         Params::new(p, &[])?;
-        Ok(Arc::new(HealthyStep { op_id: op.clone() }) as Arc<dyn Step<StackHost>>)
+        Ok(Arc::new(HealthyStep {
+            op_id: op.clone(),
+            early: shared.clone(),
+        }) as Arc<dyn Step<StackHost>>)
     });
     let op = op_id.to_string();
+    let shared = early.clone();
     r.register("lock", move |p| {
         let params = Params::new(p, &["wait"])?;
         let wait = params.duration("wait")?.unwrap_or(lock_wait);
         Ok(Arc::new(LockStep {
             wait,
             op_id: op.clone(),
+            early: shared.clone(),
         }) as Arc<dyn Step<StackHost>>)
     });
     r.register("persist_token", |p| {
@@ -799,9 +932,11 @@ pub fn register_rotation_steps(
         let grace = params.duration("grace")?.unwrap_or(Duration::from_secs(30));
         Ok(Arc::new(StopOldStep { grace }) as Arc<dyn Step<StackHost>>)
     });
-    r.register("unlock", |p| {
+    r.register("unlock", move |p| {
         Params::new(p, &[])?;
-        Ok(Arc::new(UnlockStep) as Arc<dyn Step<StackHost>>)
+        Ok(Arc::new(UnlockStep {
+            early: early.clone(),
+        }) as Arc<dyn Step<StackHost>>)
     });
     r.register("audit", |p| {
         Params::new(p, &[])?;
