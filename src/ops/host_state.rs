@@ -59,6 +59,85 @@ pub struct RotationState {
     /// so that persisting costs one round trip (see [`crate::ssh::PreparedExec::start`]).
     #[serde(skip)]
     pub armed_env: ArmedWrite,
+    /// Connections to the new connector's metrics port opened ahead of their requests
+    /// (start_connector opens them as soon as the port answers; wait_connector uses them).
+    #[serde(skip)]
+    pub probes_ahead: ProbesAhead,
+}
+
+/// A connection being opened (or open) to a host's loopback port, as a task of its own so
+/// it outlives the step that started it.
+pub type OpeningStream = tokio::task::JoinHandle<Option<russh::ChannelStream<russh::client::Msg>>>;
+
+/// The new connector's metrics port, once known, and connections to it opened ahead, in
+/// the order they were started; shared by the clones of a host's state.
+#[derive(Clone, Default)]
+pub struct ProbesAhead(std::sync::Arc<std::sync::Mutex<Option<PortAndOpenings>>>);
+
+/// A port and the connections opening (or open) to it, oldest first.
+type PortAndOpenings = (u16, std::collections::VecDeque<OpeningStream>);
+
+impl std::fmt::Debug for ProbesAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProbesAhead({:?})", self.port())
+    }
+}
+
+impl ProbesAhead {
+    /// The port, once known.
+    pub fn port(&self) -> Option<u16> {
+        self.0.lock().ok().and_then(|g| g.as_ref().map(|(p, _)| *p))
+    }
+
+    /// Starts watching `port` (the connections opened for another port are dropped).
+    pub fn set_port(&self, port: u16) {
+        if let Ok(mut g) = self.0.lock() {
+            if let Some((_, old)) = g.take() {
+                old.iter().for_each(|h| h.abort());
+            }
+            *g = Some((port, Default::default()));
+        }
+    }
+
+    /// How many connections are opening or open.
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|(_, q)| q.len()))
+            .unwrap_or(0)
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds one, last in line.
+    pub fn push(&self, opening: OpeningStream) {
+        if let Ok(mut g) = self.0.lock()
+            && let Some((_, q)) = g.as_mut()
+        {
+            q.push_back(opening);
+        }
+    }
+
+    /// The oldest one.
+    pub fn pop(&self) -> Option<OpeningStream> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut g| g.as_mut().and_then(|(_, q)| q.pop_front()))
+    }
+
+    /// Forgets the port and aborts what is still opening.
+    pub fn clear(&self) {
+        if let Ok(mut g) = self.0.lock()
+            && let Some((_, old)) = g.take()
+        {
+            old.iter().for_each(|h| h.abort());
+        }
+    }
 }
 
 /// A write started ahead of its contents (see [`crate::remote::atomic_write_framed`]),

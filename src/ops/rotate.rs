@@ -18,6 +18,7 @@ use crate::ssh::{ExecOutput, Session};
 use crate::stack::Layout;
 use crate::stack::scripts::{self, ConnectorContainer};
 
+use super::host_state::ProbesAhead;
 pub use super::host_state::RotationState;
 
 use super::ssh_failure as failure;
@@ -443,11 +444,13 @@ impl Step<StackHost> for StartConnectorStep {
                 Some(old) => {
                     let (ports, is_new) = new_connector_rule(old, None);
                     let mut last = String::new();
-                    let watch = watch_ready(&session, &ports, &is_new, &mut last);
+                    let ahead = h.rotation.probes_ahead.clone();
+                    let watch = watch_ready(&session, &ports, &is_new, &ahead, &mut last);
                     tokio::select! {
                         out = &mut start => out,
                         found = watch => {
                             seen = Some(found);
+                            h.rotation.probes_ahead.clear();
                             start.await
                         }
                     }
@@ -597,8 +600,11 @@ impl Step<StackHost> for WaitConnectorStep {
             .filter(|_| !h.rotation.in_place);
         if id.is_some() || old.is_some() {
             let (ports, is_new) = new_connector_rule(&old.unwrap_or_default(), id.clone());
-            let watch = watch_ready(&session, &ports, &is_new, &mut last);
-            if let Ok((c, _)) = tokio::time::timeout(self.timeout, watch).await {
+            let ahead = h.rotation.probes_ahead.clone();
+            let watch = watch_ready(&session, &ports, &is_new, &ahead, &mut last);
+            let watched = tokio::time::timeout(self.timeout, watch).await;
+            ahead.clear();
+            if let Ok((c, _)) = watched {
                 h.rotation.new_ready_ms = h.rotation.now_ms();
                 h.rotation.new_connector_id = c.connector_id.clone();
                 let ready_id = c.connector_id.clone();
@@ -661,33 +667,118 @@ impl Step<StackHost> for WaitConnectorStep {
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Watches the host's metrics `ports` until a connector that `is_new` accepts answers ready;
-/// returns it with when it was seen. One round of probes (a direct-tcpip open, then the
-/// request: two round trips) at a time, the next one as soon as the last has answered but
-/// no sooner than [`PROBE_INTERVAL`] after it started: no fixed sleep after a round, which
-/// on a far host would add to the wait, and no more probes than the host can answer.
-/// Never returns otherwise: the caller bounds it.
+/// returns it with when it was seen. Never returns otherwise: the caller bounds it.
+///
+/// Until the new connector answers at all, rounds of probes over `ports` (each a
+/// direct-tcpip open, then the request: two round trips), one at a time, the next as soon
+/// as the last has answered but no sooner than [`PROBE_INTERVAL`] after it started. Once
+/// it answers (not ready yet), its port is known: connections to it are opened ahead (kept
+/// in `ahead`, so they outlive the step), and a request goes out every [`PROBE_INTERVAL`]
+/// on one of them without waiting for the earlier answers, so readiness is seen at most an
+/// interval plus one round trip after it happens (the metrics server reads a request
+/// whenever it comes on an open connection).
 async fn watch_ready(
-    session: &Session,
+    session: &Arc<Session>,
     ports: &[u16],
     is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
+    ahead: &ProbesAhead,
     last: &mut String,
 ) -> (health::ConnectorReady, Instant) {
     loop {
-        let round = tokio::time::Instant::now();
-        let probes = health::probe_ports(session, ports).await;
-        if let Some(c) = probes.iter().find(|c| c.is_ready() && is_new(c)) {
-            return (c.clone(), Instant::now());
-        }
-        *last = match probes.iter().find(|c| is_new(c)) {
-            Some(c) => format!(
-                "{} answers {} with {} connections",
-                c.connector_id.as_deref().unwrap_or("?"),
-                c.status,
-                c.ready_connections
-            ),
-            None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
+        // The new connector's port: known from an earlier step, or once it answers.
+        let port = match ahead.port() {
+            Some(p) => p,
+            None => loop {
+                let round = tokio::time::Instant::now();
+                let probes = health::probe_ports(session, ports).await;
+                if let Some(c) = probes.iter().find(|c| c.is_ready() && is_new(c)) {
+                    return (c.clone(), Instant::now());
+                }
+                *last = describe_new(&probes, is_new);
+                if let Some(c) = probes.iter().find(|c| is_new(c)) {
+                    ahead.set_port(c.port);
+                    break c.port;
+                }
+                tokio::time::sleep_until(round + PROBE_INTERVAL).await;
+            },
         };
-        tokio::time::sleep_until(round + PROBE_INTERVAL).await;
+        if let Some(found) = watch_port(session, port, is_new, ahead, last).await {
+            return found;
+        }
+        // The port stopped answering, or another connector holds it: rounds again.
+        ahead.clear();
+    }
+}
+
+/// What the last probes said about the new connector, for the gate's error.
+fn describe_new(
+    probes: &[health::ConnectorReady],
+    is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
+) -> String {
+    match probes.iter().find(|c| is_new(c)) {
+        Some(c) => format!(
+            "{} answers {} with {} connections",
+            c.connector_id.as_deref().unwrap_or("?"),
+            c.status,
+            c.ready_connections
+        ),
+        None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
+    }
+}
+
+/// Connections to the new connector's port opened ahead of their requests.
+const CONNECTIONS_AHEAD: usize = 2;
+
+/// Requests on `port` every [`PROBE_INTERVAL`] over connections opened ahead, until the new
+/// connector answers ready (returned) or the port stops answering it (`None`).
+async fn watch_port(
+    session: &Arc<Session>,
+    port: u16,
+    is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
+    ahead: &ProbesAhead,
+    last: &mut String,
+) -> Option<(health::ConnectorReady, Instant)> {
+    use futures::StreamExt;
+    let open = || {
+        let s = session.clone();
+        tokio::spawn(async move { s.open_tcp("127.0.0.1", port).await.ok() })
+    };
+    let mut answers = futures::stream::FuturesUnordered::new();
+    let mut failed = 0;
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        while ahead.len() < CONNECTIONS_AHEAD {
+            ahead.push(open());
+        }
+        tokio::select! {
+            _ = tick.tick() => {
+                // The oldest connection: its request goes as soon as it is open.
+                if let Some(opening) = ahead.pop() {
+                    ahead.push(open());
+                    answers.push(async move {
+                        match opening.await {
+                            Ok(Some(stream)) => health::probe_over(stream, port).await,
+                            _ => None,
+                        }
+                    });
+                }
+            }
+            Some(answer) = answers.next() => match answer {
+                Some(c) if !is_new(&c) => return None,
+                Some(c) if c.is_ready() => return Some((c, Instant::now())),
+                Some(c) => {
+                    failed = 0;
+                    *last = describe_new(std::slice::from_ref(&c), is_new);
+                }
+                None => {
+                    failed += 1;
+                    if failed > CONNECTIONS_AHEAD {
+                        return None;
+                    }
+                }
+            },
+        }
     }
 }
 
