@@ -11,11 +11,10 @@ use super::common::{ConnArgs, SelectedHost, StateArgs};
 use super::progress::Progress;
 use super::staged::{self, StagedArgs, StagedHost};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK};
-use crate::ops::deploy::{HostInput, StackHost, TunnelInput, host_inputs, tunnel_inputs};
+use crate::ops::deploy::{HostInput, StackHost, TunnelInput};
 use crate::ops::upgrade::{ReleaseInputs, run_release_change};
 use crate::rollout::HostCtx;
 use crate::secrets::{Secret, TokenSource};
-use crate::stack::{self, StackSettings};
 use crate::state::StateDir;
 
 /// Where the tunnel token comes from (explicit flags; else env TUNNEL_TOKEN; else the
@@ -79,33 +78,18 @@ pub struct DeployArgs {
 /// The built-in deploy playbook (playbooks/deploy.yaml, compiled in).
 pub const DEPLOY_PLAYBOOK: &str = include_str!("../../playbooks/deploy.yaml");
 
-/// Loads the controller-side inputs of every selected host: settings, tunnels, tokens,
-/// certificates, releases. Every input error surfaces here, before any host is touched.
+/// Loads the controller-side inputs of every selected host (see
+/// [`crate::ops::deploy::load_inputs`]); every input error surfaces here, before any host is
+/// touched.
 pub async fn load_inputs(
     hosts: Vec<SelectedHost>,
     token: Option<TokenSource>,
     state_dir: &str,
     issue: bool,
 ) -> Result<(BTreeMap<String, TunnelInput>, Vec<HostInput>), CliError> {
-    let mut with_settings = Vec::new();
-    let mut errors = Vec::new();
-    for h in hosts {
-        match StackSettings::from_vars(&h.name, &h.vars) {
-            Ok(s) => with_settings.push((h, s)),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(CliError::input(errors.join("\n")));
-    }
-    let settings: Vec<StackSettings> = with_settings.iter().map(|(_, s)| s.clone()).collect();
-    let groups = stack::group_by_tunnel(&settings).map_err(|e| CliError::input(e.to_string()))?;
-    let state = crate::ssh::config::expand_tilde(state_dir);
-    let tunnels = tunnel_inputs(&groups, token, &state, issue)
+    crate::ops::deploy::load_inputs(hosts, token, state_dir, issue)
         .await
-        .map_err(CliError::input)?;
-    let inputs = host_inputs(with_settings, &tunnels).map_err(CliError::input)?;
-    Ok((tunnels, inputs))
+        .map_err(CliError::input)
 }
 
 /// The progress display and the host contexts of an engine run over `inputs`.

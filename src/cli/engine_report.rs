@@ -25,3 +25,36 @@ impl Reporter for Progress {
         Progress::batch(self, phase, index, count, hosts);
     }
 }
+
+impl crate::ops::LiveProgress for Progress {
+    fn finish(&self) {
+        Progress::finish(self);
+    }
+
+    fn working(&self, host: &str, what: &str) {
+        Progress::step(self, host, what);
+    }
+
+    fn done(&self, host: &str, ok: bool, msg: &str) {
+        Progress::done(self, host, ok, msg);
+    }
+}
+
+/// The terminal as an operation's operator side: the progress display on stderr for each
+/// engine run, notices on stderr.
+pub struct TerminalUi;
+
+impl crate::ops::OpUi for TerminalUi {
+    fn progress(
+        &self,
+        operation: &str,
+        tunnels: &[String],
+        hosts: &[String],
+    ) -> Box<dyn crate::ops::LiveProgress> {
+        Box::new(Progress::for_tunnels(operation, tunnels, hosts))
+    }
+
+    fn notice(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}

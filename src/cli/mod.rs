@@ -149,6 +149,15 @@ impl CliError {
     }
 }
 
+impl From<crate::ops::OpError> for CliError {
+    fn from(e: crate::ops::OpError) -> Self {
+        CliError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

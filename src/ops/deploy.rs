@@ -193,6 +193,33 @@ impl HostInput {
     }
 }
 
+/// Loads the controller-side inputs of every selected host: settings, tunnels, tokens,
+/// certificates, releases. Every input error surfaces here, before any host is touched.
+pub async fn load_inputs(
+    hosts: Vec<FleetHost>,
+    token: Option<TokenSource>,
+    state_dir: &str,
+    issue: bool,
+) -> Result<(BTreeMap<String, TunnelInput>, Vec<HostInput>), String> {
+    let mut with_settings = Vec::new();
+    let mut errors = Vec::new();
+    for h in hosts {
+        match StackSettings::from_vars(&h.name, &h.vars) {
+            Ok(s) => with_settings.push((h, s)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("\n"));
+    }
+    let settings: Vec<StackSettings> = with_settings.iter().map(|(_, s)| s.clone()).collect();
+    let groups = crate::stack::group_by_tunnel(&settings).map_err(|e| e.to_string())?;
+    let state = crate::ssh::config::expand_tilde(state_dir);
+    let tunnels = tunnel_inputs(&groups, token, &state, issue).await?;
+    let inputs = host_inputs(with_settings, &tunnels)?;
+    Ok((tunnels, inputs))
+}
+
 /// Builds each host's input from its settings and its tunnel's input.
 pub fn host_inputs(
     hosts: Vec<(FleetHost, StackSettings)>,

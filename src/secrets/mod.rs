@@ -11,6 +11,7 @@
 
 mod source;
 mod token;
+mod tunnels_api;
 
 pub use source::{
     COMMAND_STDERR_CAP, COMMAND_TIMEOUT, DEFAULT_TOKEN_ENV, SecretError, TokenSource,
@@ -18,6 +19,7 @@ pub use source::{
 pub use token::{
     TokenError, strip_one_trailing_newline, validate_identity_token, validate_tunnel_token,
 };
+pub use tunnels_api::TunnelsApi;
 
 use sha2::{Digest, Sha256};
 use std::fmt;

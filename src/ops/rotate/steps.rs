@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::deploy::{StackHost, holder_json_for, now_rfc3339, operator};
-use super::health;
+use crate::ops::deploy::{StackHost, holder_json_for, now_rfc3339, operator};
+use crate::ops::health;
 use crate::playbook::{Params, StepRegistry};
 use crate::remote::{
     self, AuditEntry, AuditOutcome, LOCK_HELD_EXIT, WriteSpec, atomic_write, force_unlock,
@@ -18,10 +18,10 @@ use crate::ssh::{ExecOutput, Session};
 use crate::stack::Layout;
 use crate::stack::scripts::{self, ConnectorContainer};
 
-use super::host_state::ProbesAhead;
-pub use super::host_state::RotationState;
+use crate::ops::host_state::ProbesAhead;
+pub use crate::ops::host_state::RotationState;
 
-use super::ssh_failure as failure;
+use crate::ops::ssh_failure as failure;
 
 async fn run(session: &Session, script: &str, stdin: &[u8]) -> Result<ExecOutput, StepFailure> {
     session.exec(script, stdin).await.map_err(failure)
@@ -155,7 +155,7 @@ impl Step<StackHost> for HealthyStep {
         // after the token is in hand), and the channels opened ahead.
         let facts_fut = async {
             if need_facts {
-                Some(super::deploy::read_facts(&session, input).await)
+                Some(crate::ops::deploy::read_facts(&session, input).await)
             } else {
                 None
             }
@@ -968,9 +968,9 @@ pub fn register_rotation_steps(
     lock_wait: Duration,
     gate_override: Option<Duration>,
 ) {
-    super::deploy::register_deploy_steps(
+    crate::ops::deploy::register_deploy_steps(
         r,
-        super::deploy::GateOverrides {
+        crate::ops::deploy::GateOverrides {
             deadline: gate_override,
             min_healthy: None,
         },
@@ -1014,7 +1014,7 @@ pub fn register_rotation_steps(
             Some(d) => d,
             None => params
                 .duration("timeout")?
-                .unwrap_or(super::deploy::DEFAULT_GATE_TIMEOUT),
+                .unwrap_or(crate::ops::deploy::DEFAULT_GATE_TIMEOUT),
         };
         Ok(Arc::new(WaitConnectorStep { timeout }) as Arc<dyn Step<StackHost>>)
     });
