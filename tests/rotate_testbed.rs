@@ -709,3 +709,47 @@ fn a_lock_held_on_one_host_gives_back_the_locks_taken_early() {
         assert_eq!(fps, BTreeSet::from([new.clone()]), "{h}");
     }
 }
+
+#[test]
+fn the_round_trip_trace_shows_each_step_and_never_the_token() {
+    // TUNNELFLEET_TRACE_RTT=1: every host's protocol steps with times, sizes only. The
+    // token's write was started during preflight ("input later") and fed once in hand.
+    let f = Fleet::deployed(1);
+    let name = f.rotate_at_edge();
+    let token = f.token(&name);
+    let out = f
+        .tf_cmd("rotate-token", &["--token-file", &f.file(&name)])
+        .env("TUNNELFLEET_TRACE_RTT", "1")
+        .output()
+        .expect("run tunnelfleet");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let trace: Vec<&str> = err.lines().filter(|l| l.starts_with("rtt ")).collect();
+    for step in [
+        "connect: key exchange done",
+        "auth: done",
+        "open confirmed <-",
+        "exec (input later) ->",
+        "stdin ->",
+        "<- exit-status 0",
+        "direct-tcpip 127.0.0.1:",
+    ] {
+        assert!(
+            trace.iter().any(|l| l.contains(step)),
+            "no '{step}' in the trace:\n{err}"
+        );
+    }
+    assert!(trace.iter().any(|l| l.contains("wire -> ")), "{err}");
+    assert!(!err.contains(token.trim()), "the token is in the trace");
+    // Without the variable, nothing of it.
+    let name = f.rotate_at_edge();
+    let out = f.tf("rotate-token", &["--token-file", &f.file(&name)]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .any(|l| l.starts_with("rtt ")),
+        "{}",
+        describe(&out)
+    );
+}
