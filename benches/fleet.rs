@@ -22,6 +22,13 @@
 //!   on every host, token in hand -> every host ready on the new token (the report, and the
 //!   edge's timeline), plus `status`, `check`, a no-op `deploy` and OpenSSH's `ssh h1 true`;
 //!   the slope (t50 - t10) / 80 ms counts round trips whatever the CPU costs.
+//! - testbed: what the simulated hosts themselves cost (issue 12, "a testbed that measures the
+//!   tool, not itself"), on 10, 50 and 200 hosts at 10 ms (`TESTBED_BENCH_HOSTS=10,50` to
+//!   choose): after a deploy, 60 s idle: the hosts' CPU per host per second (their cgroups,
+//!   `testbed cpu`), the machine's 1-minute load average at the end, and whether the edge
+//!   dropped a connector meanwhile (fewest hosts up); then a `rotate-token`: CPU per host in
+//!   the rotation (cgroups), fewest hosts up (edge), wall. `TESTBED_ENGINE=0` compares with
+//!   an interpreter per `docker` command (no per-host engine).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -610,6 +617,111 @@ fn bench_rtt() {
     }
 }
 
+/// CPU used so far by each simulated host (`testbed cpu`: the hosts' cgroups), in ms.
+fn hosts_cpu(tb: &common::Testbed) -> Vec<f64> {
+    let out = tb.testbed(&["cpu", "--json"]);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cpu json");
+    v["cpu_ns"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|x| x.as_u64())
+                .map(|ns| ns as f64 / 1e6)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Per-host deltas between two `hosts_cpu` readings: (mean, max) in ms.
+fn per_host(before: &[f64], after: &[f64]) -> (f64, f64) {
+    let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
+    (mean, d.iter().copied().fold(0.0, f64::max))
+}
+
+fn loadavg1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+fn bench_testbed() {
+    let sizes: Vec<usize> = std::env::var("TESTBED_BENCH_HOSTS")
+        .unwrap_or_else(|_| "10,50,200".into())
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect();
+    let engine = std::env::var("TESTBED_ENGINE").map_or(true, |v| v != "0");
+    println!(
+        "testbed cost, 10 ms one-way latency ({}):",
+        if engine {
+            "per-host engine, compiled docker client and stand-ins"
+        } else {
+            "TESTBED_ENGINE=0: an interpreter per docker command"
+        }
+    );
+    let long = ["--connect-timeout", "120s", "--command-timeout", "600s"];
+    for hosts in sizes {
+        let tb = common::Testbed::up(hosts, &["--latency-ms", "10"]);
+        let state = tb.state_with_ca();
+        let token = tb.path().join("token").to_string_lossy().into_owned();
+        let c0 = hosts_cpu(&tb);
+        let t = Instant::now();
+        let mut args = vec!["--state-dir", &state, "--token-file", &token];
+        args.extend(long);
+        let out = tb.tf("deploy", &args);
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let deploy_wall = t.elapsed();
+        let c1 = hosts_cpu(&tb);
+        let (deploy_cpu, deploy_max) = per_host(&c0, &c1);
+        // Idle: nothing runs but the stand-ins (heartbeats, certificate polls).
+        let idle = Duration::from_secs(60);
+        let before = tb.edge_stats();
+        let busy = machine_busy();
+        std::thread::sleep(idle);
+        let busy = machine_busy().saturating_sub(busy);
+        let c2 = hosts_cpu(&tb);
+        let after = tb.edge_stats();
+        let (idle_cpu, idle_max) = per_host(&c1, &c2);
+        let idle_fewest = common::fewest_hosts_up(&before, &after);
+        let load = loadavg1();
+        // A rotation.
+        let out = tb.testbed(&["edge-rotate"]);
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let next = tb.path().join("token.next").to_string_lossy().into_owned();
+        let before = tb.edge_stats();
+        let c3 = hosts_cpu(&tb);
+        let t = Instant::now();
+        let mut args = vec!["--state-dir", &state, "--token-file", &next];
+        args.extend(long);
+        let out = tb.tf("rotate-token", &args);
+        let wall = t.elapsed();
+        let c4 = hosts_cpu(&tb);
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let after = tb.edge_stats();
+        let (rot_cpu, rot_max) = per_host(&c3, &c4);
+        let idle_rate = idle_cpu / idle.as_secs_f64();
+        println!(
+            "  {hosts:>3} hosts: deploy {:.1} s, {deploy_cpu:.0} ms CPU per host (max {deploy_max:.0}); \
+             idle 60 s: {:.1} ms CPU per host per second (max {:.1}; all hosts: {:.3} cores), \
+             machine {:.0} % of 2 cores, \
+             load average (1 min) {load:.2}, fewest hosts up (edge) {idle_fewest}/{hosts}; \
+             rotate-token: {rot_cpu:.0} ms CPU per host (max {rot_max:.0}; {:.0} ms beyond idle), \
+             wall {:.1} s, fewest hosts up (edge) {}/{hosts}",
+            deploy_wall.as_secs_f64(),
+            idle_rate,
+            idle_max / idle.as_secs_f64(),
+            idle_rate * hosts as f64 / 1000.0,
+            100.0 * busy.as_secs_f64() / idle.as_secs_f64() / 2.0,
+            rot_cpu - idle_rate * wall.as_secs_f64(),
+            wall.as_secs_f64(),
+            common::fewest_hosts_up(&before, &after),
+        );
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -633,5 +745,8 @@ fn main() {
     }
     if wants("rtt") {
         bench_rtt();
+    }
+    if wants("testbed") {
+        bench_testbed();
     }
 }

@@ -6,6 +6,7 @@
 //! `secrets` beside them.
 
 pub mod cli;
+pub mod duration;
 pub mod fsread;
 pub mod fuzzing;
 pub mod inventory;

@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Testbed, describe, fp, json};
@@ -59,8 +60,8 @@ fn pki_init(state: &str, tunnel: &str) {
 }
 
 /// The testbed inventory plus group `fleet2`: tunnel `other` in /srv/other, with one host at
-/// h1's address.
-fn second_tunnel_inventory(tb: &Testbed) -> PathBuf {
+/// h1's address (and `extra_vars`, group var lines).
+fn second_tunnel_inventory(tb: &Testbed, extra_vars: &str) -> PathBuf {
     let base = std::fs::read_to_string(tb.inventory()).expect("read inventory");
     let h1 = base
         .lines()
@@ -78,12 +79,183 @@ fn second_tunnel_inventory(tb: &Testbed) -> PathBuf {
          \x20       deploy_dir: /srv/other\n\
          \x20       tunnel_routes:\n\
          \x20         other: \"http://127.0.0.1:9001\"\n\
+         {extra_vars}\
          \x20     hosts:\n\
          \x20       h1b: {h1}\n"
     );
-    let path = tb.path().join("inventory-two-tunnels.yaml");
+    let path = tb.path().join(format!(
+        "inventory-two-tunnels{}.yaml",
+        if extra_vars.is_empty() { "" } else { "-vars" }
+    ));
     std::fs::write(&path, text).expect("write inventory");
     path
+}
+
+/// Group var lines giving tunnel `other` its own metrics ports.
+const OTHER_PORTS: &str = "        tunnel_metrics_port: 20251\n";
+
+/// Stand-in containers share the host's network namespace; Docker gives each project's
+/// network its own address. The stand-ins learn it from standin.json: tunnel `other`'s proxy
+/// listens on 127.0.0.2 (its port 8080 would clash on 127.0.0.1 otherwise), as `docker
+/// inspect` then says.
+fn give_other_its_own_network(tb: &Testbed) {
+    let path = tb.path().join("standin.json");
+    let mut cfg = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(&path).expect("read standin.json"),
+    )
+    .expect("standin.json");
+    cfg["addr_by_project"] = serde_json::json!({"mcp-tunnel-other": "127.0.0.2"});
+    std::fs::write(&path, cfg.to_string()).expect("write standin.json");
+}
+
+/// Connector ids answering on `host` for the tunnel of `limit`, per `status --json`, with the
+/// ports they answer on.
+fn status_connectors(tb: &Testbed, inv: &Path, state: &str, limit: &str) -> Vec<(u16, String)> {
+    let out = tb.tf_with(
+        "status",
+        inv,
+        &tb.known_hosts(),
+        &["--state-dir", state, "--limit", limit, "--json"],
+    );
+    let doc = json(&out);
+    let hosts = doc["hosts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hosts.len(), 1, "{}", describe(&out));
+    assert_eq!(hosts[0]["connector_ready"], true, "{}", describe(&out));
+    hosts[0]["connectors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            (
+                c["port"].as_u64().unwrap_or_default() as u16,
+                c["connector_id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The edge's connectors on h1: id -> token fingerprint.
+fn edge_on_h1(tb: &Testbed) -> BTreeMap<String, String> {
+    tb.edge_stats()["current"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c["host"] == "h1")
+        .map(|c| {
+            (
+                c["connector"].as_str().unwrap_or_default().to_string(),
+                c["token_fp"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_tunnels_on_one_machine_each_publish_their_own_ports_and_rotate_on_their_own() {
+    let tb = Testbed::up(1, &[]);
+    let state = tb.state_with_ca();
+    pki_init(&state, "other");
+    give_other_its_own_network(&tb);
+    let kh = tb.known_hosts();
+    let token_file = tb.path().join("token").to_string_lossy().into_owned();
+    let token = std::fs::read_to_string(&token_file).expect("token");
+    let tf = |verb: &str, inv: &Path, args: &[&str]| {
+        let mut a = vec!["--state-dir", state.as_str()];
+        a.extend(args);
+        tb.tf_with(verb, inv, &kh, &a)
+    };
+
+    // Both tunnels on the default range: refused before any host is touched, with the fix.
+    let clash = second_tunnel_inventory(&tb, "");
+    let out = tf(
+        "deploy",
+        &clash,
+        &["--token-file", &token_file, "--limit", "fleet2"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("h1b: tunnel_metrics_port: tunnels testbed (h1) and other (h1b)")
+            && err.contains("tunnel_metrics_port: 20246"),
+        "{err}"
+    );
+    assert!(tb.host_commands("h1").is_empty(), "a host was touched");
+
+    // On their own ranges both deploy, one tunnel at a time (the testbed's edge knows one
+    // token at a time, so both tunnels use it; their connectors are told apart by id).
+    let inv = second_tunnel_inventory(&tb, OTHER_PORTS);
+    for limit in ["fleet", "fleet2"] {
+        let out = tf(
+            "deploy",
+            &inv,
+            &["--token-file", &token_file, "--limit", limit, "--json"],
+        );
+        assert_eq!(out.status.code(), Some(0), "{limit}: {}", describe(&out));
+    }
+    let compose = tb.host_exec("h1", "cat /srv/other/current/docker-compose.yaml");
+    assert!(
+        compose.contains("\"127.0.0.1:20251-20255:20241-20245\""),
+        "{compose}"
+    );
+    assert!(runs_from(&tb, "h1", "/srv/mcp-tunnel") && runs_from(&tb, "h1", "/srv/other"));
+
+    // Each tunnel's status sees its own connector, on its own ports; the edge sees both.
+    let check = |want_fp: &str| {
+        let first = status_connectors(&tb, &inv, &state, "fleet");
+        let second = status_connectors(&tb, &inv, &state, "fleet2");
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert!((20241..=20245).contains(&first[0].0), "{first:?}");
+        assert!((20251..=20255).contains(&second[0].0), "{second:?}");
+        assert_ne!(first[0].1, second[0].1);
+        let edge = edge_on_h1(&tb);
+        let want: BTreeMap<String, String> = [&first[0].1, &second[0].1]
+            .into_iter()
+            .map(|id| (id.clone(), want_fp.to_string()))
+            .collect();
+        assert_eq!(edge, want, "edge vs status: {first:?} {second:?}");
+        (first[0].1.clone(), second[0].1.clone())
+    };
+    let before = check(&fp(&token));
+
+    // Both rotated, one tunnel after the other: each rotation moves its own connector only.
+    let out = tb.testbed(&["edge-rotate"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let new = std::fs::read_to_string(tb.path().join("token.next")).expect("token.next");
+    let new_file = tb.path().join("token.new");
+    std::fs::write(&new_file, &new).expect("write token");
+    let mut perm = std::fs::metadata(&new_file).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o600);
+    std::fs::set_permissions(&new_file, perm).expect("chmod");
+    let new_file = new_file.to_string_lossy().into_owned();
+
+    let out = tf(
+        "rotate-token",
+        &inv,
+        &["--token-file", &new_file, "--limit", "fleet", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let edge = edge_on_h1(&tb);
+    assert_eq!(
+        edge.get(&before.1),
+        Some(&fp(&token)),
+        "the other tunnel's connector was moved: {edge:?}"
+    );
+    assert!(!edge.contains_key(&before.0), "{edge:?}");
+
+    let out = tf(
+        "rotate-token",
+        &inv,
+        &["--token-file", &new_file, "--limit", "fleet2", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let after = check(&fp(&new));
+    assert!(
+        after.0 != before.0 && after.1 != before.1,
+        "{before:?} {after:?}"
+    );
 }
 
 #[test]
@@ -103,8 +275,9 @@ fn a_second_tunnel_on_the_same_machine_leaves_the_first_ones_containers_alone() 
         containers(&tb, "h1")
     );
 
-    // The second tunnel, deployed on a host whose address is h1's.
-    let inv2 = second_tunnel_inventory(&tb);
+    // The second tunnel, deployed on a host whose address is h1's, on its own ports.
+    let inv2 = second_tunnel_inventory(&tb, OTHER_PORTS);
+    give_other_its_own_network(&tb);
     pki_init(&state, "other");
     let out = tb.tf_with(
         "deploy",
@@ -121,6 +294,7 @@ fn a_second_tunnel_on_the_same_machine_leaves_the_first_ones_containers_alone() 
         ],
     );
     let second = describe(&out);
+    assert_eq!(out.status.code(), Some(0), "{second}");
 
     // The first tunnel's stack still runs from its own deploy dir, in its own project.
     let cs = containers(&tb, "h1");

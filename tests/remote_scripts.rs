@@ -729,3 +729,82 @@ fn setup_token_script_bumps_the_version_and_keeps_the_identity_token_off_argv() 
     assert_eq!((got.version, got.token.as_str()), (Some(8), "eyJ-token-v8"));
     assert_eq!(std::fs::read_to_string(&log).expect("log").len(), before);
 }
+
+/// A fake engine for the facts script: `docker ps` fails like a stopped dockerd when
+/// FAKE_ENGINE_DOWN is set; otherwise it lists a running proxy and connector of the stack in
+/// `cur`, and `docker inspect` reports them with the PIDs and network modes given.
+fn fake_engine(bin: &Path, cur: &str, proxy_pid: u32, conn_pid: u32, conn_mode: &str) {
+    std::fs::create_dir_all(bin).expect("bin dir");
+    let labels = |svc: &str| {
+        format!(
+            "com.docker.compose.project=mcp-tunnel-testbed,com.docker.compose.project.working_dir={cur},com.docker.compose.service={svc}"
+        )
+    };
+    let script = format!(
+        "#!/bin/sh\n\
+         if [ -n \"${{FAKE_ENGINE_DOWN:-}}\" ]; then \
+         echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2; exit 1; fi\n\
+         case $1 in\n\
+         ps) case \"$*\" in *mcp-tunnel-testbed*) printf '%s\\n' 'p1 running {lp}' 'c1 running {lc}';; esac;;\n\
+         inspect) case \"$*\" in *.State.Pid*) printf '%s\\n' '/p1 pid-p1 {proxy_pid} default mcp-proxy' '/c1 pid-c1 {conn_pid} {conn_mode} cloudflared';; esac;;\n\
+         esac\n",
+        lp = labels("mcp-proxy"),
+        lc = labels("cloudflared"),
+    );
+    let path = bin.join("docker");
+    std::fs::write(&path, script).expect("write fake docker");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[test]
+fn facts_script_tells_an_engine_down_and_a_connector_outside_the_proxys_namespace() {
+    use tunnelfleet::stack::scripts::{facts_script, parse_facts};
+    use tunnelfleet::stack::{ContainerState, Layout, Release};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let deploy = tmp.path().join("stack");
+    std::fs::create_dir_all(&deploy).expect("deploy dir");
+    let layout = Layout::new(deploy.to_str().expect("utf-8 path"), "testbed");
+    let release = Release::new(Vec::new(), Vec::new());
+    let script = facts_script(&layout, &release).expect("facts script");
+    let bin = tmp.path().join("bin");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let me = std::process::id();
+    let facts = |down: bool| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]).env("PATH", &path);
+        if down {
+            cmd.env("FAKE_ENGINE_DOWN", "1");
+        }
+        let out = cmd.output().expect("run facts script");
+        assert!(out.status.success(), "{out:?}");
+        parse_facts(&layout, &release, &String::from_utf8_lossy(&out.stdout))
+    };
+
+    fake_engine(&bin, &layout.current(), me, me, "container:pid-p1");
+    let p = facts(true);
+    assert_eq!(
+        p.engine_down.as_deref(),
+        Some(
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+        )
+    );
+    assert!(p.containers.is_empty());
+
+    // Same namespace (one process), joined the running proxy: nothing lost.
+    let p = facts(false);
+    assert_eq!(p.engine_down, None);
+    assert_eq!(p.facts.proxy, ContainerState::Running);
+    assert_eq!(p.netns.len(), 2, "{:?}", p.netns);
+    assert!(p.netns.iter().all(|n| n.inode.is_some()), "{:?}", p.netns);
+    assert_eq!(p.facts.connector_netns_lost, None);
+
+    // The connector joined a proxy container that no longer runs (inodes unreadable: PID 0).
+    fake_engine(&bin, &layout.current(), 0, 0, "container:pid-old");
+    let p = facts(false);
+    let why = p.facts.connector_netns_lost.expect("lost");
+    assert!(why.contains("c1 joined container pid-old"), "{why}");
+}

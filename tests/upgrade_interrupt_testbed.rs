@@ -31,6 +31,8 @@ struct HostView {
     env_sha: String,
     lock: bool,
     level: String,
+    /// The cloudflared image tag of the current release's compose file.
+    cf: String,
     running: Vec<String>,
 }
 
@@ -78,6 +80,31 @@ impl Fleet {
             }
         }
         assert!(out.contains("log_level"), "inventory shape changed: {text}");
+        std::fs::write(&path, out).expect("write inventory");
+    }
+
+    /// Sets the fleet group's `log_level` and its cloudflared image tag (unpinned images
+    /// allowed): a change of the level recreates both containers (max-unavailable), a change
+    /// of the tag alone moves the connector make-before-break (surge).
+    fn set_release(&self, level: &str, cf_tag: &str) {
+        self.set_level(level);
+        let path = self.tb.inventory();
+        let text = std::fs::read_to_string(&path).expect("read inventory");
+        let mut out = String::new();
+        for line in text.lines() {
+            let t = line.trim_start();
+            if t.starts_with("cloudflared_image:") || t.starts_with("allow_unpinned_images:") {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if line == "        tunnel_name: testbed" {
+                out.push_str("        allow_unpinned_images: true\n");
+                out.push_str(&format!(
+                    "        cloudflared_image: cloudflare/cloudflared:{cf_tag}\n"
+                ));
+            }
+        }
         std::fs::write(&path, out).expect("write inventory");
     }
 
@@ -172,9 +199,53 @@ impl Fleet {
             }
             assert!(
                 Instant::now() < until,
-                "{want} not journaled within {within:?}"
+                "{want:?} not journaled within {within:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls (deadline `within`, every 20 ms) until the journal of the deploy started after
+    /// operation `before` has every entry of `want` (`phase/host/step`); `Some(status)` when
+    /// the deploy ended first.
+    fn wait_journaled(
+        &self,
+        child: &mut Child,
+        before: &Option<String>,
+        want: &[&str],
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        if want.is_empty() {
+            return None;
+        }
+        let until = Instant::now() + within;
+        loop {
+            if let Some(op) = self.last_op().filter(|op| Some(op) != before.as_ref()) {
+                let done = self.journal_steps(&op);
+                if want.iter().all(|w| done.iter().any(|d| d == w)) {
+                    return None;
+                }
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            assert!(
+                Instant::now() < until,
+                "{want:?} not journaled within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every host on release `want` (its log level and cloudflared tag), converged.
+    fn assert_on(&self, want: (&'static str, &'static str), when: &str) {
+        self.assert_converged(&self.all(want.0), when);
+        for h in self.tb.host_names() {
+            let v = self.view(&h);
+            assert_eq!(
+                v.cf, want.1,
+                "{when}: {h}: on the wrong connector image: {v:?}"
+            );
         }
     }
 
@@ -192,6 +263,7 @@ fi
 echo "env=$(sha256sum < shared/.env | cut -c1-64)"
 [ -e .tunnelfleet/lock ] && echo lock=yes
 sed -n 's/^log_level: *"\{0,1\}\([a-z]*\)"\{0,1\}$/level=\1/p' "$r/config/mcp-proxy.yaml" 2>/dev/null
+sed -n 's/^ *image: *"\{0,1\}cloudflare\/cloudflared:\([^"@]*\)"\{0,1\}$/cf=\1/p' "$r/docker-compose.yaml" 2>/dev/null
 docker ps --format '{{.Names}} {{.State}}' | sed -n 's/ running$//p' | sed 's/^/up=/'
 "#,
         );
@@ -204,6 +276,7 @@ docker ps --format '{{.Names}} {{.State}}' | sed -n 's/ running$//p' | sed 's/^/
                 "env" => v.env_sha = val.to_string(),
                 "lock" => v.lock = true,
                 "level" => v.level = val.to_string(),
+                "cf" => v.cf = val.to_string(),
                 "up" => v.running.push(val.to_string()),
                 _ => {}
             }
@@ -292,45 +365,169 @@ fn other(level: &str) -> &'static str {
     if level == "info" { "debug" } else { "info" }
 }
 
-/// SIGKILL of the controller at points of a 3-host proxy-recreating upgrade (each host counts
-/// against --max-unavailable 1: canary, then one host per batch), then alternately
-/// `deploy --resume` and `rollback`. The issue asks for 20 runs; 6 fit the test's time budget
-/// (each is a partial rollout plus a recovery); the delays cover, from the start of the
-/// process: facts, the prepare (stage) phase, mid-apply of the canary (Compose recreating),
-/// the canary's gate (its minimum healthy time), the pause between batches, the second host.
+/// A small seeded generator (splitmix64): the same seed gives the same kill points.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Where a kill lands: once the journal has every entry of `after` (`phase/host/step`;
+/// none: counted from the start of the process), plus a seeded delay below `max_delay_ms`.
+struct KillPoint {
+    what: &'static str,
+    after: &'static [&'static str],
+    max_delay_ms: u64,
+}
+
+/// Every step of a rollout on 3 hosts (canary h1, then h2, then h3).
+const KILL_POINTS: [KillPoint; 9] = [
+    KillPoint {
+        what: "facts or staging",
+        after: &[],
+        max_delay_ms: 900,
+    },
+    KillPoint {
+        what: "staging",
+        after: &["prepare/h1/stage"],
+        max_delay_ms: 200,
+    },
+    KillPoint {
+        what: "staged everywhere, canary switch",
+        after: &["prepare/h1/stage", "prepare/h2/stage", "prepare/h3/stage"],
+        max_delay_ms: 150,
+    },
+    KillPoint {
+        what: "canary surge or gate",
+        after: &["apply/h1/apply"],
+        max_delay_ms: 400,
+    },
+    KillPoint {
+        what: "canary gate",
+        after: &["apply/h1/surge_connector"],
+        max_delay_ms: 400,
+    },
+    KillPoint {
+        what: "canary retire",
+        after: &["apply/h1/health_gate"],
+        max_delay_ms: 300,
+    },
+    KillPoint {
+        what: "pause, later batch",
+        after: &["apply/h1/retire_old"],
+        max_delay_ms: 1500,
+    },
+    KillPoint {
+        what: "later batch gate or retire",
+        after: &["apply/h2/apply"],
+        max_delay_ms: 600,
+    },
+    KillPoint {
+        what: "last batch, audit and record",
+        after: &["apply/h3/health_gate"],
+        max_delay_ms: 250,
+    },
+];
+
+const TAGS: [&str; 2] = ["2024.6", "2024.7"];
+
+fn other_tag(tag: &str) -> &'static str {
+    if tag == TAGS[0] { TAGS[1] } else { TAGS[0] }
+}
+
+/// SIGKILL of the controller at 20 seeded points of 3-host rollouts, each followed by
+/// `deploy --resume` (even runs) or `rollback` (odd runs). Runs 0-8 and 18-19 change the
+/// proxy config (every host recreates both containers, one at a time); runs 9-17 change the
+/// cloudflared image only (every host moves make-before-break). The points cycle through
+/// [`KILL_POINTS`] (every step of a rollout, with both kinds of change and both
+/// recoveries); the delay after each is drawn from the seed (`TUNNELFLEET_KILL_SEED`, default
+/// fixed; printed with every point, so a failure can be replayed). After each recovery the
+/// hosts themselves and the edge are the witnesses (see `assert_converged`). One testbed
+/// serves every run; `TUNNELFLEET_KILL_RUNS` runs fewer or more.
 #[test]
 fn kill_9_at_any_point_then_resume_or_rollback_converges() {
+    let started = Instant::now();
+    let seed: u64 = std::env::var("TUNNELFLEET_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7f1e_e7d0_2026);
+    let runs: usize = std::env::var("TUNNELFLEET_KILL_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    eprintln!("kill points: seed {seed} (TUNNELFLEET_KILL_SEED={seed} replays them), {runs} runs");
+    let mut rng = Rng(seed);
     let f = Fleet::up();
-    let mut on = "info";
-    // A fixed list (no randomness: the same points every run); where each lands depends on
-    // the machine's speed, so the journal tells (printed) and the invariant must hold
-    // whatever the point.
-    const DELAYS_MS: [u64; 6] = [350, 1000, 2200, 4800, 7800, 2800];
-    for (i, delay) in DELAYS_MS.iter().enumerate() {
-        let next = other(on);
-        f.set_level(next);
+    // Unpinned connector images from here on, so that a tag change is a release of its own.
+    let mut on: (&'static str, &'static str) = ("info", TAGS[0]);
+    f.set_release(on.0, on.1);
+    let out = f.run("deploy", &[]);
+    assert_eq!(out.status.code(), Some(0), "deploy: {}", describe(&out));
+    f.assert_on(on, "before the runs");
+    let mut inventory = on;
+    let mut covered: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for i in 0..runs {
+        let point = &KILL_POINTS[i % KILL_POINTS.len()];
+        let surge = (9..18).contains(&i);
+        let next = if surge {
+            (on.0, other_tag(on.1))
+        } else {
+            (other(on.0), on.1)
+        };
+        let delay = rng.below(point.max_delay_ms);
+        let when = format!(
+            "run {i} ({} change, kill at {}{} + {delay} ms, seed {seed})",
+            if surge { "connector-only" } else { "proxy" },
+            point.what,
+            if point.after.is_empty() {
+                String::new()
+            } else {
+                format!(" after {}", point.after.join(", "))
+            },
+        );
+        f.set_release(next.0, next.1);
+        inventory = next;
         let before = f.last_op();
         let mut child = f.spawn(
             "deploy",
-            &["--min-healthy", "2s", "--pause", "2s", "--drain", "1s"],
+            &["--min-healthy", "0s", "--pause", "1s", "--drain", "1s"],
         );
-        std::thread::sleep(Duration::from_millis(*delay));
-        let early_exit = child.try_wait().expect("try_wait");
-        assert!(
-            early_exit.is_none(),
-            "run {i}: the deploy ended before the kill at {delay} ms: {early_exit:?}"
-        );
+        let ended = f.wait_journaled(&mut child, &before, point.after, Duration::from_secs(90));
+        if let Some(st) = ended {
+            panic!("{when}: the deploy ended ({st}) before {:?}", point.after);
+        }
+        std::thread::sleep(Duration::from_millis(delay));
+        if let Ok(Some(st)) = child.try_wait() {
+            // The delay outlived the rollout: nothing to kill; it must have succeeded.
+            let out = child.wait_with_output().expect("wait");
+            assert!(st.success(), "{when}: {}", describe(&out));
+            eprintln!("{when}: the deploy finished before the kill");
+            on = next;
+            f.assert_on(on, &format!("{when}, finished"));
+            continue;
+        }
         child.kill().expect("SIGKILL the controller");
         let _ = child.wait();
+        *covered.entry(point.what).or_default() += 1;
         let rec = f
             .unfinished()
             .filter(|r| r["op_id"].as_str() != before.as_deref());
-        let when = format!("run {i} (kill at {delay} ms)");
         let Some(rec) = rec else {
             // Killed before the release change was recorded (facts): nothing moved, nothing
             // to resume; a plain deploy does the change.
             eprintln!("{when}: killed before any host was touched");
-            f.assert_converged(&f.all(on), &format!("{when}, after the kill"));
+            f.assert_on(on, &format!("{when}, after the kill"));
             let out = f.run("deploy", &["--resume"]);
             assert_eq!(out.status.code(), Some(2), "{when}: {}", describe(&out));
             assert!(
@@ -347,7 +544,7 @@ fn kill_9_at_any_point_then_resume_or_rollback_converges() {
                 describe(&out)
             );
             on = next;
-            f.assert_converged(&f.all(on), &format!("{when}, after deploy"));
+            f.assert_on(on, &format!("{when}, after deploy"));
             continue;
         };
         let op = rec["op_id"].as_str().unwrap_or_default().to_string();
@@ -384,7 +581,7 @@ fn kill_9_at_any_point_then_resume_or_rollback_converges() {
                 describe(&out)
             );
         }
-        f.assert_converged(&f.all(on), &format!("{when}, after recovery"));
+        f.assert_on(on, &format!("{when}, after recovery"));
         let r = f.record().expect("record");
         assert_eq!(r["finished"], true, "{when}: record: {r}");
     }
@@ -397,7 +594,11 @@ fn kill_9_at_any_point_then_resume_or_rollback_converges() {
         "final deploy: {}",
         describe(&out)
     );
-    f.assert_converged(&f.all(other(on)), "after the final deploy");
+    f.assert_on(inventory, "after the final deploy");
+    eprintln!(
+        "kills landed per point: {covered:?}; wall time {:.0?}",
+        started.elapsed()
+    );
 }
 
 /// One Ctrl-C (SIGINT) after the canary passed: the run finishes the step in progress, exits

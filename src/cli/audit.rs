@@ -1,6 +1,6 @@
 //! `tunnelfleet audit`: the merged history of the fleet: the controller's audit log
 //! (`<state_dir>/audit.log`) and each selected host's (`<deploy_dir>/.tunnelfleet/audit.log`,
-//! read over SSH), oldest first. Entries of one operation on several hosts with the same
+//! read over SSH by `crate::ops::audit::read_logs`), oldest first. Entries of one operation on several hosts with the same
 //! outcome collapse into one line (`h1–h5`). Read-only.
 
 use std::time::Duration;
@@ -10,11 +10,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::common::{ConnArgs, StateArgs, parse_duration};
-use super::progress::Progress;
 use super::render::{Table, host_ranges};
 use super::{CliError, EXIT_HOST_FAILED, EXIT_OK, style};
-use crate::remote::quote;
-use crate::stack::{Layout, scripts};
 
 /// Flags of `audit`.
 #[derive(Args, Debug)]
@@ -213,11 +210,15 @@ pub async fn run(args: AuditArgs) -> Result<i32, CliError> {
         None => hosts,
     };
     let state = crate::ssh::config::expand_tilde(&args.state.state_dir);
-    let controller_log = state.join("audit.log");
+    let connector = args.conn.connector()?;
+    let logs =
+        crate::ops::audit::read_logs(&state, &hosts, connector, &super::engine_report::TerminalUi)
+            .await;
+    let controller_log = logs.controller_path;
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
-    match std::fs::read_to_string(&controller_log) {
-        Ok(t) => {
+    match logs.controller {
+        Ok(Some(t)) => {
             let (mut e, bad) = parse_log("controller", &t);
             if let Some(h) = &args.host {
                 e.retain(|x| x.hosts.contains(h));
@@ -230,37 +231,10 @@ pub async fn run(args: AuditArgs) -> Result<i32, CliError> {
             }
             entries.extend(e);
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warnings.push(format!("{}: {e}", controller_log.display())),
+        Ok(None) => {}
+        Err(e) => warnings.push(e),
     }
-    let connector = args.conn.connector()?;
-    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
-    let progress = Progress::new("audit", &names);
-    let futs = hosts.iter().map(|h| {
-        let (c, p) = (connector.clone(), &progress);
-        async move {
-            p.step(&h.name, "reading the audit log");
-            // The audit log depends on the deploy dir only, not on the tunnel.
-            let log = scripts::audit_log(&Layout::new(&h.conn.deploy_dir, ""));
-            let script = format!("cat -- {} 2>/dev/null || true", quote(&log));
-            let r = match c.connect(&h.target).await {
-                Ok(s) => {
-                    let r = match s.exec(&script, b"").await {
-                        Ok(o) if o.success() => Ok(o.stdout_text()),
-                        Ok(o) => Err(format!("read {log}: {}", o.stderr_text().trim())),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    s.close().await;
-                    r
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            p.done(&h.name, r.is_ok(), "");
-            (h.name.clone(), r)
-        }
-    });
-    let results = futures::future::join_all(futs).await;
-    progress.finish();
+    let results = logs.hosts;
     let mut failed = Vec::new();
     for (name, r) in results {
         match r {

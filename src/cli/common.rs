@@ -108,34 +108,44 @@ pub struct StateArgs {
     pub state_dir: String,
 }
 
-/// Parses `500ms`, `10s`, `5m`, `720h`, `2d`, or a bare number of seconds.
+/// Parses `500ms`, `10s`, `5m`, `720h`, `2d`, `1h30m`, `1.5s`, or a bare number of seconds
+/// (the flags' grammar of [`crate::duration`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (examples: 500ms, 10s, 5m, 720h)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => {
-            return Err(format!(
-                "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{s}' is not a valid duration"));
+    crate::duration::parse(s, crate::duration::Grammar::Flag)
+}
+
+/// The SSH endpoint that identifies a machine: `address:port`, and the jump chain if any.
+fn endpoint(conn: &Connection) -> String {
+    let mut e = format!("{}:{}", conn.address, conn.port);
+    if !conn.proxy_jump.is_empty() {
+        let hops: Vec<String> = conn
+            .proxy_jump
+            .iter()
+            .map(|j| format!("{}:{}", j.address, j.port))
+            .collect();
+        e.push_str(&format!(" via {}", hops.join(",")));
     }
-    // Too large for a Duration (found by fuzzing: `--connect-timeout 99999999999999999999999`
-    // panicked in from_secs_f64).
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long a duration"))
+    e
+}
+
+/// Refuses tunnels that would clash on one machine ([`crate::stack::check_shared_machines`]),
+/// over the whole inventory, not only the selected hosts: `--limit` to one tunnel must not
+/// deploy it into ports or a directory another tunnel of the inventory uses on that machine.
+/// Hosts whose connection or stack vars do not read are skipped here (their own errors come
+/// when they are selected).
+fn check_shared_machines(inv: &Inventory) -> Result<(), CliError> {
+    let mut settings = Vec::new();
+    for h in inv.hosts() {
+        if let (Ok(conn), Ok(s)) = (
+            inv.connection(h),
+            crate::stack::StackSettings::from_vars(&h.name, &h.vars),
+        ) {
+            settings.push((endpoint(&conn), s));
+        }
+    }
+    let pairs: Vec<(String, &crate::stack::StackSettings)> =
+        settings.iter().map(|(e, s)| (e.clone(), s)).collect();
+    crate::stack::check_shared_machines(&pairs).map_err(|e| CliError::input(e.to_string()))
 }
 
 impl ConnArgs {
@@ -168,6 +178,7 @@ impl ConnArgs {
         let hosts = inv
             .select(self.limit.as_deref())
             .map_err(|e| CliError::input(e.to_string()))?;
+        check_shared_machines(&inv)?;
         let ssh_config = match self.ssh_config.as_str() {
             "none" => None,
             p => Some(ssh::config::expand_tilde(p)),

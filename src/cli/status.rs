@@ -96,6 +96,7 @@ pub async fn run(args: StatusArgs) -> Result<i32, CliError> {
                         None if r.drift.is_empty() => d.push("no drift".into()),
                         None => d.push(format!("drift: {}", r.drift.join("; "))),
                     }
+                    d.extend(r.connector_netns_lost.iter().cloned());
                     d.extend(r.pending.iter().cloned());
                     d.extend(r.down.iter().map(|x| format!("down: {x}")));
                     if let Some(l) = &r.lock {

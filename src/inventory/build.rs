@@ -122,6 +122,14 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Inventory, InventoryError
     b.finish()
 }
 
+/// One INI inventory text as a whole inventory (no group_vars/host_vars).
+pub(super) fn build_ini(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
+    let mut b = Builder::new();
+    let file = b.add_file(path);
+    super::ini::ini_source(&mut b, text, file)?;
+    b.finish()
+}
+
 /// Parses YAML text and sets `file` on every position.
 pub(super) fn parse_yaml(text: &str, file: usize) -> Result<Option<Node>, yaml::YamlError> {
     let mut root = yaml::parse(text).map_err(|mut e| {

@@ -302,19 +302,34 @@ fn key_file(cx: &Ctx<'_>) -> Result<Option<PathBuf>, InventoryError> {
     Ok(Some(path))
 }
 
-fn check_deploy_dir(s: &str) -> Result<String, String> {
+/// The one check of a `deploy_dir` value (the inventory's connection and the stack's
+/// settings both read the var through it): an absolute, normalized path of letters, digits,
+/// `/`, `.`, `_` and `-`, not `/` itself; returned without a trailing `/`.
+pub fn check_deploy_dir(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
         return Err(format!("must be an absolute path (got '{}')", clip(s)));
     }
-    if s.chars().any(|c| c.is_control()) {
-        return Err("must not contain control characters".to_owned());
-    }
-    if s.split('/').any(|part| part == "..") {
-        return Err(format!("must not contain '..' (got '{}')", clip(s)));
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "expected a path of letters, digits, '/', '.', '_', '-' (got '{}')",
+            clip(s).escape_default()
+        ));
     }
     let trimmed = s.trim_end_matches('/');
     if trimmed.is_empty() {
-        return Err("must not be '/'".to_owned());
+        return Err("must not be '/': the stack cannot live in /".to_owned());
+    }
+    if trimmed[1..]
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "expected a normalized path (no '//', '.' or '..'; got '{}')",
+            clip(s)
+        ));
     }
     Ok(trimmed.to_owned())
 }

@@ -25,7 +25,7 @@ pub mod vault;
 /// schema errors name `file:line:column` too. Crate-internal; nothing here is public API.
 pub(crate) mod yaml;
 
-pub use connection::{Connection, DEFAULT_DEPLOY_DIR, JumpHost};
+pub use connection::{Connection, DEFAULT_DEPLOY_DIR, JumpHost, check_deploy_dir};
 pub use error::InventoryError;
 pub use list::VAULTED_FILE_VALUE;
 pub use vault::VaultKeys;
@@ -158,6 +158,12 @@ impl Inventory {
     /// for relative key file paths.
     pub fn from_str(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
         build::build(text, path)
+    }
+
+    /// Parses inventory INI `text` (Ansible's `ini` plugin format) as [`Inventory::from_str`]
+    /// does YAML. Files are read through [`Inventory::load`], which picks the format.
+    pub fn from_ini_str(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
+        build::build_ini(text, path)
     }
 
     /// The path the inventory was read from.

@@ -17,6 +17,7 @@ pub const TUNNELFLEET_VARS: &[&str] = &[
     "tunnel_routes",
     "tunnel_token",
     "tunnel_token_command",
+    "tunnel_metrics_port",
     "deploy_dir",
     "proxy_jump",
     "become",

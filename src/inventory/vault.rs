@@ -10,7 +10,7 @@
 use crate::secrets::Secret;
 use aes::Aes256;
 use ctr::cipher::{KeyIvInit, StreamCipher};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use std::path::Path;
 use zeroize::Zeroizing;
 
@@ -159,7 +159,8 @@ pub fn decrypt(text: &str, keys: &VaultKeys) -> Result<Zeroizing<Vec<u8>>, Strin
             10_000,
             derived.as_mut_slice(),
         );
-        let Ok(mut check) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&derived[32..64]) else {
+        let Ok(mut check) = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&derived[32..64])
+        else {
             continue;
         };
         check.update(&ct);

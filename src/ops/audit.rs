@@ -1,6 +1,7 @@
 //! The controller's own audit log: one JSON line per operation in the state directory
 //! (who, what, when, on which hosts, token fingerprints and certificate serials; never a
-//! secret: callers pass identifiers only).
+//! secret: callers pass identifiers only); and the reading side of `audit`: the controller's
+//! log and every host's, as text ([`read_logs`]; the verb parses, merges and renders them).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -111,6 +112,67 @@ pub fn user_name(uid: u32) -> Option<String> {
         let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
         let name = name.to_string_lossy().into_owned();
         return (!name.is_empty()).then_some(name);
+    }
+}
+
+/// The raw audit logs of a run of `audit`: the controller's and each selected host's.
+#[derive(Debug)]
+pub struct AuditLogs {
+    /// The controller's log file.
+    pub controller_path: std::path::PathBuf,
+    /// Its text (`Ok(None)`: no log yet), or why it could not be read.
+    pub controller: Result<Option<String>, String>,
+    /// Per host, in the order given: its log's text (empty when it has none), or why it
+    /// could not be read.
+    pub hosts: Vec<(String, Result<String, String>)>,
+}
+
+/// Reads the controller's audit log and every host's (`<deploy_dir>/.tunnelfleet/audit.log`,
+/// one `cat` per host, every host at once). Read-only.
+pub async fn read_logs(
+    state_dir: &Path,
+    hosts: &[super::fleet::FleetHost],
+    connector: std::sync::Arc<crate::ssh::Connector>,
+    ui: &dyn super::OpUi,
+) -> AuditLogs {
+    let controller_path = state_dir.join("audit.log");
+    let controller = match std::fs::read_to_string(&controller_path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", controller_path.display())),
+    };
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let progress = ui.progress("audit", &[], &names);
+    let p = progress.as_ref();
+    let futs = hosts.iter().map(|h| {
+        let c = connector.clone();
+        async move {
+            p.working(&h.name, "reading the audit log");
+            // The audit log depends on the deploy dir only, not on the tunnel.
+            let log = crate::stack::Layout::of_dir(&h.conn.deploy_dir).audit_log();
+            let script = format!("cat -- {} 2>/dev/null || true", crate::remote::quote(&log));
+            let r = match c.connect(&h.target).await {
+                Ok(s) => {
+                    let r = match s.exec(&script, b"").await {
+                        Ok(o) if o.success() => Ok(o.stdout_text()),
+                        Ok(o) => Err(format!("read {log}: {}", o.stderr_text().trim())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    s.close().await;
+                    r
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            p.done(&h.name, r.is_ok(), "");
+            (h.name.clone(), r)
+        }
+    });
+    let results = futures::future::join_all(futs).await;
+    progress.finish();
+    AuditLogs {
+        controller_path,
+        controller,
+        hosts: results,
     }
 }
 

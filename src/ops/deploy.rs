@@ -459,6 +459,9 @@ impl Step<StackHost> for FactsStep {
             return Err(StepFailure::new("no Docker Compose on the host")
                 .with_hint("install docker compose (v2) or docker-compose (v1)"));
         }
+        if let Some(why) = facts.engine_refusal() {
+            return Err(StepFailure::new(why).with_hint(scripts::ENGINE_DOWN_HINT));
+        }
         if !h.input.force_dir
             && let Some(why) =
                 stack::deploy_dir_refusal(h.input.layout.deploy_dir(), facts.dir_state.as_deref())
@@ -521,7 +524,8 @@ impl Step<StackHost> for ApplyStep {
             .compose
             .ok_or_else(|| StepFailure::new("no Docker Compose on the host"))?;
         if !plan.actions.is_empty() {
-            h.old_connector_ids = health::connector_ids(&session).await;
+            h.old_connector_ids =
+                health::connector_ids(&session, h.input.settings.metrics_ports()).await;
         }
         let desired_fp = h.input.token_fp.clone().or(facts.env_token_fp.clone());
         let audit = AuditEntry {

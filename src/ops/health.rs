@@ -1,5 +1,7 @@
 //! Connector readiness, read from cloudflared's metrics server on the host's loopback
-//! (ports 20241-20245, the first free one per connector) through the SSH connection.
+//! through the SSH connection: the tunnel's own range of five ports (`tunnel_metrics_port`,
+//! default 20241-20245), published from cloudflared's 20241-20245 in the proxy's network
+//! namespace (the first free one per connector).
 //!
 //! A stopping cloudflared keeps answering `/ready` during its grace period, so a gate after a
 //! connector change must wait for a connector id it has not seen before, not for whichever
@@ -11,8 +13,13 @@ use std::time::{Duration, Instant};
 use super::http;
 use crate::ssh::Session;
 
-/// The metrics ports cloudflared tries, in order.
-pub const METRICS_PORTS: std::ops::RangeInclusive<u16> = 20241..=20245;
+/// A tunnel's metrics ports on the host ([`crate::stack::StackSettings::metrics_ports`]).
+pub type MetricsPorts = std::ops::RangeInclusive<u16>;
+
+/// How a range reads in messages: `127.0.0.1:20241-20245`.
+pub fn describe_ports(ports: &MetricsPorts) -> String {
+    format!("127.0.0.1:{}-{}", ports.start(), ports.end())
+}
 
 /// One connector's answer on `/ready`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -34,9 +41,9 @@ impl ConnectorReady {
     }
 }
 
-/// Every connector answering on the host's metrics ports (probed concurrently).
-pub async fn connectors(session: &Session) -> Vec<ConnectorReady> {
-    let ports: Vec<u16> = METRICS_PORTS.collect();
+/// Every connector answering on the tunnel's metrics ports `ports` (probed concurrently).
+pub async fn connectors(session: &Session, ports: MetricsPorts) -> Vec<ConnectorReady> {
+    let ports: Vec<u16> = ports.collect();
     probe_ports(session, &ports).await
 }
 
@@ -79,25 +86,26 @@ fn ready_from(port: u16, resp: &http::Response) -> ConnectorReady {
     }
 }
 
-/// The ids of the connectors answering now (ready or not).
-pub async fn connector_ids(session: &Session) -> BTreeSet<String> {
-    connectors(session)
+/// The ids of the connectors answering on `ports` now (ready or not).
+pub async fn connector_ids(session: &Session, ports: MetricsPorts) -> BTreeSet<String> {
+    connectors(session, ports)
         .await
         .into_iter()
         .filter_map(|c| c.connector_id)
         .collect()
 }
 
-/// Waits until a connector whose id is not in `old` is ready, or the deadline passes.
-/// Returns it, with the time waited.
+/// Waits until a connector on `ports` whose id is not in `old` is ready, or the deadline
+/// passes. Returns it, with the time waited.
 pub async fn wait_new_ready(
     session: &Session,
+    ports: MetricsPorts,
     old: &BTreeSet<String>,
     timeout: Duration,
 ) -> Result<(ConnectorReady, Duration), String> {
     let started = Instant::now();
     let last = loop {
-        let now = connectors(session).await;
+        let now = connectors(session, ports.clone()).await;
         if let Some(c) = now
             .iter()
             .find(|c| c.is_ready() && c.connector_id.as_ref().is_none_or(|id| !old.contains(id)))
@@ -128,7 +136,7 @@ pub async fn wait_new_ready(
     Err(format!(
         "no new connector became ready within {timeout:?} ({})",
         if seen.is_empty() {
-            "nothing answers on 127.0.0.1:20241-20245".to_string()
+            format!("nothing answers on {}", describe_ports(&ports))
         } else {
             seen.join("; ")
         }

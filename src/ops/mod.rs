@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod health;
 pub mod host_state;
 pub mod http;
+pub mod releases;
 pub mod renew;
 pub mod rotate;
 pub mod setup;

@@ -76,6 +76,9 @@ pub struct HostStatus {
     pub lock: Option<String>,
     /// Operations of this controller that did not finish, with the command that finishes them.
     pub unfinished: Vec<String>,
+    /// A running connector outside the running proxy's network namespace: the cause, what
+    /// tells it, and the repairing command.
+    pub connector_netns_lost: Option<String>,
     /// The connectors answering on the metrics ports.
     pub connectors: Vec<health::ConnectorReady>,
     /// A connector is ready.
@@ -97,8 +100,10 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
         }
     };
     // The facts command and the readiness probes (direct-tcpip) in the same round trip.
-    let (facts, connectors) =
-        tokio::join!(read_facts(&session, input), health::connectors(&session));
+    let (facts, connectors) = tokio::join!(
+        read_facts(&session, input),
+        health::connectors(&session, input.settings.metrics_ports())
+    );
     s.connectors = connectors;
     s.connector_ready = s.connectors.iter().any(|c| c.is_ready());
     let facts = match facts {
@@ -115,6 +120,21 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
         s.cert_serial = Some(info.serial);
         s.cert_not_after = Some(info.not_after);
     }
+    if let Some(why) = facts.engine_refusal() {
+        // No container fact holds: an engine that does not answer is not "nothing runs".
+        s.error = Some(format!(
+            "{why} ({})",
+            crate::stack::scripts::ENGINE_DOWN_HINT
+        ));
+        session.close().await;
+        return s;
+    }
+    s.connector_netns_lost = facts.facts.connector_netns_lost.as_ref().map(|why| {
+        format!(
+            "{} ({why}): `tunnelfleet deploy` recreates it",
+            crate::stack::scripts::NETNS_LOST_CAUSE
+        )
+    });
     for (svc, (name, st)) in &facts.containers {
         let diag = facts.diagnostics.get(name);
         let st = match (st, diag) {
@@ -140,6 +160,10 @@ async fn status_host(c: &Connector, input: &HostInput) -> HostStatus {
     if let Some(h) = &facts.lock_holder {
         s.lock = Some(super::unlock::Holder::parse(h).describe(chrono::Utc::now()));
     }
+    // Drift is what differs from the deploy; a connector that lost the proxy's namespace is a
+    // run-time fault, named above with its cause.
+    let mut facts = facts;
+    facts.facts.connector_netns_lost = None;
     match desired_state(input, &facts) {
         Ok(d) => {
             let plan = stack::compute_plan(&d, &facts.facts);
@@ -244,6 +268,7 @@ pub async fn run(inputs: StatusInputs, ui: &dyn OpUi) -> StatusReport {
             && r.pending.is_none()
             && r.drift.is_empty()
             && r.down.is_empty()
+            && r.connector_netns_lost.is_none()
             && r.lock.is_none()
             && r.connector_ready
             && r.token_matches_fleet != Some(false);

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fleet::FleetHost;
-use crate::remote::{HOLDER_FILE, LOCK_HELD_EXIT, quote, unlock};
+use crate::remote::{HOLDER_FILE, RemoteExit, quote, unlock};
 use crate::ssh::Connector;
-use crate::stack::scripts;
+use crate::stack::Layout;
 
 /// A lock holder record, as far as it could be read.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -158,7 +158,7 @@ pub async fn run(
         let c = connector.clone();
         let me = me.clone();
         async move {
-            let lock = scripts::lock_dir_in(&h.conn.deploy_dir);
+            let lock = Layout::of_dir(&h.conn.deploy_dir).lock_dir();
             let holder_file = quote(&format!("{lock}/{HOLDER_FILE}"));
             let outcome = async {
                 let s = c.connect(&h.target).await.map_err(|e| e.to_string())?;
@@ -192,7 +192,7 @@ pub async fn run(
                 let out = s.exec(&script, b"").await.map_err(|e| e.to_string())?;
                 match out.status {
                     Some(0) => Ok(UnlockOutcome::Removed(shown)),
-                    Some(code) if code == LOCK_HELD_EXIT as u32 => Ok(UnlockOutcome::Kept {
+                    s if RemoteExit::from_status(s) == Some(RemoteExit::LockHeld) => Ok(UnlockOutcome::Kept {
                         holder: Holder::parse(&out.stdout_text()).describe(now),
                         why: "another run took the lock while unlock looked".into(),
                     }),

@@ -354,8 +354,10 @@ impl Step<StackHost> for SurgeStep {
         }
         let session = h.session()?;
         let list = scripts::connectors_script(&h.input.layout);
-        let (ids, listed) =
-            tokio::join!(health::connector_ids(&session), exec(&session, &list, b""));
+        let (ids, listed) = tokio::join!(
+            health::connector_ids(&session, h.input.settings.metrics_ports()),
+            exec(&session, &list, b"")
+        );
         let before = scripts::parse_connectors(&listed?.stdout_text());
         let known: Vec<String> = before.iter().map(|c| c.name.clone()).collect();
         let script = format!(
@@ -488,7 +490,8 @@ impl Step<StackHost> for SwitchStep {
             h.upgrade.new_connector = None;
             h.upgrade.retired = false;
         } else {
-            h.old_connector_ids = health::connector_ids(&session).await;
+            h.old_connector_ids =
+                health::connector_ids(&session, h.input.settings.metrics_ports()).await;
         }
         let holder = holder_json_for(&h.operation, _cx.op_id());
         let spec = SwitchSpec {
@@ -697,7 +700,7 @@ pub async fn gate(
     let mut tls_error: Option<String> = None;
     let ready = loop {
         let (probes, state) = tokio::join!(
-            health::connectors(&session),
+            health::connectors(&session, h.input.settings.metrics_ports()),
             gate_state_ip(&session, &h.input.layout)
         );
         let (state, proxy_ip) = state?;
@@ -752,7 +755,7 @@ pub async fn gate(
             _ = cx.stop().requested() => {}
         }
         let (probes, state) = tokio::join!(
-            health::connectors(&session),
+            health::connectors(&session, h.input.settings.metrics_ports()),
             gate_state(&session, &h.input.layout)
         );
         let state = state?;

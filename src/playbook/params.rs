@@ -6,33 +6,9 @@ use std::time::Duration;
 
 /// Parses a duration as playbooks write it: one or more `<integer><unit>` with unit `ms`,
 /// `s`, `m` or `h`, e.g. `500ms`, `60s`, `5m`, `1h30m`. A bare number is refused (say which
-/// unit).
+/// unit). The playbooks' grammar of [`crate::duration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("'{text}' is not a duration (e.g. 500ms, 60s, 5m, 1h30m)");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total = total.checked_add(part).ok_or_else(bad)?;
-    }
-    Ok(total)
+    crate::duration::parse(text, crate::duration::Grammar::Playbook)
 }
 
 /// A strict reader of a step's parameters, for factories: refuses unknown keys and values of

@@ -4,8 +4,8 @@
 use super::{ScriptError, check_path, check_value, parent_of, quote};
 
 /// Exit code of [`mkdir_lock`] and [`unlock`] scripts when another run holds the lock; the
-/// holder file's content is then on stdout.
-pub const LOCK_HELD_EXIT: i32 = 3;
+/// holder file's content is then on stdout ([`super::RemoteExit::LockHeld`]).
+pub const LOCK_HELD_EXIT: i32 = super::RemoteExit::LockHeld.code();
 
 /// Name of the holder file inside the lock directory.
 pub const HOLDER_FILE: &str = "holder.json";

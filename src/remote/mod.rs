@@ -13,12 +13,14 @@
 #![warn(missing_docs)]
 
 mod audit;
+mod exit;
 mod facts;
 mod lock;
 pub mod probe;
 mod write;
 
 pub use audit::{AuditEntry, AuditOutcome, audit_line};
+pub use exit::RemoteExit;
 pub use facts::{FileHash, parse_sha256_facts, sha256_facts};
 pub use lock::{HOLDER_FILE, LOCK_HELD_EXIT, force_unlock, mkdir_lock, script_lock, unlock};
 pub use write::{

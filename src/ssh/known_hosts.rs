@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use russh::keys::ssh_key::{self, HashAlg, PublicKey};
 use sha1::Sha1;
 

@@ -27,7 +27,8 @@ pub use render::{
     sha256_hex,
 };
 pub use settings::{
-    DEFAULT_CLOUDFLARED_IMAGE, DEFAULT_DEPLOY_DIR, DEFAULT_MCP_PROXY_IMAGE, SAMPLE_ROUTE,
-    SAMPLE_UPSTREAM, SetupSettings, StackSettings, TunnelGroup, deploy_dir_refusal,
-    group_by_tunnel,
+    CONNECTOR_METRICS_PORTS, DEFAULT_CLOUDFLARED_IMAGE, DEFAULT_DEPLOY_DIR,
+    DEFAULT_MCP_PROXY_IMAGE, DEFAULT_METRICS_PORT, METRICS_PORT_COUNT, SAMPLE_ROUTE,
+    SAMPLE_UPSTREAM, SetupSettings, StackSettings, TunnelGroup, check_shared_machines,
+    deploy_dir_refusal, group_by_tunnel,
 };

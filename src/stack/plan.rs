@@ -130,6 +130,10 @@ pub struct HostFacts {
     pub perms: BTreeMap<String, (u32, u32, u32)>,
     /// The uid tunnelfleet's commands run as on the host (the owner its writes get).
     pub remote_uid: Option<u32>,
+    /// A running connector is not in the running proxy's network namespace (the proxy was
+    /// restarted by Docker's restart policy, or recreated alone): what tells it. It serves
+    /// nothing (`localhost:8080` is nobody there) until it is recreated.
+    pub connector_netns_lost: Option<String>,
 }
 
 /// The gid the stack's containers run as (`user: "65532:65532"` in the compose file): the
@@ -180,6 +184,11 @@ pub enum Action {
     /// another token, or the connector is not running:
     /// `up -d --no-deps --force-recreate cloudflared`.
     RecreateConnector,
+    /// A running connector lost the proxy's network namespace (the proxy restarted after a
+    /// crash or was recreated alone): `up -d --no-deps --force-recreate cloudflared` puts it
+    /// back into the proxy's namespace. Break-before-make costs nothing here: the old
+    /// connector reaches no origin.
+    RejoinConnector,
     /// The compose file changed: `up -d --force-recreate --remove-orphans` recreates every
     /// service, so the connector never outlives the proxy whose namespace it shares.
     UpChanged,
@@ -202,7 +211,7 @@ impl Action {
                 "mcp-proxy",
                 "cloudflared",
             ],
-            Action::RecreateConnector => {
+            Action::RecreateConnector | Action::RejoinConnector => {
                 &["up", "-d", "--no-deps", "--force-recreate", "cloudflared"]
             }
             Action::UpChanged => &["up", "-d", "--force-recreate", "--remove-orphans"],
@@ -220,6 +229,10 @@ impl Action {
             }
             Action::RecreateConnector => {
                 "recreate cloudflared (it reads TUNNEL_TOKEN only when created)"
+            }
+            Action::RejoinConnector => {
+                "recreate cloudflared (connector lost the proxy's network after the proxy \
+                 restarted: it reaches no origin)"
             }
             Action::UpChanged => {
                 "recreate every service (the compose file changed, or containers of this \
@@ -395,6 +408,8 @@ pub fn compute_plan(desired: &DesiredState, facts: &HostFacts) -> Plan {
         actions.push(Action::RestartProxy);
     } else if write_env || connector_on_old_token || facts.connector != ContainerState::Running {
         actions.push(Action::RecreateConnector);
+    } else if facts.connector_netns_lost.is_some() {
+        actions.push(Action::RejoinConnector);
     }
     // A certificate change alone adds no action: the proxy polls tls.cert_file.
 
@@ -506,6 +521,7 @@ mod tests {
             connector_token_fingerprint: Some("fp1".into()),
             legacy_project: false,
             runs_elsewhere: false,
+            connector_netns_lost: None,
             perms: [
                 ("shared", (0o700, 0, 0)),
                 ("shared/.env", (0o600, 0, 0)),
@@ -691,6 +707,33 @@ mod tests {
         let plan = compute_plan(&desired(&r), &facts);
         assert_eq!(plan.actions, [Action::RecreateConnector]);
         assert!(!plan.write_env);
+    }
+
+    #[test]
+    fn connector_outside_the_proxys_namespace_is_rejoined_and_nothing_else_moves() {
+        let r = release("a", "c");
+        let mut facts = in_sync(&r);
+        facts.connector_netns_lost = Some("c is in network namespace 9, the proxy p in 10".into());
+        let plan = compute_plan(&desired(&r), &facts);
+        assert_eq!(plan.actions, [Action::RejoinConnector]);
+        assert!(!plan.write_env && !plan.write_release && !plan.switch_current);
+        assert!(
+            plan.describe()
+                .iter()
+                .any(|l| l.contains("connector lost the proxy's network after the proxy restarted")),
+            "{:?}",
+            plan.describe()
+        );
+        assert_eq!(
+            Action::RejoinConnector.compose_args(),
+            Action::RecreateConnector.compose_args()
+        );
+        // A proxy restart recreates the connector with it: no second action.
+        facts.files.insert(PROXY_CONFIG.into(), Some("old".into()));
+        assert_eq!(
+            compute_plan(&desired(&r), &facts).actions,
+            [Action::RestartProxy]
+        );
     }
 
     #[test]

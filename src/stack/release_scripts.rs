@@ -13,14 +13,14 @@ use std::fmt::Write as _;
 
 use super::scripts::{CHANGED_EXIT, CONNECTOR_SERVICE, PROXY_SERVICE, audit_log, lock_dir};
 use super::{Action, COMPOSE_FILE, ComposeCli, Layout, PROXY_CONFIG, Release};
-use crate::remote::{self, ScriptError, WriteSpec, atomic_write, quote};
+use crate::remote::{self, RemoteExit, ScriptError, WriteSpec, atomic_write, quote};
 
 /// Exit code of [`stage_script`] when an image cannot be had (stderr names it).
-pub const PULL_FAILED_EXIT: i32 = 7;
+pub const PULL_FAILED_EXIT: i32 = RemoteExit::PullFailed.code();
 /// Exit code of [`switch_script`] when the target release is missing or incomplete.
-pub const INCOMPLETE_EXIT: i32 = 6;
+pub const INCOMPLETE_EXIT: i32 = RemoteExit::Incomplete.code();
 /// Exit code of the change scripts when a Compose command failed (its last lines on stderr).
-pub const COMPOSE_FAILED_EXIT: i32 = 5;
+pub const COMPOSE_FAILED_EXIT: i32 = RemoteExit::ComposeFailed.code();
 
 /// Whether `s` is a release id as tunnelfleet makes them (12 lowercase hex digits).
 pub fn is_release_id(s: &str) -> bool {
@@ -31,14 +31,14 @@ pub fn is_release_id(s: &str) -> bool {
 
 /// The host-side log of the change scripts' Compose output.
 pub fn compose_log(layout: &Layout) -> String {
-    format!("{}/.tunnelfleet/compose.log", layout.deploy_dir())
+    layout.compose_log()
 }
 
 /// The preamble of a script that must complete once started: no SIGHUP/SIGPIPE death when the
 /// connection goes, Compose's output to a log file (truncated), `tf_log` naming it.
 pub fn detached_preamble(layout: &Layout) -> String {
     let log = quote(&compose_log(layout));
-    let dir = quote(&format!("{}/.tunnelfleet", layout.deploy_dir()));
+    let dir = quote(&layout.tool_dir());
     format!(
         "trap '' HUP PIPE\n\
          mkdir -p {dir} 2>/dev/null; tf_log={log}; : > \"$tf_log\" 2>/dev/null || tf_log=/dev/null\n"
@@ -175,13 +175,13 @@ pub fn switch_script(spec: &SwitchSpec<'_>) -> Result<String, ScriptError> {
     );
     if spec.restore_env {
         let env = quote(&l.env_file());
-        let prev = quote(&format!("{}.prev", l.env_file()));
+        let prev = quote(&l.env_prev());
         let _ = writeln!(
             body,
             "if [ -f {prev} ]; then mv -f {prev} {env} || {{ echo 'restore .env: failed' >&2; exit 1; }}; fi"
         );
     }
-    let tmp = quote(&format!("{}/.current.tmp", l.deploy_dir()));
+    let tmp = quote(&l.current_tmp());
     let _ = writeln!(
         body,
         "ln -sfn {target} {tmp} && mv -Tf {tmp} {cur} || {{ echo 'switch current: failed' >&2; exit 1; }}",

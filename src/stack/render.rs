@@ -91,6 +91,62 @@ impl Layout {
     pub fn data_dir(&self) -> String {
         format!("{}/shared/data", self.deploy_dir)
     }
+
+    /// The layout of a deploy dir whose tunnel is not known (paths only: the lock, the
+    /// audit log), for operations that read any host's deploy dir.
+    pub fn of_dir(deploy_dir: &str) -> Layout {
+        Layout {
+            deploy_dir: deploy_dir.to_string(),
+            project: String::new(),
+        }
+    }
+
+    /// `<deploy_dir>/shared`: what every release links to (`.env`, `data/`).
+    pub fn shared_dir(&self) -> String {
+        format!("{}/shared", self.deploy_dir)
+    }
+
+    /// `<deploy_dir>/.tunnelfleet`: tunnelfleet's own files on the host.
+    pub fn tool_dir(&self) -> String {
+        format!("{}/.tunnelfleet", self.deploy_dir)
+    }
+
+    /// `<deploy_dir>/.tunnelfleet/lock`: the fleet lock (a directory).
+    pub fn lock_dir(&self) -> String {
+        format!("{}/lock", self.tool_dir())
+    }
+
+    /// `<deploy_dir>/.tunnelfleet/audit.log`: one line per operation.
+    pub fn audit_log(&self) -> String {
+        format!("{}/audit.log", self.tool_dir())
+    }
+
+    /// `<deploy_dir>/.tunnelfleet/compose.log`: the change scripts' Compose output.
+    pub fn compose_log(&self) -> String {
+        format!("{}/compose.log", self.tool_dir())
+    }
+
+    /// `<deploy_dir>/.tunnelfleet/setup-token-version`: the setup component's last
+    /// `--token-version` on this host.
+    pub fn setup_version_file(&self) -> String {
+        format!("{}/setup-token-version", self.tool_dir())
+    }
+
+    /// `<deploy_dir>/shared/.env.prev`: the `.env` before the last write that replaced it.
+    pub fn env_prev(&self) -> String {
+        format!("{}.prev", self.env_file())
+    }
+
+    /// `<deploy_dir>/.current.tmp`: the symlink renamed over `current` to switch it.
+    pub fn current_tmp(&self) -> String {
+        format!("{}/.current.tmp", self.deploy_dir)
+    }
+
+    /// `<deploy_dir>/<rel>`: a path of the deploy dir given relative to it (as plans and
+    /// facts name files: `shared/.env`, `releases/<id>/...`).
+    pub fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.deploy_dir)
+    }
 }
 
 /// One regular file of a release.
@@ -260,9 +316,16 @@ pub fn render_compose(settings: &StackSettings) -> String {
          \x20     - \"./data:/data:ro\"\n\
          \x20   ports:\n\
          \x20     # cloudflared shares this service's network namespace; its metrics server (/ready)\n\
-         \x20     # takes the first free port of 20241-20245. Published on the host's loopback only.\n\
-         \x20     - \"127.0.0.1:20241-20245:20241-20245\"\n",
+         \x20     # takes the first free port of 20241-20245. Published on the host's loopback only.\n",
     );
+    let (host, inside) = (settings.metrics_ports(), super::CONNECTOR_METRICS_PORTS);
+    out.push_str(&format!(
+        "      - \"127.0.0.1:{}-{}:{}-{}\"\n",
+        host.start(),
+        host.end(),
+        inside.start(),
+        inside.end()
+    ));
     out.push_str(HARDENING);
     out.push('\n');
 
@@ -484,6 +547,28 @@ mod tests {
             vars.extend(m);
         }
         StackSettings::from_vars("h1", &vars).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_metrics_ports_are_published_from_the_tunnels_range() {
+        let compose = |extra: Value| -> serde_json::Value {
+            let text = render_compose(&settings(extra));
+            let doc: serde_json::Value =
+                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+            doc["services"]["mcp-proxy"]["ports"].clone()
+        };
+        assert_eq!(
+            compose(json!({})),
+            json!(["127.0.0.1:20241-20245:20241-20245"])
+        );
+        assert_eq!(
+            compose(json!({"tunnel_metrics_port": 20251})),
+            json!(["127.0.0.1:20251-20255:20241-20245"])
+        );
+        assert_ne!(
+            render_release(&settings(json!({}))).id,
+            render_release(&settings(json!({"tunnel_metrics_port": 20251}))).id
+        );
     }
 
     #[test]

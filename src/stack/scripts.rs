@@ -18,22 +18,17 @@ pub const PROXY_SERVICE: &str = "mcp-proxy";
 /// The connector's service name.
 pub const CONNECTOR_SERVICE: &str = "cloudflared";
 
-/// The lock directory of a deploy dir.
+/// The lock directory of a deploy dir ([`Layout::lock_dir`]).
 pub fn lock_dir(layout: &Layout) -> String {
-    lock_dir_in(layout.deploy_dir())
-}
-
-/// The lock directory of the deploy dir `deploy_dir`.
-pub fn lock_dir_in(deploy_dir: &str) -> String {
-    format!("{deploy_dir}/.tunnelfleet/lock")
+    layout.lock_dir()
 }
 
 /// The Compose label holding a container's project directory.
 const WORKDIR_LABEL: &str = "com.docker.compose.project.working_dir";
 
-/// The audit log of a deploy dir.
+/// The audit log of a deploy dir ([`Layout::audit_log`]).
 pub fn audit_log(layout: &Layout) -> String {
-    format!("{}/.tunnelfleet/audit.log", layout.deploy_dir())
+    layout.audit_log()
 }
 
 fn cert_path(layout: &Layout, c: CertFile) -> String {
@@ -87,10 +82,13 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
     // label their containers). And the token the running connector of this project and
     // directory was created with, hashed on the host: only its fingerprint comes back.
     let here = quote(&format!("{WORKDIR_LABEL}={cur},"));
+    // An engine that does not answer is not "no containers": `engine=down` with Docker's own
+    // words (asked again only then, so the common path costs nothing more).
     let _ = writeln!(
         s,
-        "tf_ps=$(docker ps -a --filter label=com.docker.compose.project={project} \
-         --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
+        "if ! tf_ps=$(docker ps -a --filter label=com.docker.compose.project={project} \
+         --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null); then \
+         echo \"engine=down $(docker ps -q 2>&1 >/dev/null | grep -v '^$' | head -n 1 | tr -d '\\r' | cut -c1-200)\"; fi\n\
          tf_lps=$(docker ps -a --filter label=com.docker.compose.project={legacy} \
          --format '{{{{.Names}}}} {{{{.State}}}} {{{{.Labels}}}}' 2>/dev/null)\n\
          printf '%s\\n' \"$tf_ps\" | sed -n 's/^./ctr=&/p'\n\
@@ -111,6 +109,20 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
          tf_g=$(docker logs --tail 1 \"$tf_a\" 2>&1 | tail -n 1 | tr -d '\\r' | cut -c1-300); \
          echo \"ctrdiag=$tf_a $tf_b ${{tf_r:--}} $tf_g\"; done"
     );
+    // The network namespace of this tunnel's running proxy and connectors (one `docker
+    // inspect` for all): Docker's restart policy gives a restarted proxy a new namespace and
+    // leaves the connector in the old one, where localhost:8080 is nobody. The namespace
+    // inode (`/proc/PID/ns/net`, readable when the session may look at the containers'
+    // processes) and the container a connector joined (`NetworkMode` `container:ID`) tell.
+    let _ = writeln!(
+        s,
+        "tf_run=$(printf '%s\\n' \"$tf_ps\" | sed 's/$/,/' | grep -F -e {here} | grep '^[^ ]* running ' \
+         | grep -e 'com.docker.compose.service={PROXY_SERVICE},' -e 'com.docker.compose.service={CONNECTOR_SERVICE},' | cut -d' ' -f1)\n\
+         if [ -n \"$tf_run\" ]; then docker inspect --format '{{{{.Name}}}} {{{{.Id}}}} {{{{.State.Pid}}}} {{{{.HostConfig.NetworkMode}}}} {{{{index .Config.Labels \"com.docker.compose.service\"}}}}' $tf_run 2>/dev/null \
+         | while read -r tf_a tf_i tf_p tf_m tf_s; do \
+         tf_ns=$(readlink \"/proc/$tf_p/ns/net\" 2>/dev/null | tr -cd 0-9); \
+         echo \"netns=$tf_s ${{tf_a#/}} $tf_i ${{tf_ns:--}} $tf_m\"; done; fi"
+    );
     // Modes and owners of the secret-bearing paths, and the uid this session writes as.
     let _ = writeln!(s, "echo \"uid=$(id -u)\"");
     let release_files = release.files.iter().map(|f| format!("current/{}", f.path));
@@ -122,7 +134,7 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
         let _ = writeln!(
             s,
             "tf_s=$(stat -c '%a %u %g' -- {} 2>/dev/null) && echo \"perm={rel} $tf_s\"",
-            quote(&format!("{}/{rel}", layout.deploy_dir()))
+            quote(&layout.path(&rel))
         );
     }
     // Whose the deploy dir is: tunnelfleet's, empty, absent, or someone else's.
@@ -192,6 +204,79 @@ pub struct ParsedFacts {
     /// The deploy dir: `absent`, `empty`, `managed` (tunnelfleet's: `.tunnelfleet/` or
     /// `current`), or `foreign` (holds other things).
     pub dir_state: Option<String>,
+    /// The Docker engine did not answer (`docker ps` failed): Docker's error line. The
+    /// container facts then say nothing (no containers were seen, none were absent).
+    pub engine_down: Option<String>,
+    /// The network namespace facts of this tunnel's running proxy and connectors.
+    pub netns: Vec<NetnsFact>,
+}
+
+/// What to do when the Docker engine does not answer: the hint every verb gives.
+pub const ENGINE_DOWN_HINT: &str = "start the Docker engine on the host (e.g. `sudo systemctl \
+     start docker`), then run this again; `tunnelfleet status` shows when it answers";
+
+/// What to do when a connector lost the proxy's network namespace: the repairing command.
+pub const NETNS_LOST_HINT: &str = "run `tunnelfleet deploy` (it recreates the connector in \
+     the proxy's network namespace), then run this again";
+
+/// The cause `status` names for [`HostFacts::connector_netns_lost`].
+pub const NETNS_LOST_CAUSE: &str = "connector lost the proxy's network after the proxy restarted";
+
+impl ParsedFacts {
+    /// `Docker engine down: ...` when the engine did not answer: no container fact holds, so
+    /// no verb may plan from them.
+    pub fn engine_refusal(&self) -> Option<String> {
+        self.engine_down
+            .as_ref()
+            .map(|why| format!("Docker engine down: {why}"))
+    }
+}
+
+/// The network namespace of one running container of the stack, as the engine and the
+/// host's `/proc` tell it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetnsFact {
+    /// Compose service.
+    pub service: String,
+    /// Container name.
+    pub name: String,
+    /// Container id.
+    pub id: String,
+    /// Inode of `/proc/PID/ns/net` of the container's process, when readable.
+    pub inode: Option<u64>,
+    /// Docker's `HostConfig.NetworkMode` (`container:ID` for a connector sharing the proxy's
+    /// namespace on a real engine).
+    pub network_mode: String,
+}
+
+/// Why a running connector is not in the running proxy's network namespace, if one is not:
+/// its namespace inode differs from the proxy's, or it joined another container than the
+/// proxy that runs now. Unknown facts (an inode the session may not read, another engine's
+/// `NetworkMode` spelling) never count as lost.
+pub fn connector_netns_lost(netns: &[NetnsFact]) -> Option<String> {
+    let proxy = netns.iter().find(|n| n.service == PROXY_SERVICE)?;
+    for c in netns.iter().filter(|n| n.service == CONNECTOR_SERVICE) {
+        if let (Some(a), Some(b)) = (proxy.inode, c.inode)
+            && a != b
+        {
+            return Some(format!(
+                "{} is in network namespace {b}, the proxy {} in {a}",
+                c.name, proxy.name
+            ));
+        }
+        if let Some(joined) = c.network_mode.strip_prefix("container:")
+            && !joined.is_empty()
+            && joined != proxy.id
+        {
+            return Some(format!(
+                "{} joined container {}, not the proxy {} that runs now",
+                c.name,
+                &joined[..joined.len().min(12)],
+                proxy.name
+            ));
+        }
+    }
+    None
 }
 
 /// Why a container is not running, as far as the host can tell.
@@ -269,6 +354,28 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
             "uid" => p.facts.remote_uid = v.trim().parse().ok(),
             "lock" => p.lock_holder = Some(v.to_string()),
             "dir" => p.dir_state = Some(v.to_string()),
+            "engine" => {
+                let why = v.strip_prefix("down").unwrap_or(v).trim();
+                p.engine_down = Some(if why.is_empty() {
+                    "the Docker engine did not answer".to_string()
+                } else {
+                    why.to_string()
+                });
+            }
+            "netns" => {
+                let mut it = v.split(' ');
+                if let (Some(svc), Some(name), Some(id), Some(ino), Some(mode)) =
+                    (it.next(), it.next(), it.next(), it.next(), it.next())
+                {
+                    p.netns.push(NetnsFact {
+                        service: svc.to_string(),
+                        name: name.to_string(),
+                        id: id.to_string(),
+                        inode: ino.parse().ok(),
+                        network_mode: mode.to_string(),
+                    });
+                }
+            }
             "deployed" if !v.is_empty() => p.last_deployed = Some(v.to_string()),
             "ctrdiag" => {
                 let mut it = v.splitn(4, ' ');
@@ -324,6 +431,7 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
     if cert.contains("BEGIN CERTIFICATE") {
         p.tls_crt = Some(cert);
     }
+    p.facts.connector_netns_lost = connector_netns_lost(&p.netns);
     p.facts.proxy = p
         .containers
         .get(PROXY_SERVICE)
@@ -390,7 +498,7 @@ pub struct ApplySpec<'a> {
 }
 
 /// Exit code of the apply script when the host changed between facts and apply.
-pub const CHANGED_EXIT: i32 = 4;
+pub const CHANGED_EXIT: i32 = crate::remote::RemoteExit::Changed.code();
 
 /// Builds the apply script and its stdin. The script takes the fleet lock (exit 3 with the
 /// holder on stdout when held), checks the host still is as the plan saw it, writes every file
@@ -457,13 +565,13 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
     let _ = writeln!(
         body,
         "mkdir -p -m 0700 {shared} && mkdir -p -m 0755 {data} || exit 1",
-        shared = quote(&format!("{}/shared", l.deploy_dir())),
+        shared = quote(&l.shared_dir()),
         data = quote(&l.data_dir())
     );
     if spec.env.is_some() {
         // The previous .env stays beside it (0600), so a deploy whose new token the edge
         // refuses can be undone on the hosts it reached.
-        let prev = quote(&format!("{}.prev", l.env_file()));
+        let prev = quote(&l.env_prev());
         let _ = writeln!(
             body,
             "if [ -f {env} ]; then cp -p {env} {prev}.tmp && mv -f {prev}.tmp {prev} || echo 'keep the previous .env: failed' >&2; fi"
@@ -483,7 +591,7 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
         }
     }
     if spec.switch_current {
-        let tmp = quote(&format!("{}/.current.tmp", l.deploy_dir()));
+        let tmp = quote(&l.current_tmp());
         let _ = writeln!(
             body,
             "ln -sfn {target} {tmp} && mv -Tf {tmp} {cur} || {{ echo 'switch current: failed' >&2; exit 1; }}",
@@ -491,7 +599,7 @@ pub fn apply_script(spec: &ApplySpec<'_>) -> Result<(String, Vec<u8>), ScriptErr
         );
     }
     for f in &spec.fix_perms {
-        let path = quote(&format!("{}/{}", l.deploy_dir(), f.path));
+        let path = quote(&l.path(&f.path));
         let chown = match &f.owner {
             Some(o) => format!("chown -- {} {path} && ", quote(o)),
             None => String::new(),
@@ -630,7 +738,7 @@ pub const SETUP_SERVICE: &str = "setup";
 /// Where tunnelfleet records, on a host, the last `--token-version` the setup component ran
 /// with (the component refuses to rotate when the value has not changed).
 pub fn setup_version_file(layout: &Layout) -> String {
-    format!("{}/.tunnelfleet/setup-token-version", layout.deploy_dir())
+    layout.setup_version_file()
 }
 
 /// The file the setup component writes the tunnel token to (root-only).
@@ -639,7 +747,7 @@ pub fn setup_token_file(layout: &Layout) -> String {
 }
 
 /// Exit code of the setup scripts when the component itself failed (its message on stderr).
-pub const SETUP_FAILED_EXIT: i32 = 5;
+pub const SETUP_FAILED_EXIT: i32 = crate::remote::RemoteExit::ComposeFailed.code();
 
 /// Rotates the token through the setup component on this host, as the guide does by hand:
 /// `docker compose run --rm setup` with `--token-version` one above both `floor` and the
@@ -654,7 +762,7 @@ pub fn setup_token_script(layout: &Layout, compose: ComposeCli, floor: u32) -> S
     format!(
         "# tunnelfleet: setup token\n\
          IFS= read -r ANTHROPIC_IDENTITY_TOKEN || true\n\
-         if [ -z \"$ANTHROPIC_IDENTITY_TOKEN\" ]; then echo 'no identity token on stdin' >&2; exit 2; fi\n\
+         if [ -z \"$ANTHROPIC_IDENTITY_TOKEN\" ]; then echo 'no identity token on stdin' >&2; exit {no_input}; fi\n\
          export ANTHROPIC_IDENTITY_TOKEN\n\
          tf_last=$(cat {vf} 2>/dev/null | tr -dc 0-9)\n\
          tf_v={floor}\n\
@@ -666,6 +774,7 @@ pub fn setup_token_script(layout: &Layout, compose: ComposeCli, floor: u32) -> S
          || echo 'record the token version: failed' >&2\n\
          {read}",
         read = setup_read_token_body(&tf, "$tf_v"),
+        no_input = crate::remote::RemoteExit::NoInput.code(),
     )
 }
 
@@ -683,9 +792,10 @@ pub fn setup_read_token_script(layout: &Layout) -> String {
 
 fn setup_read_token_body(token_file: &str, version: &str) -> String {
     format!(
-        "if [ ! -s {token_file} ]; then echo 'the setup component left no token in data/tunnel-token' >&2; exit 6; fi\n\
+        "if [ ! -s {token_file} ]; then echo 'the setup component left no token in data/tunnel-token' >&2; exit {incomplete}; fi\n\
          echo \"setup_version={version}\"\n\
-         printf 'token='; cat {token_file}; echo\n"
+         printf 'token='; cat {token_file}; echo\n",
+        incomplete = crate::remote::RemoteExit::Incomplete.code(),
     )
 }
 
@@ -809,6 +919,81 @@ mod tests {
             parse_cert_block(&format!("{CERT_BEGIN}\n{CERT_END}\n")),
             None
         );
+    }
+
+    #[test]
+    fn engine_down_and_lost_namespaces_are_parsed() {
+        let l = Layout::new("/srv/a", "t");
+        let r = Release::new(Vec::new(), Vec::new());
+        let p = parse_facts(&l, &r, "engine=down Cannot connect to the Docker daemon\n");
+        assert_eq!(
+            p.engine_down.as_deref(),
+            Some("Cannot connect to the Docker daemon")
+        );
+        assert_eq!(
+            parse_facts(&l, &r, "engine=down \n").engine_down.as_deref(),
+            Some("the Docker engine did not answer")
+        );
+        assert_eq!(parse_facts(&l, &r, "compose=v2\n").engine_down, None);
+
+        let fact = |svc: &str, name: &str, id: &str, ino: Option<u64>, mode: &str| NetnsFact {
+            service: svc.into(),
+            name: name.into(),
+            id: id.into(),
+            inode: ino,
+            network_mode: mode.into(),
+        };
+        let proxy = fact(PROXY_SERVICE, "p", "pid1", Some(10), "mcp-tunnel-t_default");
+        // Inodes decide when both are known.
+        let lost = connector_netns_lost(&[
+            proxy.clone(),
+            fact(CONNECTOR_SERVICE, "c", "cid", Some(9), "container:pid1"),
+        ]);
+        assert_eq!(
+            lost.as_deref(),
+            Some("c is in network namespace 9, the proxy p in 10")
+        );
+        assert_eq!(
+            connector_netns_lost(&[
+                proxy.clone(),
+                fact(CONNECTOR_SERVICE, "c", "cid", Some(10), "container:pid1"),
+            ]),
+            None
+        );
+        // Unknown inodes: the container the connector joined decides.
+        let unread = fact(PROXY_SERVICE, "p", "pid1", None, "default");
+        assert!(
+            connector_netns_lost(&[
+                unread.clone(),
+                fact(
+                    CONNECTOR_SERVICE,
+                    "c",
+                    "cid",
+                    None,
+                    "container:old0123456789abcdef"
+                ),
+            ])
+            .is_some_and(|w| w.contains("joined container old012345678"))
+        );
+        // The model's spelling (`service:X`) and a missing proxy say nothing.
+        assert_eq!(
+            connector_netns_lost(&[
+                unread,
+                fact(CONNECTOR_SERVICE, "c", "cid", None, "service:mcp-proxy"),
+            ]),
+            None
+        );
+        assert_eq!(
+            connector_netns_lost(&[fact(CONNECTOR_SERVICE, "c", "cid", Some(9), "x")]),
+            None
+        );
+
+        let out = "netns=mcp-proxy p pid1 10 default\nnetns=cloudflared c cid 9 container:pid1\n";
+        let p = parse_facts(&l, &r, out);
+        assert_eq!(p.netns.len(), 2);
+        assert!(p.facts.connector_netns_lost.is_some());
+        let out = "netns=mcp-proxy p pid1 - default\nnetns=cloudflared c cid - container:pid1\n";
+        assert_eq!(parse_facts(&l, &r, out).facts.connector_netns_lost, None);
     }
 
     #[test]

@@ -18,14 +18,27 @@ pub const DEFAULT_MCP_PROXY_IMAGE: &str = "us-docker.pkg.dev/anthropic-public-re
 /// cloudflared image pinned by the stack's public quickstart.
 pub const DEFAULT_CLOUDFLARED_IMAGE: &str = "cloudflare/cloudflared@sha256:6b599ca3e974349ead3286d178da61d291961182ec3fe9c505e1dd02c8ac31b0";
 
-/// Where the stack lives on a host unless `deploy_dir` says otherwise.
-pub const DEFAULT_DEPLOY_DIR: &str = "/srv/mcp-tunnel";
+/// Where the stack lives on a host unless `deploy_dir` says otherwise (the inventory's
+/// default: one value).
+pub use crate::inventory::DEFAULT_DEPLOY_DIR;
 
 /// The route the sample server gets when `sample_server: true` (as in the guide).
 pub const SAMPLE_ROUTE: &str = "echo";
 
 /// Upstream of [`SAMPLE_ROUTE`]: the `hello-mcp` compose service on port 9000.
 pub const SAMPLE_UPSTREAM: &str = "http://hello-mcp:9000";
+
+/// First of the loopback ports a tunnel's connector metrics (`/ready`) are published on unless
+/// `tunnel_metrics_port` says otherwise: cloudflared's own range, 20241-20245.
+pub const DEFAULT_METRICS_PORT: u16 = 20241;
+
+/// How many metrics ports a tunnel publishes: cloudflared takes the first free one of
+/// 20241-20245 inside the proxy's network namespace, so five connectors can answer at once.
+pub const METRICS_PORT_COUNT: u16 = 5;
+
+/// The ports cloudflared's metrics server tries inside the container (fixed by cloudflared);
+/// the host side of the mapping is the tunnel's own range.
+pub const CONNECTOR_METRICS_PORTS: std::ops::RangeInclusive<u16> = 20241..=20245;
 
 const LOG_LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
 
@@ -63,6 +76,10 @@ pub struct StackSettings {
     /// How many release directories a host keeps (`keep_releases`, default 5, at least 2): older
     /// ones are pruned after a successful rollout, never the current or the previous one.
     pub keep_releases: usize,
+    /// First of the [`METRICS_PORT_COUNT`] host loopback ports the connectors' metrics are
+    /// published on (`tunnel_metrics_port`, default [`DEFAULT_METRICS_PORT`]). Tunnels sharing
+    /// a machine need disjoint ranges ([`check_shared_machines`]).
+    pub metrics_port: u16,
     /// The setup component (programmatic access through Workload Identity Federation), when
     /// `setup_tunnel_id` is set.
     pub setup: Option<SetupSettings>,
@@ -141,7 +158,9 @@ impl StackSettings {
         let routes = r.routes(sample_server)?;
 
         let deploy_dir = match r.string("deploy_dir")? {
-            Some(dir) => normalize_deploy_dir(&dir).map_err(|p| r.err("deploy_dir", p))?,
+            Some(dir) => {
+                crate::inventory::check_deploy_dir(&dir).map_err(|p| r.err("deploy_dir", p))?
+            }
             None => DEFAULT_DEPLOY_DIR.to_string(),
         };
 
@@ -225,8 +244,38 @@ impl StackSettings {
             }
         };
 
+        let metrics_port = match r.get("tunnel_metrics_port") {
+            None => DEFAULT_METRICS_PORT,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(p) if (1024..=u64::from(u16::MAX - (METRICS_PORT_COUNT - 1))).contains(&p) => {
+                    p as u16
+                }
+                _ => {
+                    return Err(r.err(
+                        "tunnel_metrics_port",
+                        format!(
+                            "{n} is out of range: the first of {METRICS_PORT_COUNT} loopback \
+                             ports, from 1024 to {} (default {DEFAULT_METRICS_PORT})",
+                            u16::MAX - (METRICS_PORT_COUNT - 1)
+                        ),
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(r.err(
+                    "tunnel_metrics_port",
+                    format!(
+                        "expected a port number (the first of {METRICS_PORT_COUNT}, e.g. 20251), \
+                         got {}",
+                        type_name(other)
+                    ),
+                ));
+            }
+        };
+
         Ok(StackSettings {
             keep_releases,
+            metrics_port,
             host: host.to_string(),
             tunnel_name,
             tunnel_domain,
@@ -243,6 +292,103 @@ impl StackSettings {
             setup,
         })
     }
+}
+
+impl StackSettings {
+    /// The host loopback ports the connectors' metrics servers are published on.
+    pub fn metrics_ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.metrics_port..=self.metrics_port + (METRICS_PORT_COUNT - 1)
+    }
+}
+
+/// Refuses two tunnels on one machine that would clash: overlapping metrics port ranges (the
+/// second proxy could not publish its ports, and a readiness probe could not tell whose
+/// connector answers) or the same deploy directory.
+///
+/// `hosts` are `(endpoint, settings)` pairs, the endpoint being what identifies a machine:
+/// the SSH address and port (and jump chain) the inventory resolves the host to. Hosts of the
+/// same tunnel on one endpoint are not compared (they are the same stack).
+pub fn check_shared_machines(hosts: &[(String, &StackSettings)]) -> Result<(), StackError> {
+    // Hosts by machine, in inventory order: only hosts on one machine are compared.
+    let mut by_endpoint: IndexMap<&str, Vec<&StackSettings>> = IndexMap::new();
+    for (endpoint, s) in hosts {
+        by_endpoint.entry(endpoint.as_str()).or_default().push(s);
+    }
+    for (endpoint, on_machine) in &by_endpoint {
+        for (i, b) in on_machine.iter().enumerate() {
+            for a in &on_machine[..i] {
+                if a.tunnel_name == b.tunnel_name {
+                    continue;
+                }
+                check_pair(endpoint, a, b, on_machine)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two hosts of different tunnels on the machine `endpoint` (`on_machine`: every host there).
+fn check_pair(
+    endpoint: &str,
+    a: &StackSettings,
+    b: &StackSettings,
+    on_machine: &[&StackSettings],
+) -> Result<(), StackError> {
+    let clash = |var: &str, what: String, hint: String| StackError::Var {
+        host: b.host.clone(),
+        var: var.to_string(),
+        problem: format!(
+            "tunnels {} ({}) and {} ({}) run on the same machine ({endpoint}) and {what}; {hint}",
+            a.tunnel_name, a.host, b.tunnel_name, b.host
+        ),
+    };
+    if a.deploy_dir == b.deploy_dir {
+        return Err(clash(
+            "deploy_dir",
+            format!("both use deploy_dir {}", a.deploy_dir),
+            format!(
+                "give tunnel {} its own deploy_dir (e.g. /srv/{})",
+                b.tunnel_name, b.tunnel_name
+            ),
+        ));
+    }
+    let (ra, rb) = (a.metrics_ports(), b.metrics_ports());
+    if ra.start() <= rb.end() && rb.start() <= ra.end() {
+        // A free range on this machine: after every range already used there.
+        let used_end = on_machine
+            .iter()
+            .map(|s| *s.metrics_ports().end())
+            .max()
+            .unwrap_or(*rb.end());
+        let free = used_end
+            .checked_add(1)
+            .filter(|p| p.checked_add(METRICS_PORT_COUNT - 1).is_some());
+        let hint = match free {
+            Some(p) => format!(
+                "set `tunnel_metrics_port: {p}` in tunnel {}'s group vars (ports {p}-{}), or \
+                 the first of any {METRICS_PORT_COUNT} free ports",
+                b.tunnel_name,
+                p + (METRICS_PORT_COUNT - 1)
+            ),
+            None => format!(
+                "set `tunnel_metrics_port` in tunnel {}'s group vars to the first of \
+                 {METRICS_PORT_COUNT} free ports",
+                b.tunnel_name
+            ),
+        };
+        return Err(clash(
+            "tunnel_metrics_port",
+            format!(
+                "their connectors' metrics ports on the loopback overlap ({}-{} and {}-{})",
+                ra.start(),
+                ra.end(),
+                rb.start(),
+                rb.end()
+            ),
+            hint,
+        ));
+    }
+    Ok(())
 }
 
 /// Groups hosts by tunnel (`tunnel_name`), in order of first appearance.
@@ -329,6 +475,13 @@ fn check_same_tunnel(first: &StackSettings, other: &StackSettings) -> Result<(),
         return Err(disagree(
             "cloudflared_image",
             both(&first.cloudflared_image, &other.cloudflared_image),
+        ));
+    }
+    if first.metrics_port != other.metrics_port {
+        // In the compose file, so in the release id: `rollback --to ID` needs one id per tunnel.
+        return Err(disagree(
+            "tunnel_metrics_port",
+            both(&first.metrics_port, &other.metrics_port),
         ));
     }
     if first.upstream_allowed_ips != other.upstream_allowed_ips {
@@ -948,36 +1101,6 @@ pub fn deploy_dir_refusal(dir: &str, dir_state: Option<&str>) -> Option<String> 
     })
 }
 
-fn normalize_deploy_dir(dir: &str) -> Result<String, String> {
-    let d = shown(dir);
-    if !dir.starts_with('/') {
-        return Err(format!(
-            "{d} is not an absolute path (e.g. {DEFAULT_DEPLOY_DIR})"
-        ));
-    }
-    if !dir
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
-    {
-        return Err(format!(
-            "{d}: expected a path of letters, digits, '/', '.', '_', '-'"
-        ));
-    }
-    let trimmed = dir.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return Err(format!("{d}: the stack cannot live in /"));
-    }
-    if trimmed[1..]
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(format!(
-            "{d}: expected a normalized path (no '//', '.' or '..')"
-        ));
-    }
-    Ok(trimmed.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1247,7 +1370,7 @@ mod tests {
             err_of(&with("sample_server", json!("yes"))),
             "h1: sample_server: expected true or false, got a string"
         );
-        assert!(err_of(&with("deploy_dir", json!("srv/x"))).contains("not an absolute path"));
+        assert!(err_of(&with("deploy_dir", json!("srv/x"))).contains("must be an absolute path"));
         assert!(err_of(&with("deploy_dir", json!("/srv/../x"))).contains("normalized"));
         assert!(err_of(&with("deploy_dir", json!("/srv/my dir"))).contains("expected a path"));
         let s = StackSettings::from_vars("h1", &with("deploy_dir", json!("/opt/tunnel/")))
@@ -1360,6 +1483,140 @@ mod tests {
                 .to_string();
             assert!(e.contains("h1") && e.contains("keep_releases"), "{e}");
         }
+    }
+
+    #[test]
+    fn tunnel_metrics_port_defaults_and_bounds() {
+        let s = host("h1", json!({}));
+        assert_eq!(s.metrics_port, DEFAULT_METRICS_PORT);
+        assert_eq!(s.metrics_ports(), 20241..=20245);
+        let s = host("h1", json!({"tunnel_metrics_port": 20251}));
+        assert_eq!(s.metrics_ports(), 20251..=20255);
+        assert_eq!(
+            host("h1", json!({"tunnel_metrics_port": 65531})).metrics_ports(),
+            65531..=65535
+        );
+        for bad in [
+            json!(1023),
+            json!(0),
+            json!(65532),
+            json!(-1),
+            json!(20241.5),
+            json!("20251"),
+            json!([20251]),
+        ] {
+            let e = err_of(&with("tunnel_metrics_port", bad.clone()));
+            assert!(
+                e.starts_with("h1: tunnel_metrics_port: "),
+                "{bad} accepted or unclear: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tunnel_has_one_metrics_range() {
+        let hosts = [
+            host("h1", json!({"tunnel_name": "a"})),
+            host(
+                "h2",
+                json!({"tunnel_name": "a", "tunnel_metrics_port": 20300}),
+            ),
+        ];
+        let e = group_by_tunnel(&hosts).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("h2 disagrees with h1 on tunnel_metrics_port")),
+            "{e:?}"
+        );
+    }
+
+    fn on(endpoint: &str, s: &StackSettings) -> (String, StackSettings) {
+        (endpoint.to_string(), s.clone())
+    }
+
+    fn shared(hosts: &[(String, StackSettings)]) -> Result<(), String> {
+        let pairs: Vec<(String, &StackSettings)> =
+            hosts.iter().map(|(e, s)| (e.clone(), s)).collect();
+        check_shared_machines(&pairs).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tunnels_sharing_a_machine_need_their_own_ports_and_directory() {
+        let a = host("h1", json!({"tunnel_name": "a"}));
+        let b = |extra: Value| {
+            let mut v = json!({"tunnel_name": "b", "tunnel_domain": "t2.example.com",
+                               "deploy_dir": "/srv/b"});
+            if let (Value::Object(m), Value::Object(x)) = (&mut v, extra) {
+                m.extend(x);
+            }
+            host("h1b", v)
+        };
+        // Same machine, default ranges: refused, naming both tunnels, hosts, ranges and a fix.
+        let e = shared(&[on("10.0.0.1:22", &a), on("10.0.0.1:22", &b(json!({})))])
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "h1b: tunnel_metrics_port: tunnels a (h1) and b (h1b) run on the same machine \
+             (10.0.0.1:22) and their connectors' metrics ports on the loopback overlap \
+             (20241-20245 and 20241-20245); set `tunnel_metrics_port: 20246` in tunnel b's group \
+             vars (ports 20246-20250), or the first of any 5 free ports"
+        );
+        // A partial overlap is refused too.
+        let e = shared(&[
+            on("10.0.0.1:22", &a),
+            on("10.0.0.1:22", &b(json!({"tunnel_metrics_port": 20245}))),
+        ]);
+        assert!(e.is_err_and(|e| e.contains("(20241-20245 and 20245-20249)")));
+        // Disjoint ranges on one machine, or the same range on different machines: fine.
+        assert_eq!(
+            shared(&[
+                on("10.0.0.1:22", &a),
+                on("10.0.0.1:22", &b(json!({"tunnel_metrics_port": 20246})))
+            ]),
+            Ok(())
+        );
+        for other in [
+            "10.0.0.2:22",
+            "10.0.0.1:2222",
+            "10.0.0.1:22 via 192.0.2.1:22",
+        ] {
+            assert_eq!(
+                shared(&[on("10.0.0.1:22", &a), on(other, &b(json!({})))]),
+                Ok(()),
+                "{other}"
+            );
+        }
+        // Hosts of one tunnel on one machine are the same stack, not a clash.
+        assert_eq!(shared(&[on("m:22", &a), on("m:22", &a)]), Ok(()));
+        // The same deploy dir on one machine is refused whatever the ports.
+        let e = shared(&[
+            on("10.0.0.1:22", &a),
+            on(
+                "10.0.0.1:22",
+                &b(json!({"deploy_dir": "/srv/mcp-tunnel", "tunnel_metrics_port": 20300})),
+            ),
+        ])
+        .err()
+        .unwrap_or_default();
+        assert!(
+            e.starts_with("h1b: deploy_dir: tunnels a (h1) and b (h1b)")
+                && e.contains("both use deploy_dir /srv/mcp-tunnel"),
+            "{e}"
+        );
+        // The hint skips past every range used on the machine.
+        let c = host(
+            "h1c",
+            json!({"tunnel_name": "c", "tunnel_domain": "t3.example.com", "deploy_dir": "/srv/c"}),
+        );
+        let e = shared(&[
+            on("m:22", &a),
+            on("m:22", &b(json!({"tunnel_metrics_port": 20246}))),
+            on("m:22", &c),
+        ])
+        .err()
+        .unwrap_or_default();
+        assert!(e.contains("tunnel_metrics_port: 20251"), "{e}");
     }
 
     #[test]

@@ -174,6 +174,29 @@ step "h2 is untouched; docker-compose (v1 spelling) answers"
 ssh -F "$C/ssh_config" h2 'test ! -e /srv/mcp-tunnel && docker ps -q | wc -l' | grep -qx 0 || fail "h2 not pristine"
 ssh -F "$C/ssh_config" h2 'docker-compose version' | head -1 | grep -q '^docker-compose version 1.29' || fail "v1"
 
+step "the host's engine answers docker; without it the client runs the same program itself"
+H1=(ssh -F "$C/ssh_config" h1)
+"${H1[@]}" 'test -S /run/standin-docker.sock' || fail "no engine socket on h1"
+# (outputs without relative times, which could differ between the two calls)
+for cmd in "docker ps -a --format '{{.ID}} {{.Names}} {{.State}} {{.Image}}'" \
+           "docker compose -p mcp-tunnel --project-directory /srv/mcp-tunnel/current ps -a --format '{{.Name}} {{.Service}} {{.State}}'" \
+           "docker inspect -f '{{.Name}} {{.State.Status}}' mcp-tunnel-mcp-proxy-1" "docker-compose version"; do
+    via=$("${H1[@]}" "$cmd" 2>&1) || fail "via the engine: $cmd"
+    own=$("${H1[@]}" "TESTBED_ENGINE_SOCKET=/nonexistent $cmd" 2>&1) || fail "without the engine: $cmd"
+    [ "$via" = "$own" ] || fail "engine and fallback differ for $cmd: [$via] vs [$own]"
+done
+set +e
+"${H1[@]}" 'docker inspect no-such-container' >/dev/null 2>&1; rc_via=$?
+"${H1[@]}" 'TESTBED_ENGINE_SOCKET=/nonexistent docker inspect no-such-container' >/dev/null 2>&1; rc_own=$?
+err=$("${H1[@]}" 'docker inspect no-such-container 2>&1 >/dev/null')
+set -e
+[ "$rc_via" = 1 ] && [ "$rc_own" = 1 ] || fail "exit codes: engine $rc_via, fallback $rc_own (want 1)"
+[ "$err" = "Error: No such object: no-such-container" ] || fail "stderr through the engine: $err"
+# stdin reaches the command (cwd and environment too: the compose project from .env and cwd).
+out=$(printf 'x\n' | "${H1[@]}" 'cd /srv/mcp-tunnel/current && COMPOSE_PROJECT_NAME=mcp-tunnel docker compose ps --services; cat')
+printf '%s\n' "$out" | grep -qx mcp-proxy || fail "compose ps --services from cwd: $out"
+printf '%s\n' "$out" | tail -1 | grep -qx x || fail "stdin after docker: $out"
+
 step "no token on any remote command line, log or output"
 # Legitimate homes of a token: DIR/token*, the edge's store, the hosts' .env
 # and the stand-in docker's container state (0600, like Docker's own).

@@ -543,7 +543,13 @@ pub async fn run(
         .hosts
         .iter()
         .filter(|h| h.status != HostStatus::Ok)
-        .map(|h| format!("{}: {}", h.host, h.message.clone().unwrap_or_default()))
+        .map(|h| {
+            let mut line = format!("{}: {}", h.host, h.message.clone().unwrap_or_default());
+            if let Some(hint) = &h.hint {
+                line.push_str(&format!("\n    hint: {hint}"));
+            }
+            line
+        })
         .collect();
     if !failed_pre.is_empty() && !opts.allow_down {
         let cleanup = Engine::new(ui);

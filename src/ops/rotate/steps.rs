@@ -184,7 +184,7 @@ impl Step<StackHost> for HealthyStep {
         let lock_fut = async { Some(session.exec(&lock_script, b"").await) };
         let (facts, probes, listed, prepared, locked) = tokio::join!(
             facts_fut,
-            health::connectors(&session),
+            health::connectors(&session, h.input.settings.metrics_ports()),
             containers(&session, &h.input.layout),
             prepare,
             lock_fut
@@ -218,6 +218,11 @@ impl Step<StackHost> for HealthyStep {
                 return Err(StepFailure::new("no Docker Compose on the host")
                     .with_hint("install docker compose (v2) or docker-compose (v1)"));
             }
+            if let Some(why) = facts.engine_refusal() {
+                return Err(
+                    StepFailure::new(why).with_hint(crate::stack::scripts::ENGINE_DOWN_HINT)
+                );
+            }
             if !h.input.force_dir
                 && let Some(why) = crate::stack::deploy_dir_refusal(
                     h.input.layout.deploy_dir(),
@@ -235,9 +240,21 @@ impl Step<StackHost> for HealthyStep {
         let ready: Vec<health::ConnectorReady> =
             probes.into_iter().filter(|c| c.is_ready()).collect();
         if ready.is_empty() {
+            use crate::stack::scripts::{NETNS_LOST_CAUSE, NETNS_LOST_HINT};
+            if let Some(why) = h
+                .facts
+                .as_ref()
+                .and_then(|f| f.facts.connector_netns_lost.as_ref())
+            {
+                return Err(StepFailure::new(format!(
+                    "no ready connector on the host: {NETNS_LOST_CAUSE} ({why})"
+                ))
+                .with_hint(format!("{NETNS_LOST_HINT}, or exclude it with --limit")));
+            }
             return Err(
                 StepFailure::new("no ready connector on the host").with_hint(
-                    "fix the host first (tunnelfleet status; deploy), or exclude it with --limit",
+                    "fix the host first: `tunnelfleet status` names the cause and `tunnelfleet \
+                     deploy` repairs what it can; or exclude it with --limit",
                 ),
             );
         }
@@ -442,10 +459,12 @@ impl Step<StackHost> for StartConnectorStep {
             tokio::pin!(start);
             match &answering {
                 Some(old) => {
-                    let (ports, is_new) = new_connector_rule(old, None);
+                    let all = h.input.settings.metrics_ports();
+                    let where_ = health::describe_ports(&all);
+                    let (ports, is_new) = new_connector_rule(old, None, all);
                     let mut last = String::new();
                     let ahead = h.rotation.probes_ahead.clone();
-                    let watch = watch_ready(&session, &ports, &is_new, &ahead, &mut last);
+                    let watch = watch_ready(&session, &ports, &is_new, &ahead, &where_, &mut last);
                     tokio::select! {
                         out = &mut start => out,
                         found = watch => {
@@ -599,9 +618,11 @@ impl Step<StackHost> for WaitConnectorStep {
             .clone()
             .filter(|_| !h.rotation.in_place);
         if id.is_some() || old.is_some() {
-            let (ports, is_new) = new_connector_rule(&old.unwrap_or_default(), id.clone());
+            let all = h.input.settings.metrics_ports();
+            let where_ = health::describe_ports(&all);
+            let (ports, is_new) = new_connector_rule(&old.unwrap_or_default(), id.clone(), all);
             let ahead = h.rotation.probes_ahead.clone();
-            let watch = watch_ready(&session, &ports, &is_new, &ahead, &mut last);
+            let watch = watch_ready(&session, &ports, &is_new, &ahead, &where_, &mut last);
             let watched = tokio::time::timeout(self.timeout, watch).await;
             ahead.clear();
             if let Ok((c, _)) = watched {
@@ -632,7 +653,7 @@ impl Step<StackHost> for WaitConnectorStep {
                 }
             }
             if let Some(id) = &id {
-                let probes = health::connectors(&session).await;
+                let probes = health::connectors(&session, h.input.settings.metrics_ports()).await;
                 if let Some(c) = probes
                     .iter()
                     .find(|c| c.connector_id.as_deref() == Some(id.as_str()))
@@ -651,7 +672,10 @@ impl Step<StackHost> for WaitConnectorStep {
                         c.status, c.ready_connections
                     );
                 } else {
-                    last = format!("{id} not answering on 127.0.0.1:20241-20245");
+                    last = format!(
+                        "{id} not answering on {}",
+                        health::describe_ports(&h.input.settings.metrics_ports())
+                    );
                 }
             }
             if started.elapsed() >= self.timeout {
@@ -682,6 +706,7 @@ async fn watch_ready(
     ports: &[u16],
     is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
     ahead: &ProbesAhead,
+    where_: &str,
     last: &mut String,
 ) -> (health::ConnectorReady, Instant) {
     loop {
@@ -694,7 +719,7 @@ async fn watch_ready(
                 if let Some(c) = probes.iter().find(|c| c.is_ready() && is_new(c)) {
                     return (c.clone(), Instant::now());
                 }
-                *last = describe_new(&probes, is_new);
+                *last = describe_new(&probes, is_new, where_);
                 if let Some(c) = probes.iter().find(|c| is_new(c)) {
                     ahead.set_port(c.port);
                     break c.port;
@@ -702,7 +727,7 @@ async fn watch_ready(
                 tokio::time::sleep_until(round + PROBE_INTERVAL).await;
             },
         };
-        if let Some(found) = watch_port(session, port, is_new, ahead, last).await {
+        if let Some(found) = watch_port(session, port, is_new, ahead, where_, last).await {
             return found;
         }
         // The port stopped answering, or another connector holds it: rounds again.
@@ -714,6 +739,7 @@ async fn watch_ready(
 fn describe_new(
     probes: &[health::ConnectorReady],
     is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
+    where_: &str,
 ) -> String {
     match probes.iter().find(|c| is_new(c)) {
         Some(c) => format!(
@@ -722,7 +748,7 @@ fn describe_new(
             c.status,
             c.ready_connections
         ),
-        None => "no new connector answering on 127.0.0.1:20241-20245".to_string(),
+        None => format!("no new connector answering on {where_}"),
     }
 }
 
@@ -736,6 +762,7 @@ async fn watch_port(
     port: u16,
     is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
     ahead: &ProbesAhead,
+    where_: &str,
     last: &mut String,
 ) -> Option<(health::ConnectorReady, Instant)> {
     use futures::StreamExt;
@@ -769,7 +796,7 @@ async fn watch_port(
                 Some(c) if c.is_ready() => return Some((c, Instant::now())),
                 Some(c) => {
                     failed = 0;
-                    *last = describe_new(std::slice::from_ref(&c), is_new);
+                    *last = describe_new(std::slice::from_ref(&c), is_new, where_);
                 }
                 None => {
                     failed += 1;
@@ -789,6 +816,7 @@ async fn watch_port(
 fn new_connector_rule(
     answering: &[health::ConnectorReady],
     id: Option<String>,
+    all: health::MetricsPorts,
 ) -> (
     Vec<u16>,
     impl Fn(&health::ConnectorReady) -> bool + Sync + use<>,
@@ -802,9 +830,7 @@ fn new_connector_rule(
         .filter(|_| id.is_none())
         .map(|c| c.port)
         .collect();
-    let ports: Vec<u16> = health::METRICS_PORTS
-        .filter(|p| !old_ports.contains(p))
-        .collect();
+    let ports: Vec<u16> = all.filter(|p| !old_ports.contains(p)).collect();
     let is_new = move |c: &health::ConnectorReady| match &id {
         Some(id) => c.connector_id.as_deref() == Some(id.as_str()),
         None => c

@@ -29,7 +29,7 @@ echo "$(date -Is) boot $HOST pid $$"
 /usr/sbin/sshd -D -f "$HD/sshd_config" -E "$HD/sshd.log" &
 if [ -n "${RELAY_MAPS:-}" ]; then
     # shellcheck disable=SC2086
-    /usr/bin/python3 "$DIR/lib/relay.py" $RELAY_MAPS >>"$HD/relay.log" 2>&1 &
+    "$DIR/lib/standin" relay $RELAY_MAPS >>"$HD/relay.log" 2>&1 &
 fi
 
 # boot.d: every executable in the host's and the shared boot.d, in the

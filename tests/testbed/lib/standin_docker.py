@@ -4,8 +4,9 @@
 Invoked through DIR/bin/docker (`standin_docker.py docker ARGS...`) and
 DIR/bin/docker-compose (`standin_docker.py compose-v1 ARGS...`). A "container"
 is a real process on the host running a stand-in program chosen by image name:
-  image contains "cloudflared" -> standin_cloudflared.py COMMAND...
-  image contains "mcp-proxy"   -> standin_mcp_proxy.py COMMAND..., or, when the
+  image contains "cloudflared" -> `standin cloudflared COMMAND...` (compiled,
+                                  tests/testbed/standins)
+  image contains "mcp-proxy"   -> `standin mcp-proxy COMMAND...`, or, when the
                                   entrypoint (else the command) is `setup`,
                                   standin_setup.py with the remaining words
   anything else                -> a sleep loop (the command is NOT run)
@@ -14,7 +15,10 @@ first. The image reference also selects the stand-ins' failure modes
 (TESTBED_IMAGE: never-ready, crash-after-Ns, bad-config; unpullable here).
 No filesystem or network isolation: every container of a host shares the
 host's (namespaced) filesystem and loopback, so `network_mode: service:X` is
-satisfied trivially. Volumes are recorded and handed to stand-ins as a
+satisfied trivially. Two emulations let two stacks share a host: a project's
+address (standin.json addr_by_project, default 127.0.0.1; TESTBED_ADDR, and
+docker inspect's IPAddress), and published ports (TESTBED_PUBLISHED: the
+container ports the namespace owner's `ports:` publish, and their host ports). Volumes are recorded and handed to stand-ins as a
 container->host path map (TESTBED_VOLUMES).
 
 State: /var/lib/standin-docker/containers/<id>/{state.json (0600: holds the
@@ -220,12 +224,12 @@ def program_for(c):
         args = list(c.get("command") or [])
         if c.get("entrypoint") and c["entrypoint"][-1:] != ["cloudflared"]:
             args = cmd
-        return [PY, os.path.join(LIB, "standin_cloudflared.py"), *args]
+        return [os.path.join(LIB, "standin"), "cloudflared", *args]
     if "mcp-proxy" in image:
         # The setup component ships in the same image (binary `setup`).
         if cmd[:1] and os.path.basename(cmd[0]) == "setup":
             return [PY, os.path.join(LIB, "standin_setup.py"), *cmd[1:]]
-        return [PY, os.path.join(LIB, "standin_mcp_proxy.py"), *(c.get("command") or [])]
+        return [os.path.join(LIB, "standin"), "mcp-proxy", *(c.get("command") or [])]
     # Unknown image: keep a process alive; the command is not run on the host.
     return ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
 
@@ -253,7 +257,46 @@ def program_env(c):
     env["TESTBED_IMAGE"] = c["image"]
     env["TESTBED_USER"] = c.get("user") or ""
     env["TESTBED_VOLUMES"] = json.dumps(c.get("volumes") or [])
+    # Network namespace emulation (containers share the host's): the address of the
+    # container's "network" (standin.json addr_by_project, default 127.0.0.1), and the host
+    # ports its namespace owner publishes ({"container port": host port}), which a stand-in
+    # binds instead of the container port.
+    env["TESTBED_ADDR"] = project_addr(c)
+    env["TESTBED_PUBLISHED"] = json.dumps(published_ports(netns_owner(c)))
     return env
+
+
+def project_addr(c):
+    return (testbed_config().get("addr_by_project") or {}).get(c["project"], "127.0.0.1")
+
+
+def netns_owner(c):
+    """The container whose network namespace c uses (`network_mode: service:X`), else c."""
+    nm = c.get("network_mode") or ""
+    if nm.startswith("service:"):
+        owners = [x for x in all_containers()
+                  if x["project"] == c["project"] and x["service"] == nm[8:]]
+        owners.sort(key=lambda x: x.get("status") != "running")
+        if owners:
+            return owners[0]
+    return c
+
+
+def published_ports(c):
+    """{"container port": host port} from compose `ports:` ("[ip:]host[-end]:ctr[-end]")."""
+    out = {}
+    for spec in c.get("ports") or []:
+        parts = str(spec).split("/")[0].rsplit(":", 2)
+        if len(parts) < 2:
+            continue
+        try:
+            (h0, _, h1), (c0, _, c1) = parts[-2].partition("-"), parts[-1].partition("-")
+            hosts = range(int(h0), int(h1 or h0) + 1)
+            ctrs = range(int(c0), int(c1 or c0) + 1)
+        except ValueError:
+            continue
+        out.update({str(k): v for k, v in zip(ctrs, hosts)})
+    return out
 
 
 # ----------------------------------------------------------------- shim ----
@@ -266,11 +309,15 @@ def spawn_shim(cid):
     # running (EOF if it exits first): no polling of the state file, which cost
     # more CPU than the start itself on a busy machine.
     notify, notify_w = os.pipe()
-    # Through the launcher (cached bytecode, site on demand), like DIR/bin/docker.
-    p = subprocess.Popen([PY, "-S", os.path.join(LIB, "standin_run.py"), "standin_docker", "__shim", cid,
-                          str(notify_w)], pass_fds=(notify_w,),
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    if IN_ENGINE:
+        # Forked from this already-initialised interpreter: no interpreter start.
+        p = ForkedShim(cid, notify_w, keep=notify)
+    else:
+        # Through the launcher (cached bytecode, site on demand), like DIR/bin/docker.
+        p = subprocess.Popen([PY, "-S", os.path.join(LIB, "standin_run.py"), "standin_docker", "__shim",
+                              cid, str(notify_w)], pass_fds=(notify_w,),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     os.close(notify_w)
     deadline = time.monotonic() + 10
     eof = False
@@ -292,6 +339,45 @@ def spawn_shim(cid):
     if p.poll() is not None and c and c["status"] != "exited":
         raise UserError(f"Error response from daemon: failed to start container {c['name']}")
     return c
+
+
+class ForkedShim:
+    """`__shim ID FD` run in a forked copy of this process, with what Popen gave the
+    launched one: its own session, stdio on /dev/null, no other descriptor, default
+    signal dispositions. pid and poll() as Popen has them."""
+
+    def __init__(self, cid, notify_w, keep):
+        self.returncode = None
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.close(keep)
+                os.closerange(3, notify_w)
+                os.closerange(notify_w + 1, 65536)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                shim_main(cid, notify_w)
+                code = 0
+            except BaseException:
+                pass
+            os._exit(code)
+        self.pid = pid
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 0
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
 
 def shim_main(cid, notify_fd=None):
@@ -416,13 +502,29 @@ def stop_container(c, timeout=None, user=True):
     update(c["id"], want_stop)
     shim = c.get("shim_pid")
     if alive(shim, c.get("shim_start")):
+        # A pidfd of the shim, taken while it is known to be ours: the wait below sleeps in
+        # poll until the shim exits, where a 20 ms polling loop cost CPU for the whole drain.
+        try:
+            pidfd = os.pidfd_open(shim) if alive(shim, c.get("shim_start")) else None
+        except (OSError, AttributeError):
+            pidfd = None
         try:
             os.kill(shim, signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + t + 5
-        while alive(shim, c.get("shim_start")) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        try:
+            while alive(shim, c.get("shim_start")) and time.monotonic() < deadline:
+                if pidfd is not None:
+                    import select
+                    if select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                        os.close(pidfd)
+                        pidfd = None   # exited: a zombie until reaped, polled below
+                    continue
+                time.sleep(0.02)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
         if alive(shim, c.get("shim_start")):
             for pid, st in ((c.get("pid"), c.get("pid_start")), (shim, c.get("shim_start"))):
                 if alive(pid, st):
@@ -615,7 +717,8 @@ class Project:
             try:
                 with open(f) as fh:
                     import yaml
-                    doc = yaml.safe_load(fh) or {}
+                    # libyaml's loader where PyYAML has it: same documents, a fraction of the CPU.
+                    doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
             except FileNotFoundError:
                 raise UserError(f"open {f}: no such file or directory")
             except Exception as e:  # yaml errors
@@ -1386,8 +1489,9 @@ def network_settings(c):
     if nm in ("host", "none"):
         return {"IPAddress": "", "Gateway": "", "Networks": {nm: {"IPAddress": "", "Gateway": ""}}}
     net = nm if nm and nm not in ("default", "bridge") else f"{c['project']}_default"
-    return {"IPAddress": "127.0.0.1", "Gateway": "", "Networks": {
-        net: {"IPAddress": "127.0.0.1", "Gateway": "", "Aliases": [c["service"], c["id"][:12]]}}}
+    addr = project_addr(c)
+    return {"IPAddress": addr, "Gateway": "", "Networks": {
+        net: {"IPAddress": addr, "Gateway": "", "Aliases": [c["service"], c["id"][:12]]}}}
 
 
 # --------------------------------------------------------------- images ----
@@ -1911,6 +2015,143 @@ def boot_main():
     return 0
 
 
+# --------------------------------------------------------------- engine ----
+#
+# The per-host engine (as dockerd is): `__engine SOCKET`, started at host boot (boot.d),
+# listens on a unix socket. The compiled `docker` / `docker-compose` client (DIR/bin, the
+# `standin` binary) sends its mode, argv, environment, cwd and umask there, with its fds 0, 1
+# and 2 (SCM_RIGHTS). The engine forks a child per request; the child takes those fds and
+# that environment and runs main() exactly as `standin_docker.py MODE ARGS...` would, so
+# the semantics are the same code's. The child tells the client its pid (the client forwards
+# SIGINT, SIGTERM and SIGHUP to it) and finally its exit code.
+# Wire: client -> 4-byte little-endian length + JSON {"mode","argv","env","cwd","umask"}
+# (fds ride on the first bytes); engine -> 4-byte pid, then 4-byte exit code.
+
+IN_ENGINE = False
+
+
+def engine_serve(conn):
+    """In the forked child: take the request's fds, environment and cwd, run main()."""
+    import array
+    import io
+    import struct
+    global IN_ENGINE
+    IN_ENGINE = True
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    fds = []
+    data = b""
+    while len(data) < 4 or len(data) < 4 + struct.unpack("<I", data[:4])[0]:
+        msg, anc, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
+        for level, typ, cdata in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(cdata[:len(cdata) - len(cdata) % a.itemsize])
+                fds.extend(a)
+        if not msg:
+            os._exit(1)
+        data += msg
+    req = json.loads(data[4:4 + struct.unpack("<I", data[:4])[0]])
+    if len(fds) != 3:
+        os._exit(1)
+    for i, fd in enumerate(fds):
+        os.dup2(fd, i)
+        os.close(fd)
+    os.umask(int(req.get("umask", 0o022)))
+    os.environ.clear()
+    os.environ.update(req["env"])
+    try:
+        os.chdir(req["cwd"])
+    except OSError:
+        pass
+    # Fresh stdio objects on the new fds, as an interpreter starting there would make.
+    sys.stdin = io.TextIOWrapper(io.open(0, "rb", closefd=False), errors="surrogateescape")
+    sys.stdout = io.TextIOWrapper(io.open(1, "wb", closefd=False), errors="surrogateescape",
+                                  line_buffering=os.isatty(1))
+    sys.stderr = io.TextIOWrapper(io.open(2, "wb", closefd=False), errors="backslashreplace",
+                                  line_buffering=True)
+    sys.argv = [os.path.realpath(__file__), req["mode"], *req["argv"]]
+    conn.sendall(struct.pack("<i", os.getpid()))
+    try:
+        rc = main()
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is not None and not isinstance(e.code, int):
+            sys.stderr.write(f"{e.code}\n")
+    except KeyboardInterrupt:
+        rc = 130
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        rc = 1
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            rc = rc or 1
+    try:
+        conn.sendall(struct.pack("<i", rc if rc is not None else 0))
+    except OSError:
+        pass
+    os._exit(rc if isinstance(rc, int) else 1)
+
+
+def engine_main(path):
+    """Serve docker requests on the unix socket `path` until SIGTERM."""
+    # Everything a command may import, imported once here instead of in every command.
+    import array, io, struct, select, fnmatch, traceback  # noqa: F401,E401
+    for lazy in ("hashlib", "secrets", "socket", "subprocess"):
+        getattr(globals()[lazy], "__name__", None)
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        pass
+
+    # Objects that exist now are never collected: the GC does not touch (and so copy) their
+    # pages in the children, which are forked copies of this process.
+    import gc
+    gc.collect()
+    gc.freeze()
+
+    def reap(signum, frame):
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+    signal.signal(signal.SIGCHLD, reap)
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    srv.bind(path)
+    os.umask(old)
+    srv.listen(256)
+    while True:
+        conn, _ = srv.accept()
+        try:
+            pid = os.fork()
+        except OSError:
+            conn.close()
+            continue
+        if pid == 0:
+            code = 1
+            try:
+                srv.close()
+                engine_serve(conn)
+            except BaseException:
+                pass
+            os._exit(code)
+        conn.close()
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit("usage: standin_docker.py docker|compose-v1|__shim ID|__boot ...")
@@ -1921,6 +2162,8 @@ def main():
             return 0
         if mode == "__boot":
             return boot_main()
+        if mode == "__engine":
+            return engine_main(args[0])
         os.makedirs(CDIR, mode=0o700, exist_ok=True)
         if mode == "compose-v1":
             if args[:1] in (["--version"], ["-v"]):
