@@ -10,8 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use tunnelfleet::remote::{
-    AuditEntry, AuditOutcome, FileHash, LOCK_HELD_EXIT, TEMP_PREFIX, WriteSpec, atomic_write,
-    audit_line, force_unlock, mkdir_lock, parse_sha256_facts, sha256_facts, unlock,
+    AuditEntry, AuditOutcome, FileHash, LOCK_HELD_EXIT, TEMP_PREFIX, WRITE_CANCELLED_EXIT,
+    WriteSpec, atomic_write, atomic_write_framed, audit_line, force_unlock, framed_payload,
+    mkdir_lock, parse_sha256_facts, sha256_facts, unlock,
 };
 
 const SHELLS: [&str; 2] = ["sh", "bash"];
@@ -201,6 +202,121 @@ fn short_input_keeps_old_files() {
             "{shell}: a replaced early"
         );
         assert_eq!(std::fs::read(&b).expect("b"), b"OLD-B");
+        assert!(leftovers(tmp.path()).is_empty(), "{shell}");
+    }
+}
+
+#[test]
+fn framed_write_reads_its_lengths_from_the_input() {
+    for shell in SHELLS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_str().expect("utf-8 temp path").to_string();
+        let env = format!("TUNNEL_TOKEN={TOKEN}\nTUNNEL_DOMAIN=mcp.example.com\n");
+        // Contents that start with digits, spaces and newlines: the header must not eat them.
+        let binary: Vec<u8> = b"12 34\n\n"
+            .iter()
+            .copied()
+            .chain((0..=255u8).rev())
+            .collect();
+        let big = pseudo_random(256 * 1024, 7);
+        let specs = [
+            WriteSpec::new(format!("{root}/shared/.env"), 0o600).dir_mode(0o700),
+            WriteSpec::new(format!("{root}/shared/data/bin"), 0o644),
+            WriteSpec::new(format!("{root}/shared/data/big"), 0o640),
+            WriteSpec::new(format!("{root}/empty"), 0o600),
+        ];
+        let contents: [&[u8]; 4] = [env.as_bytes(), &binary, &big, b""];
+        let script = atomic_write_framed(&specs).expect("build");
+        assert!(!script.contains(TOKEN), "token in script text");
+        let r = run(shell, &script, &framed_payload(&contents));
+        assert_eq!(r.code, 0, "{shell}: stderr: {}", r.stderr);
+        assert_eq!(r.stderr, "", "{shell}");
+        for (spec, content) in specs.iter().zip(contents) {
+            let p = Path::new(&spec.path);
+            assert_eq!(
+                std::fs::read(p).expect("read back"),
+                content,
+                "{shell}: {}",
+                spec.path
+            );
+            assert_eq!(mode(p), spec.mode, "{shell}: {}", spec.path);
+        }
+        assert_eq!(mode(&tmp.path().join("shared")), 0o700, "{shell}");
+        assert!(leftovers(tmp.path()).is_empty(), "{shell}: temp files left");
+    }
+}
+
+#[test]
+fn framed_write_without_complete_header_touches_nothing() {
+    for shell in SHELLS {
+        // (input, files the script writes, what it says)
+        for (input, n, why) in [
+            (&b""[..], 2, "no input: nothing written (cancelled)"),
+            (&b"228"[..], 2, "no input: nothing written (cancelled)"),
+            (
+                &b"x\nTUNNEL_TOKEN=1\n"[..],
+                2,
+                "bad input header: nothing written",
+            ),
+            (
+                &b"5 5\nABCDEABCDE"[..],
+                1,
+                "bad input header: nothing written",
+            ),
+            (&b"\nABCDE"[..], 2, "bad input header: nothing written"),
+        ] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let old = tmp.path().join("old");
+            std::fs::write(&old, "OLD").expect("old");
+            let missing_dir = tmp.path().join("shared/.env");
+            let specs = [
+                WriteSpec::new(old.to_str().expect("utf-8"), 0o600),
+                WriteSpec::new(missing_dir.to_str().expect("utf-8"), 0o600),
+            ];
+            let specs = &specs[..n];
+            let script = atomic_write_framed(specs).expect("build");
+            let r = run(shell, &script, input);
+            assert_eq!(
+                r.code, WRITE_CANCELLED_EXIT,
+                "{shell} {input:?}: {}",
+                r.stderr
+            );
+            assert_eq!(r.stderr, format!("{why}\n"), "{shell} {input:?}");
+            assert_eq!(
+                std::fs::read(&old).expect("old"),
+                b"OLD",
+                "{shell} {input:?}"
+            );
+            assert!(
+                !tmp.path().join("shared").exists(),
+                "{shell} {input:?}: a directory was created"
+            );
+            assert!(leftovers(tmp.path()).is_empty(), "{shell} {input:?}");
+        }
+    }
+}
+
+#[test]
+fn framed_write_short_body_keeps_old_file() {
+    for shell in SHELLS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let a = tmp.path().join("a");
+        std::fs::write(&a, "OLD-A").expect("old");
+        let specs = [WriteSpec::new(a.to_str().expect("utf-8"), 0o600)];
+        let script = atomic_write_framed(&specs).expect("build");
+        let payload = framed_payload(&[b"NEW-A-LONGER"]);
+        // The controller dies 3 bytes before the end of the token.
+        let r = run(shell, &script, &payload[..payload.len() - 3]);
+        assert_eq!(r.code, 1, "{shell}");
+        assert_eq!(
+            r.stderr,
+            format!(
+                "write {}: short input: got 9 of 12 bytes (old file kept)\n",
+                a.display()
+            ),
+            "{shell}"
+        );
+        assert_eq!(std::fs::read(&a).expect("a"), b"OLD-A", "{shell}");
         assert!(leftovers(tmp.path()).is_empty(), "{shell}");
     }
 }

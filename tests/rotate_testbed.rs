@@ -621,3 +621,135 @@ fn resume_gives_a_new_connector_to_a_host_whose_old_one_is_not_running() {
     );
     assert_eq!(left.trim().lines().count(), 1, "{left}");
 }
+
+/// `.env`'s hash and the shared directory's entries (a temp file left behind would show).
+fn env_and_shared(f: &Fleet, h: &str) -> String {
+    f.tb.host_exec(
+        h,
+        "sha256sum /srv/mcp-tunnel/shared/.env; ls -A /srv/mcp-tunnel/shared",
+    )
+}
+
+fn lock_state(f: &Fleet, h: &str) -> String {
+    f.tb.host_exec(
+        h,
+        "cat /srv/mcp-tunnel/.tunnelfleet/lock/holder.json 2>/dev/null || echo free",
+    )
+}
+
+#[test]
+fn a_rotation_stopped_before_the_token_writes_nothing() {
+    // The .env write starts on every host during preflight and waits for the token; a run
+    // that ends without one (here: no token source and no terminal) must leave every .env
+    // and the directory around it as they were, and no lock.
+    let f = Fleet::deployed(2);
+    let before: Vec<String> = ["h1", "h2"].iter().map(|h| env_and_shared(&f, h)).collect();
+    let out = f.tf("rotate-token", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no new token"),
+        "{}",
+        describe(&out)
+    );
+    let after: Vec<String> = ["h1", "h2"].iter().map(|h| env_and_shared(&f, h)).collect();
+    assert_eq!(before, after);
+    for h in ["h1", "h2"] {
+        assert_eq!(lock_state(&f, h).trim(), "free", "{h}");
+    }
+    // And the next rotation goes through.
+    let name = f.rotate_at_edge();
+    let out = f.tf("rotate-token", &["--token-file", &f.file(&name)]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn a_lock_held_on_one_host_gives_back_the_locks_taken_early() {
+    // Every host tries the fleet lock during preflight. One is held by someone else: the
+    // locks taken early are given back and taken again in order (the first host alone,
+    // then the others), the held one is not waited for (--lock-wait 0s), nothing is
+    // written, and every lock this run took is released.
+    let f = Fleet::deployed(3);
+    let holder = r#"{"operation":"manual","operator":"ann","controller":"ctl9","pid":7,"since":"2026-01-01T00:00:00Z"}"#;
+    f.tb.host_exec(
+        "h2",
+        &format!(
+            "mkdir -p /srv/mcp-tunnel/.tunnelfleet/lock && printf '%s\\n' '{holder}' > /srv/mcp-tunnel/.tunnelfleet/lock/holder.json"
+        ),
+    );
+    let before: Vec<String> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| env_and_shared(&f, h))
+        .collect();
+    let name = f.rotate_at_edge();
+    let out = f.tf(
+        "rotate-token",
+        &["--token-file", &f.file(&name), "--lock-wait", "0s"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing was changed") && err.contains("held by") && err.contains("ann"),
+        "{}",
+        describe(&out)
+    );
+    let after: Vec<String> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| env_and_shared(&f, h))
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(lock_state(&f, "h1").trim(), "free");
+    assert_eq!(lock_state(&f, "h3").trim(), "free");
+    assert_eq!(lock_state(&f, "h2").trim(), holder);
+    // Once the holder is gone, the rotation goes through.
+    f.tb.host_exec("h2", "rm -rf /srv/mcp-tunnel/.tunnelfleet/lock");
+    let out = f.tf("rotate-token", &["--token-file", &f.file(&name)]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let new = fp(&f.token(&name));
+    for (h, fps) in f.current() {
+        assert_eq!(fps, BTreeSet::from([new.clone()]), "{h}");
+    }
+}
+
+#[test]
+fn the_round_trip_trace_shows_each_step_and_never_the_token() {
+    // TUNNELFLEET_TRACE_RTT=1: every host's protocol steps with times, sizes only. The
+    // token's write was started during preflight ("input later") and fed once in hand.
+    let f = Fleet::deployed(1);
+    let name = f.rotate_at_edge();
+    let token = f.token(&name);
+    let out = f
+        .tf_cmd("rotate-token", &["--token-file", &f.file(&name)])
+        .env("TUNNELFLEET_TRACE_RTT", "1")
+        .output()
+        .expect("run tunnelfleet");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let trace: Vec<&str> = err.lines().filter(|l| l.starts_with("rtt ")).collect();
+    for step in [
+        "connect: key exchange done",
+        "auth: done",
+        "open confirmed <-",
+        "exec (input later) ->",
+        "stdin ->",
+        "<- exit-status 0",
+        "direct-tcpip 127.0.0.1:",
+    ] {
+        assert!(
+            trace.iter().any(|l| l.contains(step)),
+            "no '{step}' in the trace:\n{err}"
+        );
+    }
+    assert!(trace.iter().any(|l| l.contains("wire -> ")), "{err}");
+    assert!(!err.contains(token.trim()), "the token is in the trace");
+    // Without the variable, nothing of it.
+    let name = f.rotate_at_edge();
+    let out = f.tf("rotate-token", &["--token-file", &f.file(&name)]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .any(|l| l.starts_with("rtt ")),
+        "{}",
+        describe(&out)
+    );
+}

@@ -51,21 +51,39 @@ pub async fn connectors(session: &Session, ports: MetricsPorts) -> Vec<Connector
 pub async fn probe_ports(session: &Session, ports: &[u16]) -> Vec<ConnectorReady> {
     let probes = ports.iter().map(|&port| async move {
         let r = http::get(session, port, "/ready", Duration::from_secs(5)).await;
-        r.ok().map(|resp| {
-            let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();
-            ConnectorReady {
-                port,
-                status: resp.status,
-                ready_connections: v["readyConnections"].as_u64().unwrap_or(0),
-                connector_id: v["connectorId"].as_str().map(str::to_string),
-            }
-        })
+        r.ok().map(|resp| ready_from(port, &resp))
     });
     futures::future::join_all(probes)
         .await
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// The `/ready` answer on a connection to `port` opened earlier (one round trip), within
+/// five seconds; `None` when there was no HTTP answer.
+pub async fn probe_over(
+    stream: russh::ChannelStream<russh::client::Msg>,
+    port: u16,
+) -> Option<ConnectorReady> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        http::get_over(stream, port, "/ready"),
+    )
+    .await
+    .ok()?
+    .ok()
+    .map(|resp| ready_from(port, &resp))
+}
+
+fn ready_from(port: u16, resp: &http::Response) -> ConnectorReady {
+    let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();
+    ConnectorReady {
+        port,
+        status: resp.status,
+        ready_connections: v["readyConnections"].as_u64().unwrap_or(0),
+        connector_id: v["connectorId"].as_str().map(str::to_string),
+    }
 }
 
 /// The ids of the connectors answering on `ports` now (ready or not).

@@ -31,8 +31,10 @@ pub struct RotationState {
     /// Whether this run holds the host's fleet lock.
     #[serde(skip)]
     pub locked: bool,
-    /// This host locks first, alone (of two controllers racing, one stops there): it tries
-    /// in the same round trip as its health check.
+    /// This host locks first, alone (of two controllers racing, one stops there). Every
+    /// host tries the lock in the same round trip as its health check; when another run
+    /// holds it somewhere, this host's `lock` step gives back the locks taken early so they
+    /// are taken again in order (see `ops::rotate::EarlyLocks`).
     #[serde(skip)]
     pub lock_early: bool,
     /// The lock holder record this run wrote.
@@ -53,6 +55,115 @@ pub struct RotationState {
     /// round trip each.
     #[serde(skip)]
     pub prepared: PreparedChannels,
+    /// The `.env` write started during preflight, waiting for the new token on its input,
+    /// so that persisting costs one round trip (see [`crate::ssh::PreparedExec::start`]).
+    #[serde(skip)]
+    pub armed_env: ArmedWrite,
+    /// Connections to the new connector's metrics port opened ahead of their requests
+    /// (start_connector opens them as soon as the port answers; wait_connector uses them).
+    #[serde(skip)]
+    pub probes_ahead: ProbesAhead,
+}
+
+/// A connection being opened (or open) to a host's loopback port, as a task of its own so
+/// it outlives the step that started it.
+pub type OpeningStream = tokio::task::JoinHandle<Option<russh::ChannelStream<russh::client::Msg>>>;
+
+/// The new connector's metrics port, once known, and connections to it opened ahead, in
+/// the order they were started; shared by the clones of a host's state.
+#[derive(Clone, Default)]
+pub struct ProbesAhead(std::sync::Arc<std::sync::Mutex<Option<PortAndOpenings>>>);
+
+/// A port and the connections opening (or open) to it, oldest first.
+type PortAndOpenings = (u16, std::collections::VecDeque<OpeningStream>);
+
+impl std::fmt::Debug for ProbesAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProbesAhead({:?})", self.port())
+    }
+}
+
+impl ProbesAhead {
+    /// The port, once known.
+    pub fn port(&self) -> Option<u16> {
+        self.0.lock().ok().and_then(|g| g.as_ref().map(|(p, _)| *p))
+    }
+
+    /// Starts watching `port` (the connections opened for another port are dropped).
+    pub fn set_port(&self, port: u16) {
+        if let Ok(mut g) = self.0.lock() {
+            if let Some((_, old)) = g.take() {
+                old.iter().for_each(|h| h.abort());
+            }
+            *g = Some((port, Default::default()));
+        }
+    }
+
+    /// How many connections are opening or open.
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|(_, q)| q.len()))
+            .unwrap_or(0)
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds one, last in line.
+    pub fn push(&self, opening: OpeningStream) {
+        if let Ok(mut g) = self.0.lock()
+            && let Some((_, q)) = g.as_mut()
+        {
+            q.push_back(opening);
+        }
+    }
+
+    /// The oldest one.
+    pub fn pop(&self) -> Option<OpeningStream> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut g| g.as_mut().and_then(|(_, q)| q.pop_front()))
+    }
+
+    /// Forgets the port and aborts what is still opening.
+    pub fn clear(&self) {
+        if let Ok(mut g) = self.0.lock()
+            && let Some((_, old)) = g.take()
+        {
+            old.iter().for_each(|h| h.abort());
+        }
+    }
+}
+
+/// A write started ahead of its contents (see [`crate::remote::atomic_write_framed`]),
+/// shared by the clones of a host's state; used once.
+#[derive(Clone, Default)]
+pub struct ArmedWrite(std::sync::Arc<std::sync::Mutex<Option<crate::ssh::StartedExec>>>);
+
+impl std::fmt::Debug for ArmedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let armed = self.0.lock().map(|g| g.is_some()).unwrap_or(false);
+        write!(f, "ArmedWrite({})", if armed { "armed" } else { "none" })
+    }
+}
+
+impl ArmedWrite {
+    /// Keeps `started` for later.
+    pub fn put(&self, started: crate::ssh::StartedExec) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(started);
+        }
+    }
+
+    /// The started write, if there is one (once).
+    pub fn take(&self) -> Option<crate::ssh::StartedExec> {
+        self.0.lock().ok().and_then(|mut g| g.take())
+    }
 }
 
 /// Session channels opened ahead of their commands (see [`crate::ssh::Session::prepare`]),

@@ -28,7 +28,28 @@ pub async fn get(
     timeout: Duration,
 ) -> Result<Response, SshError> {
     let fut = async {
-        let mut stream = session.open_tcp("127.0.0.1", port).await?;
+        let stream = session.open_tcp("127.0.0.1", port).await?;
+        get_over(stream, port, path).await
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SshError::new(
+                ErrorKind::Timeout,
+                format!("127.0.0.1:{port}{path}: no answer within {timeout:?}"),
+            ))
+        })
+}
+
+/// GETs `path` on a connection to the host's `127.0.0.1:{port}` opened earlier
+/// ([`Session::open_tcp`]): the request costs one round trip instead of two. No deadline:
+/// the caller bounds it.
+pub async fn get_over(
+    mut stream: russh::ChannelStream<russh::client::Msg>,
+    port: u16,
+    path: &str,
+) -> Result<Response, SshError> {
+    {
         let req =
             format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
         stream
@@ -56,15 +77,7 @@ pub async fn get(
                 format!("127.0.0.1:{port}{path}: not an HTTP response (nothing listening?)"),
             )
         })
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .unwrap_or_else(|_| {
-            Err(SshError::new(
-                ErrorKind::Timeout,
-                format!("127.0.0.1:{port}{path}: no answer within {timeout:?}"),
-            ))
-        })
+    }
 }
 
 /// Parses a raw HTTP/1.x response.

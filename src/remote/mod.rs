@@ -23,7 +23,10 @@ pub use audit::{AuditEntry, AuditOutcome, audit_line};
 pub use exit::RemoteExit;
 pub use facts::{FileHash, parse_sha256_facts, sha256_facts};
 pub use lock::{HOLDER_FILE, LOCK_HELD_EXIT, force_unlock, mkdir_lock, script_lock, unlock};
-pub use write::{DEFAULT_DIR_MODE, TEMP_PREFIX, WriteSpec, atomic_write};
+pub use write::{
+    DEFAULT_DIR_MODE, TEMP_PREFIX, WRITE_CANCELLED_EXIT, WriteSpec, atomic_write,
+    atomic_write_framed, framed_payload,
+};
 
 /// Quotes `s` as one shell word, single-quote style: `it's` becomes `'it'\''s'`, the empty
 /// string becomes `''`. Safe for any text (newlines, `$()`, backticks, `"`, unicode) because

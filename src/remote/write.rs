@@ -88,8 +88,52 @@ tf_why() { tf_w=${1##*: }; [ -n "$tf_w" ] || tf_w='failed'; printf '%s' "$tf_w";
 ///
 /// The payload holds the contents; the script holds only paths, modes, owners and lengths.
 pub fn atomic_write(files: &[(WriteSpec, &[u8])]) -> Result<(String, Vec<u8>), ScriptError> {
+    let specs: Vec<&WriteSpec> = files.iter().map(|(s, _)| s).collect();
+    let lens: Vec<usize> = files.iter().map(|(_, c)| c.len()).collect();
+    let script = build(&specs, Some(&lens))?;
+    let total: usize = lens.iter().sum();
+    let mut payload = Vec::with_capacity(total);
+    for (_, content) in files {
+        payload.extend_from_slice(content);
+    }
+    Ok((script, payload))
+}
+
+/// Exit status of a framed write that got no (or no complete) header: the controller
+/// closed its input without sending anything, and nothing was touched.
+pub const WRITE_CANCELLED_EXIT: i32 = 3;
+
+/// The script of an atomic write of `specs` whose contents are not known yet: it can be
+/// started ahead (while its input window opens) and fed later with [`framed_payload`].
+///
+/// Framing: one header line, the byte length of each file in order separated by spaces,
+/// then the contents back to back. The script reads the header before touching anything:
+/// an EOF before a complete header (a controller that died, or gave up, before it had the
+/// contents) exits [`WRITE_CANCELLED_EXIT`] with nothing created; a header that is not
+/// `specs.len()` decimal lengths fails the same way; input shorter than the header says
+/// fails as in [`atomic_write`] (temp files removed, old files kept). The rest (temp file,
+/// fsync, rename, directory fsync) is [`atomic_write`]'s.
+pub fn atomic_write_framed(specs: &[WriteSpec]) -> Result<String, ScriptError> {
+    let specs: Vec<&WriteSpec> = specs.iter().collect();
+    build(&specs, None)
+}
+
+/// The input of an [`atomic_write_framed`] script for `contents` (one per spec, in order).
+pub fn framed_payload(contents: &[&[u8]]) -> Vec<u8> {
+    let lens: Vec<String> = contents.iter().map(|c| c.len().to_string()).collect();
+    let mut payload = format!("{}\n", lens.join(" ")).into_bytes();
+    for c in contents {
+        payload.extend_from_slice(c);
+    }
+    payload
+}
+
+/// The script for `specs`; `lens` the contents' lengths when known (written in the script),
+/// `None` when the input carries them in a header line (framed).
+fn build(specs: &[&WriteSpec], lens: Option<&[usize]>) -> Result<String, ScriptError> {
+    let files: Vec<(&WriteSpec, ())> = specs.iter().map(|s| (*s, ())).collect();
     let mut seen = std::collections::HashSet::new();
-    for (spec, _) in files {
+    for (spec, _) in &files {
         check_path(&spec.path)?;
         if spec.mode > 0o7777 {
             return Err(ScriptError::BadMode {
@@ -135,15 +179,54 @@ pub fn atomic_write(files: &[(WriteSpec, &[u8])]) -> Result<(String, Vec<u8>), S
     s.push_str("trap 'tf_cleanup; exit 130' INT\n");
     s.push_str("trap 'tf_cleanup; exit 143' TERM\n");
 
+    // Step 0 (framed): the lengths, from the input's header line, before touching anything.
+    if lens.is_none() {
+        let vars: Vec<String> = (1..=n).map(|i| format!("tf_l{i}")).collect();
+        let _ = writeln!(
+            s,
+            "if ! IFS=' ' read -r {} tf_rest; then printf 'no input: nothing written (cancelled)\\n' >&2; exit {WRITE_CANCELLED_EXIT}; fi",
+            vars.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "if [ -n \"$tf_rest\" ]; then printf 'bad input header: nothing written\\n' >&2; exit {WRITE_CANCELLED_EXIT}; fi"
+        );
+        for v in &vars {
+            let _ = writeln!(
+                s,
+                "case \"${v}\" in ''|*[!0-9]*) printf 'bad input header: nothing written\\n' >&2; exit {WRITE_CANCELLED_EXIT};; esac"
+            );
+        }
+    }
+
     // Step 1: temp files.
-    for (idx, (spec, content)) in files.iter().enumerate() {
+    for (idx, (spec, _)) in files.iter().enumerate() {
         let i = idx + 1;
         let p = quote(&spec.path);
         let dir = parent_of(&spec.path);
         let d = quote(dir);
-        let len = content.len();
+        let (len, len_text) = match lens {
+            Some(l) => (l[idx].to_string(), l[idx].to_string()),
+            None => (format!("\"$tf_l{i}\""), format!("$tf_l{i}")),
+        };
         let t = format!("\"$tf_t{i}\"");
-        let _ = writeln!(s, "# {i}: {} ({len} bytes)", spec.path.replace('\n', " "));
+        match lens {
+            Some(l) => {
+                let _ = writeln!(
+                    s,
+                    "# {i}: {} ({} bytes)",
+                    spec.path.replace('\n', " "),
+                    l[idx]
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "# {i}: {} (length from the input's header)",
+                    spec.path.replace('\n', " ")
+                );
+            }
+        }
         let _ = writeln!(s, "if [ -d {p} ]; then tf_fail {p} 'is a directory'; fi");
         let _ = writeln!(
             s,
@@ -171,7 +254,7 @@ pub fn atomic_write(files: &[(WriteSpec, &[u8])]) -> Result<(String, Vec<u8>), S
         let _ = writeln!(s, "tf_n=$(wc -c < {t}) || tf_fail {p} 'cannot check size'");
         let _ = writeln!(
             s,
-            "if [ \"$tf_n\" -ne {len} ]; then tf_fail {p} \"short input: got $((tf_n)) of {len} bytes\"; fi"
+            "if [ \"$tf_n\" -ne {len} ]; then tf_fail {p} \"short input: got $((tf_n)) of {len_text} bytes\"; fi"
         );
         let _ = writeln!(
             s,
@@ -224,13 +307,7 @@ pub fn atomic_write(files: &[(WriteSpec, &[u8])]) -> Result<(String, Vec<u8>), S
         );
     }
     s.push_str("exit 0\n");
-
-    let total: usize = files.iter().map(|(_, c)| c.len()).sum();
-    let mut payload = Vec::with_capacity(total);
-    for (_, content) in files {
-        payload.extend_from_slice(content);
-    }
-    Ok((s, payload))
+    Ok(s)
 }
 
 #[cfg(test)]

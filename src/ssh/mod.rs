@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod config;
 pub mod known_hosts;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -288,6 +289,10 @@ impl client::Handler for Client {
         &mut self,
         server_public_key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
+        trace::event(
+            &format!("{}:{}", self.host, self.port),
+            "kex: host key received <-",
+        );
         let outcome = match server_public_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => self.judge(key).await,
             PublicKeyOrCertificate::Certificate(_) => KeyOutcome::Refused(SshError::new(
@@ -364,6 +369,7 @@ fn map_connect_error(e: russh::Error, what: &str) -> SshError {
 impl Connector {
     /// A connector for one run. Reads known_hosts now.
     pub fn new(opts: SshOptions) -> Result<Self, SshError> {
+        trace::start();
         let known = KnownHosts::load(&opts.known_hosts).map_err(|e| {
             SshError::new(
                 ErrorKind::HostKey,
@@ -484,8 +490,21 @@ impl Connector {
         outcome: Arc<std::sync::Mutex<Option<KeyOutcome>>>,
         label: &str,
     ) -> Result<Arc<Link>, SshError> {
+        trace::event(label, "connect: start");
         let connected = match &parent {
-            None => client::connect(config, (hop.address.as_str(), hop.port), handler).await,
+            None => {
+                // Our own TCP connect (as russh's would: nodelay from the config), so the
+                // stream can be traced.
+                match tokio::net::TcpStream::connect((hop.address.as_str(), hop.port)).await {
+                    Ok(tcp) => {
+                        let _ = tcp.set_nodelay(config.nodelay);
+                        trace::event(label, "connect: tcp connected");
+                        client::connect_stream(config, trace::Traced::new(tcp, label), handler)
+                            .await
+                    }
+                    Err(e) => Err(russh::Error::IO(e)),
+                }
+            }
             Some(p) => {
                 let ch = p
                     .handle
@@ -503,9 +522,12 @@ impl Connector {
                         )
                         .hint("is the host up, and does its name resolve on the jump host?")
                     })?;
-                client::connect_stream(config, ch.into_stream(), handler).await
+                trace::event(label, "connect: direct-tcpip through the jump host open");
+                client::connect_stream(config, trace::Traced::new(ch.into_stream(), label), handler)
+                    .await
             }
         };
+        trace::event(label, "connect: key exchange done");
         let recorded = outcome.lock().ok().and_then(|g| g.clone());
         let mut handle = match connected {
             Ok(h) => h,
@@ -530,12 +552,14 @@ impl Connector {
         for d in ["id_ed25519", "id_ecdsa", "id_rsa"] {
             key_files.push(config::expand_tilde(&format!("~/.ssh/{d}")));
         }
+        trace::event(label, "auth: start");
         let auth = auth::authenticate(&mut handle, &hop.user, &key_files, &self.keys)
             .await
             .map_err(|e| SshError {
                 message: format!("{label}: {}", e.message),
                 ..e
             })?;
+        trace::event(label, format_args!("auth: done ({auth})"));
         Ok(Arc::new(Link {
             handle,
             _parent: parent,
@@ -664,16 +688,22 @@ impl Session {
         trace_command(&self.host, &command, stdin.len());
         let fut = async {
             let channel = self.open_session_channel().await?;
-            run_on(channel, command, stdin, started).await
+            run_on(&self.host, channel, command, stdin, started).await
         };
         with_deadline(timeout, fut).await
     }
 
     async fn open_session_channel(&self) -> Result<russh::Channel<client::Msg>, SshError> {
-        self.link.handle.channel_open_session().await.map_err(|e| {
+        trace::event(&self.host, "channel: open session ->");
+        let ch = self.link.handle.channel_open_session().await.map_err(|e| {
             SshError::new(ErrorKind::Transport, format!("open a session channel: {e}"))
                 .hint("the connection dropped; rerun, and check the host's sshd MaxSessions")
-        })
+        })?;
+        trace::event(
+            &self.host,
+            format_args!("channel {}: open confirmed <-", ch.id()),
+        );
+        Ok(ch)
     }
 
     /// Opens a session channel now, to run one command on it later: the command then costs
@@ -696,11 +726,27 @@ impl Session {
         addr: &str,
         port: u16,
     ) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+        trace::event(
+            &self.host,
+            format_args!("direct-tcpip {addr}:{port}: open ->"),
+        );
         let ch = self
             .link
             .handle
             .channel_open_direct_tcpip(addr, u32::from(port), "127.0.0.1", 0)
             .await
+            .inspect(|ch| {
+                trace::event(
+                    &self.host,
+                    format_args!("direct-tcpip {addr}:{port}: channel {} open <-", ch.id()),
+                )
+            })
+            .inspect_err(|e| {
+                trace::event(
+                    &self.host,
+                    format_args!("direct-tcpip {addr}:{port}: open failed <- ({e})"),
+                )
+            })
             .map_err(|e| match e {
                 // sshd could not connect (on a loopback: nothing listens there).
                 russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed) => {
@@ -742,28 +788,103 @@ impl std::fmt::Debug for PreparedExec {
 }
 
 impl PreparedExec {
+    fn command(&self, script: &str) -> String {
+        if self.command_prefix_become {
+            format!("sudo -n -- sh -c {}", quote(script))
+        } else {
+            format!("sh -c {}", quote(script))
+        }
+    }
+
     /// Runs `script` on the open channel with `stdin` streamed to it, under the run's
     /// command deadline (the same command line as [`Session::exec`] would send).
     pub async fn exec(self, script: &str, stdin: &[u8]) -> Result<ExecOutput, SshError> {
         let started = Instant::now();
-        let command = if self.command_prefix_become {
-            format!("sudo -n -- sh -c {}", quote(script))
-        } else {
-            format!("sh -c {}", quote(script))
-        };
+        let command = self.command(script);
         trace_command(&self.host, &command, stdin.len());
         with_deadline(
             self.command_timeout,
-            run_on(self.channel, command, stdin, started),
+            run_on(&self.host, self.channel, command, stdin, started),
         )
         .await
     }
+
+    /// Starts `script` now, its input to come later ([`StartedExec::finish`]).
+    ///
+    /// sshd opens a session channel with an input window of zero and grants one only once
+    /// the command runs, so a command's stdin can never travel with its request: the input
+    /// waits one round trip for the window. A command started ahead has its window by the
+    /// time its input is known, and then costs one round trip (input and EOF out, exit
+    /// status back). The script must treat an EOF without complete input as "cancelled"
+    /// (the controller died or gave up): see [`crate::remote::atomic_write_framed`].
+    pub async fn start(self, script: &str) -> Result<StartedExec, SshError> {
+        let started = Instant::now();
+        let command = self.command(script);
+        trace_command(&self.host, &command, 0);
+        let id = self.channel.id();
+        trace::event(
+            &self.host,
+            format_args!("channel {id}: exec (input later) ->"),
+        );
+        with_deadline(self.command_timeout, async {
+            self.channel
+                .exec(true, command)
+                .await
+                .map_err(|e| SshError::new(ErrorKind::Transport, format!("start the command: {e}")))
+        })
+        .await?;
+        Ok(StartedExec {
+            channel: self.channel,
+            command_timeout: self.command_timeout,
+            host: self.host,
+            started,
+        })
+    }
 }
 
-async fn with_deadline(
+/// A command started ahead of its input (see [`PreparedExec::start`]).
+pub struct StartedExec {
+    channel: russh::Channel<client::Msg>,
+    command_timeout: Duration,
+    host: String,
+    started: Instant,
+}
+
+impl std::fmt::Debug for StartedExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartedExec")
+    }
+}
+
+impl StartedExec {
+    /// Sends `stdin` then EOF, and collects the command's output, under the run's command
+    /// deadline (counted from now). `stdin` is never printed, not even with `-vv`.
+    pub async fn finish(self, stdin: &[u8]) -> Result<ExecOutput, SshError> {
+        let host = self.host;
+        let started = self.started;
+        with_deadline(
+            self.command_timeout,
+            collect(&host, self.channel, stdin, started),
+        )
+        .await
+    }
+
+    /// Ends the command without input (EOF, then close) and does not wait for it: a script
+    /// started ahead then exits without doing anything.
+    pub async fn cancel(self) {
+        trace::event(
+            &self.host,
+            format_args!("channel {}: cancelled (eof, close) ->", self.channel.id()),
+        );
+        let _ = self.channel.eof().await;
+        let _ = self.channel.close().await;
+    }
+}
+
+async fn with_deadline<T>(
     timeout: Duration,
-    fut: impl std::future::Future<Output = Result<ExecOutput, SshError>>,
-) -> Result<ExecOutput, SshError> {
+    fut: impl std::future::Future<Output = Result<T, SshError>>,
+) -> Result<T, SshError> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(SshError::new(
@@ -777,34 +898,77 @@ async fn with_deadline(
 /// Starts `command` on `channel` without waiting for the server's reply to the request
 /// (its exit status says how it went), streams `stdin` then EOF, and collects the output.
 async fn run_on(
+    host: &str,
     channel: russh::Channel<client::Msg>,
     command: String,
     stdin: &[u8],
     started: Instant,
 ) -> Result<ExecOutput, SshError> {
+    let id = channel.id();
+    trace::event(host, format_args!("channel {id}: exec ->"));
     channel
         .exec(true, command)
         .await
         .map_err(|e| SshError::new(ErrorKind::Transport, format!("start the command: {e}")))?;
+    collect(host, channel, stdin, started).await
+}
+
+/// Streams `stdin` then EOF to the command running on `channel`, and collects its output
+/// until the channel closes.
+async fn collect(
+    host: &str,
+    channel: russh::Channel<client::Msg>,
+    stdin: &[u8],
+    started: Instant,
+) -> Result<ExecOutput, SshError> {
+    let id = channel.id();
     let (mut read, write) = channel.split();
     let writer = async move {
         if !stdin.is_empty() {
             write.data(stdin).await?;
+            trace::event(
+                host,
+                format_args!("channel {id}: stdin -> {} bytes", stdin.len()),
+            );
         }
-        write.eof().await
+        let r = write.eof().await;
+        trace::event(host, format_args!("channel {id}: eof ->"));
+        r
     };
     let reader = async move {
         let mut out = ExecOutput::default();
         while let Some(msg) = read.wait().await {
             match msg {
-                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                ChannelMsg::Data { data } => {
+                    trace::event(
+                        host,
+                        format_args!("channel {id}: <- stdout {} bytes", data.len()),
+                    );
+                    out.stdout.extend_from_slice(&data)
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    trace::event(
+                        host,
+                        format_args!("channel {id}: <- stderr {} bytes", data.len()),
+                    );
+                    out.stderr.extend_from_slice(&data)
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    trace::event(
+                        host,
+                        format_args!("channel {id}: <- exit-status {exit_status}"),
+                    );
+                    out.status = Some(exit_status)
+                }
                 ChannelMsg::ExitSignal { signal_name, .. } => {
+                    trace::event(host, format_args!("channel {id}: <- exit-signal"));
                     out.signal = Some(format!("{signal_name:?}"))
                 }
-                ChannelMsg::Close => break,
-                _ => {}
+                ChannelMsg::Close => {
+                    trace::event(host, format_args!("channel {id}: <- close"));
+                    break;
+                }
+                other => trace::event(host, format_args!("channel {id}: <- {}", msg_name(&other))),
             }
         }
         out
@@ -820,6 +984,19 @@ async fn run_on(
     }
     out.elapsed = started.elapsed();
     Ok(out)
+}
+
+/// A short name of a channel message for the trace (never its payload).
+fn msg_name(m: &ChannelMsg) -> &'static str {
+    match m {
+        ChannelMsg::Eof => "eof",
+        ChannelMsg::Success => "success",
+        ChannelMsg::Failure => "failure",
+        ChannelMsg::WindowAdjusted { .. } => "window adjusted",
+        ChannelMsg::ExtendedData { .. } => "extended data",
+        ChannelMsg::Open { .. } => "open",
+        _ => "other message",
+    }
 }
 
 #[cfg(test)]

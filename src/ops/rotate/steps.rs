@@ -18,6 +18,7 @@ use crate::ssh::{ExecOutput, Session};
 use crate::stack::Layout;
 use crate::stack::scripts::{self, ConnectorContainer};
 
+use crate::ops::host_state::ProbesAhead;
 pub use crate::ops::host_state::RotationState;
 
 use crate::ops::ssh_failure as failure;
@@ -41,8 +42,23 @@ async fn run_prepared(
 }
 
 /// Session channels each host opens during preflight for the commands that follow the
-/// token: lock, persist, start of the new connector.
+/// token: lock, start of the new connector, and the `.env` write (started at once, see
+/// [`env_write_script`]).
 const PREPARED_CHANNELS: usize = 3;
+
+/// Where the new token goes: `.env`, 0600, in a 0700 directory.
+fn env_spec(h: &StackHost) -> WriteSpec {
+    WriteSpec::new(h.input.layout.env_file(), 0o600).dir_mode(0o700)
+}
+
+/// The `.env` write started during preflight, before the token is known: sshd grants a
+/// session channel's input window only once its command runs, so a write started when the
+/// token is in hand waits a round trip for the window before the token can go. Started
+/// ahead, it waits for a header line and the contents on its input; an EOF first (the
+/// controller died or stopped) makes it exit having touched nothing.
+fn env_write_script(h: &StackHost) -> Result<String, StepFailure> {
+    remote::atomic_write_framed(&[env_spec(h)]).map_err(|e| StepFailure::new(e.to_string()))
+}
 
 async fn containers(
     session: &Session,
@@ -66,14 +82,63 @@ fn compose(h: &StackHost) -> Result<crate::stack::ComposeCli, StepFailure> {
         .ok_or_else(|| StepFailure::new("no Docker Compose on the host (run `facts` first)"))
 }
 
+/// The fleet lock as the hosts of one rotation took it during `healthy` (every host tries
+/// it there, so an uncontended lock costs no round trip of its own). When any host finds it
+/// held by another run, the `lock` phase's first host gives back every lock taken early
+/// before the lock is taken again in order (the first host alone, then the others), so
+/// two controllers racing can never each hold part of the fleet and wait for each other.
+#[derive(Default)]
+pub struct EarlyLocks {
+    /// Some host found the lock held by another run.
+    contended: std::sync::atomic::AtomicBool,
+    /// The locks taken early and not given back: host, session, release script.
+    taken: std::sync::Mutex<Vec<(String, Arc<Session>, String)>>,
+    /// Hosts whose early lock was given back (their own state still says locked).
+    released: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl EarlyLocks {
+    fn contended(&self) -> bool {
+        self.contended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn was_released(&self, host: &str) -> bool {
+        self.released
+            .lock()
+            .map(|g| g.contains(host))
+            .unwrap_or(false)
+    }
+
+    /// Gives back every lock taken early (concurrently); each host's own `lock` step takes
+    /// it again in order. A release that fails leaves a lock naming this run, which the
+    /// `lock` step takes over.
+    async fn give_back(&self) {
+        let taken = self
+            .taken
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        futures::future::join_all(
+            taken
+                .iter()
+                .map(|(_, session, script)| session.exec(script, b"")),
+        )
+        .await;
+        if let Ok(mut g) = self.released.lock() {
+            g.extend(taken.into_iter().map(|(host, _, _)| host));
+        }
+    }
+}
+
 /// `healthy`: the host has a ready connector now (preflight: never start a rotation on a
 /// host that is already down). In the same round trip: the host's facts (unless a `facts`
-/// step ran already), the connector containers, and the session channels the window's
-/// commands will run on. On the host that locks first (see [`RotationState::lock_early`]),
-/// also one attempt at the fleet lock, so that host's lock costs no round trip of its own.
+/// step ran already), the connector containers, the session channels the window's
+/// commands will run on, and one attempt at the fleet lock (see [`EarlyLocks`]).
 pub struct HealthyStep {
     /// This operation's id (the lock holder record names it).
     pub op_id: String,
+    /// The locks taken early by this run's hosts.
+    pub early: Arc<EarlyLocks>,
 }
 
 #[async_trait::async_trait]
@@ -95,20 +160,28 @@ impl Step<StackHost> for HealthyStep {
                 None
             }
         };
-        let prepare = futures::future::join_all((0..PREPARED_CHANNELS).map(|_| session.prepare()));
-        let holder = holder_json_for(&h.operation, &self.op_id);
-        let lock_script = if h.rotation.lock_early {
-            let dir = scripts::lock_dir(&h.input.layout);
-            Some(mkdir_lock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?)
-        } else {
-            None
-        };
-        let lock_fut = async {
-            match &lock_script {
-                Some(script) => Some(session.exec(script, b"").await),
+        let env_script = env_write_script(h)?;
+        let prepare = async {
+            let mut chans: Vec<crate::ssh::PreparedExec> =
+                futures::future::join_all((0..PREPARED_CHANNELS).map(|_| session.prepare()))
+                    .await
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .collect();
+            // The `.env` write starts as soon as its channel is open, so its input window is
+            // there long before the token.
+            let armed = match chans.pop() {
+                Some(ch) => ch.start(&env_script).await.ok(),
                 None => None,
-            }
+            };
+            (chans, armed)
         };
+        let holder = holder_json_for(&h.operation, &self.op_id);
+        let dir = scripts::lock_dir(&h.input.layout);
+        let lock_script = mkdir_lock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
+        let unlock_script =
+            remote::unlock(&dir, &holder).map_err(|e| StepFailure::new(e.to_string()))?;
+        let lock_fut = async { Some(session.exec(&lock_script, b"").await) };
         let (facts, probes, listed, prepared, locked) = tokio::join!(
             facts_fut,
             health::connectors(&session, h.input.settings.metrics_ports()),
@@ -116,17 +189,29 @@ impl Step<StackHost> for HealthyStep {
             prepare,
             lock_fut
         );
-        // Taken: the lock phase has nothing left to do here. Anything else (held by another
-        // run, a failure): the lock phase tries again with its full handling.
-        if let Some(Ok(out)) = locked
-            && out.success()
-        {
-            h.rotation.locked = true;
-            h.rotation.holder = holder;
+        // Taken: the lock phase has nothing left to do here (unless another host found the
+        // lock held). Held by another run: the lock phase takes it in order. Anything else
+        // (a failure): the lock phase tries again with its full handling.
+        match locked {
+            Some(Ok(out)) if out.success() => {
+                h.rotation.locked = true;
+                h.rotation.holder = holder;
+                if let Ok(mut g) = self.early.taken.lock() {
+                    g.push((h.input.host.name.clone(), session.clone(), unlock_script));
+                }
+            }
+            Some(Ok(out)) if out.status.map(|s| s as i32) == Some(LOCK_HELD_EXIT) => {
+                self.early
+                    .contended
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            _ => {}
         }
-        h.rotation
-            .prepared
-            .put(prepared.into_iter().filter_map(Result::ok).collect());
+        let (prepared, armed) = prepared;
+        h.rotation.prepared.put(prepared);
+        if let Some(armed) = armed {
+            h.rotation.armed_env.put(armed);
+        }
         if let Some(facts) = facts {
             let facts = facts.map_err(StepFailure::new)?;
             if facts.compose.is_none() {
@@ -182,11 +267,16 @@ impl Step<StackHost> for HealthyStep {
 
 /// `lock {wait}`: takes the fleet lock for this operation, waiting up to `wait` for another
 /// holder; takes over a lock left by an earlier run of the same operation (a resumed run).
+/// Nothing to do on a host that took it during `healthy`, unless another host found it held
+/// by another run: then the first host ([`RotationState::lock_early`]) gives back every
+/// lock taken early, and each host takes it again here, in order.
 pub struct LockStep {
     /// How long to wait for another holder.
     pub wait: Duration,
     /// This operation's id (a lock whose holder names it is ours from an earlier run).
     pub op_id: String,
+    /// The locks taken early by this run's hosts.
+    pub early: Arc<EarlyLocks>,
 }
 
 #[async_trait::async_trait]
@@ -195,6 +285,14 @@ impl Step<StackHost> for LockStep {
         "lock"
     }
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
+        if self.early.contended() {
+            if h.rotation.lock_early {
+                self.early.give_back().await;
+            }
+            if self.early.was_released(&h.input.host.name) {
+                h.rotation.locked = false;
+            }
+        }
         if h.rotation.locked {
             return Ok(StepOutcome::changed("fleet lock taken (during preflight)"));
         }
@@ -209,6 +307,9 @@ impl Step<StackHost> for LockStep {
                 Some(0) => {
                     h.rotation.locked = true;
                     h.rotation.holder = holder;
+                    if let Ok(mut g) = self.early.released.lock() {
+                        g.remove(&h.input.host.name);
+                    }
                     return Ok(StepOutcome::changed("fleet lock taken"));
                 }
                 Some(LOCK_HELD_EXIT) => {
@@ -262,16 +363,35 @@ impl Step<StackHost> for PersistTokenStep {
             .as_ref()
             .ok_or_else(|| StepFailure::new("no new .env (internal)"))?;
         let facts_fp = h.facts.as_ref().and_then(|f| f.env_token_fp.clone());
+        let armed = h.rotation.armed_env.take();
         if facts_fp.as_deref() == Some(fp.as_str()) {
+            if let Some(armed) = armed {
+                armed.cancel().await;
+            }
             h.rotation.persisted_ms = h.rotation.now_ms();
             return Ok(StepOutcome::unchanged(format!(
                 "token {fp} already persisted"
             )));
         }
-        let spec = WriteSpec::new(h.input.layout.env_file(), 0o600).dir_mode(0o700);
-        let (script, stdin) =
-            atomic_write(&[(spec, env.as_bytes())]).map_err(|e| StepFailure::new(e.to_string()))?;
-        let out = run_prepared(h, &session, &script, &stdin).await?;
+        // The write started during preflight: the token and EOF out, the exit status back.
+        let armed_out = match armed {
+            Some(armed) => Some(
+                armed
+                    .finish(&remote::framed_payload(&[env.as_bytes()]))
+                    .await
+                    .map_err(failure)?,
+            ),
+            None => None,
+        };
+        let out = match armed_out {
+            // Cancelled before it had its input (it touched nothing): write afresh.
+            Some(out) if out.status.map(|s| s as i32) != Some(remote::WRITE_CANCELLED_EXIT) => out,
+            _ => {
+                let (script, stdin) = atomic_write(&[(env_spec(h), env.as_bytes())])
+                    .map_err(|e| StepFailure::new(e.to_string()))?;
+                run_prepared(h, &session, &script, &stdin).await?
+            }
+        };
         if !out.success() {
             return Err(StepFailure::new(out.stderr_text()).with_hint(
                 "the old .env is intact; free space or fix permissions, then --resume",
@@ -329,7 +449,34 @@ impl Step<StackHost> for StartConnectorStep {
             scripts::scale_connectors_script(&h.input.layout, compose(h)?, count).trim_end(),
             scripts::new_connectors_script(&h.input.layout, &known)
         );
-        let out = run_prepared(h, &session, &script, b"").await?;
+        // While the command runs, watch for the new connector to answer ready (it often
+        // registers before Compose has finished): one whose id preflight did not see, on a
+        // port the old ones do not hold. The gate then has nothing left to wait for.
+        let answering = h.rotation.answering.clone();
+        let mut seen = None;
+        let out = {
+            let start = run_prepared(h, &session, &script, b"");
+            tokio::pin!(start);
+            match &answering {
+                Some(old) => {
+                    let all = h.input.settings.metrics_ports();
+                    let where_ = health::describe_ports(&all);
+                    let (ports, is_new) = new_connector_rule(old, None, all);
+                    let mut last = String::new();
+                    let ahead = h.rotation.probes_ahead.clone();
+                    let watch = watch_ready(&session, &ports, &is_new, &ahead, &where_, &mut last);
+                    tokio::select! {
+                        out = &mut start => out,
+                        found = watch => {
+                            seen = Some(found);
+                            h.rotation.probes_ahead.clear();
+                            start.await
+                        }
+                    }
+                }
+                None => start.await,
+            }
+        }?;
         if !out.success() {
             return Err(StepFailure::new(format!(
                 "start a second connector: {}",
@@ -349,6 +496,16 @@ impl Step<StackHost> for StartConnectorStep {
             })?;
         h.rotation.new_container = Some(new.name.clone());
         h.rotation.new_connector_id = new.connector_id.clone();
+        if let Some((c, at)) = seen
+            && (new.connector_id.is_none() || new.connector_id == c.connector_id)
+        {
+            h.rotation.new_ready_ms = h
+                .rotation
+                .t0
+                .map(|t0| at.saturating_duration_since(t0).as_millis() as u64);
+            h.rotation.new_connector_id = c.connector_id.clone();
+            h.ready = Some(c);
+        }
         Ok(StepOutcome::changed(format!("started {}", new.name)))
     }
 }
@@ -446,56 +603,38 @@ impl Step<StackHost> for WaitConnectorStep {
         // already known, the new one is whichever answers ready with another id, on a port
         // the old ones do not hold. Readiness is then only direct-tcpip probes, nothing is
         // started on the host.
-        if id.is_none()
-            && !h.rotation.in_place
-            && let Some(old) = h.rotation.answering.clone()
-        {
-            let old_ids: std::collections::BTreeSet<String> =
-                old.iter().filter_map(|c| c.connector_id.clone()).collect();
-            let old_ports: Vec<u16> = old.iter().map(|c| c.port).collect();
-            let ports: Vec<u16> = h
-                .input
-                .settings
-                .metrics_ports()
-                .filter(|p| !old_ports.contains(p))
-                .collect();
-            loop {
-                let probes = health::probe_ports(&session, &ports).await;
-                if let Some(c) = probes.iter().find(|c| {
-                    c.is_ready()
-                        && c.connector_id
-                            .as_ref()
-                            .is_some_and(|i| !old_ids.contains(i))
-                }) {
-                    h.rotation.new_ready_ms = h.rotation.now_ms();
-                    h.rotation.new_connector_id = c.connector_id.clone();
-                    h.ready = Some(c.clone());
-                    return Ok(StepOutcome::unchanged(format!(
-                        "{name} ({}) ready in {} ms",
-                        c.connector_id.as_deref().unwrap_or("?"),
-                        started.elapsed().as_millis()
-                    )));
-                }
-                last = match probes.iter().find(|c| {
-                    c.connector_id
-                        .as_ref()
-                        .is_some_and(|i| !old_ids.contains(i))
-                }) {
-                    Some(c) => format!(
-                        "{} answers {} with {} connections",
-                        c.connector_id.as_deref().unwrap_or("?"),
-                        c.status,
-                        c.ready_connections
-                    ),
-                    None => format!(
-                        "no new connector answering on {}",
-                        health::describe_ports(&h.input.settings.metrics_ports())
-                    ),
-                };
-                if started.elapsed() >= self.timeout {
-                    break;
-                }
-                tokio::time::sleep(PROBE_INTERVAL).await;
+        // Seen ready while start_connector ran (it watches the probes meanwhile).
+        if h.rotation.new_ready_ms.is_some() && h.ready.is_some() {
+            return Ok(StepOutcome::unchanged(format!(
+                "{name} ({}) ready as it started",
+                h.rotation.new_connector_id.as_deref().unwrap_or("?")
+            )));
+        }
+        // With the new connector's id known (start_connector read it), or preflight's
+        // connectors known, readiness is only probes: nothing is started on the host.
+        let old = h
+            .rotation
+            .answering
+            .clone()
+            .filter(|_| !h.rotation.in_place);
+        if id.is_some() || old.is_some() {
+            let all = h.input.settings.metrics_ports();
+            let where_ = health::describe_ports(&all);
+            let (ports, is_new) = new_connector_rule(&old.unwrap_or_default(), id.clone(), all);
+            let ahead = h.rotation.probes_ahead.clone();
+            let watch = watch_ready(&session, &ports, &is_new, &ahead, &where_, &mut last);
+            let watched = tokio::time::timeout(self.timeout, watch).await;
+            ahead.clear();
+            if let Ok((c, _)) = watched {
+                h.rotation.new_ready_ms = h.rotation.now_ms();
+                h.rotation.new_connector_id = c.connector_id.clone();
+                let ready_id = c.connector_id.clone();
+                h.ready = Some(c);
+                return Ok(StepOutcome::unchanged(format!(
+                    "{name} ({}) ready in {} ms",
+                    ready_id.as_deref().unwrap_or("?"),
+                    started.elapsed().as_millis()
+                )));
             }
         }
         loop {
@@ -550,6 +689,157 @@ impl Step<StackHost> for WaitConnectorStep {
 /// How often the window's readiness probes ask (direct-tcpip to the host's loopback: no
 /// process is started on the host).
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Watches the host's metrics `ports` until a connector that `is_new` accepts answers ready;
+/// returns it with when it was seen. Never returns otherwise: the caller bounds it.
+///
+/// Until the new connector answers at all, rounds of probes over `ports` (each a
+/// direct-tcpip open, then the request: two round trips), one at a time, the next as soon
+/// as the last has answered but no sooner than [`PROBE_INTERVAL`] after it started. Once
+/// it answers (not ready yet), its port is known: connections to it are opened ahead (kept
+/// in `ahead`, so they outlive the step), and a request goes out every [`PROBE_INTERVAL`]
+/// on one of them without waiting for the earlier answers, so readiness is seen at most an
+/// interval plus one round trip after it happens (the metrics server reads a request
+/// whenever it comes on an open connection).
+async fn watch_ready(
+    session: &Arc<Session>,
+    ports: &[u16],
+    is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
+    ahead: &ProbesAhead,
+    where_: &str,
+    last: &mut String,
+) -> (health::ConnectorReady, Instant) {
+    loop {
+        // The new connector's port: known from an earlier step, or once it answers.
+        let port = match ahead.port() {
+            Some(p) => p,
+            None => loop {
+                let round = tokio::time::Instant::now();
+                let probes = health::probe_ports(session, ports).await;
+                if let Some(c) = probes.iter().find(|c| c.is_ready() && is_new(c)) {
+                    return (c.clone(), Instant::now());
+                }
+                *last = describe_new(&probes, is_new, where_);
+                if let Some(c) = probes.iter().find(|c| is_new(c)) {
+                    ahead.set_port(c.port);
+                    break c.port;
+                }
+                tokio::time::sleep_until(round + PROBE_INTERVAL).await;
+            },
+        };
+        if let Some(found) = watch_port(session, port, is_new, ahead, where_, last).await {
+            return found;
+        }
+        // The port stopped answering, or another connector holds it: rounds again.
+        ahead.clear();
+    }
+}
+
+/// What the last probes said about the new connector, for the gate's error.
+fn describe_new(
+    probes: &[health::ConnectorReady],
+    is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
+    where_: &str,
+) -> String {
+    match probes.iter().find(|c| is_new(c)) {
+        Some(c) => format!(
+            "{} answers {} with {} connections",
+            c.connector_id.as_deref().unwrap_or("?"),
+            c.status,
+            c.ready_connections
+        ),
+        None => format!("no new connector answering on {where_}"),
+    }
+}
+
+/// Connections to the new connector's port opened ahead of their requests.
+const CONNECTIONS_AHEAD: usize = 2;
+
+/// Requests on `port` every [`PROBE_INTERVAL`] over connections opened ahead, until the new
+/// connector answers ready (returned) or the port stops answering it (`None`).
+async fn watch_port(
+    session: &Arc<Session>,
+    port: u16,
+    is_new: &(dyn Fn(&health::ConnectorReady) -> bool + Sync),
+    ahead: &ProbesAhead,
+    where_: &str,
+    last: &mut String,
+) -> Option<(health::ConnectorReady, Instant)> {
+    use futures::StreamExt;
+    let open = || {
+        let s = session.clone();
+        tokio::spawn(async move { s.open_tcp("127.0.0.1", port).await.ok() })
+    };
+    let mut answers = futures::stream::FuturesUnordered::new();
+    let mut failed = 0;
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        while ahead.len() < CONNECTIONS_AHEAD {
+            ahead.push(open());
+        }
+        tokio::select! {
+            _ = tick.tick() => {
+                // The oldest connection: its request goes as soon as it is open.
+                if let Some(opening) = ahead.pop() {
+                    ahead.push(open());
+                    answers.push(async move {
+                        match opening.await {
+                            Ok(Some(stream)) => health::probe_over(stream, port).await,
+                            _ => None,
+                        }
+                    });
+                }
+            }
+            Some(answer) = answers.next() => match answer {
+                Some(c) if !is_new(&c) => return None,
+                Some(c) if c.is_ready() => return Some((c, Instant::now())),
+                Some(c) => {
+                    failed = 0;
+                    *last = describe_new(std::slice::from_ref(&c), is_new, where_);
+                }
+                None => {
+                    failed += 1;
+                    if failed > CONNECTIONS_AHEAD {
+                        return None;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The ports a new connector can answer on, and the test that an answer is from it: with
+/// its id known, that id on any port (it may be one preflight saw: a resumed or repeated
+/// rotation whose connector already runs on the new token); without it, another id than
+/// preflight's connectors, on a port they do not hold.
+fn new_connector_rule(
+    answering: &[health::ConnectorReady],
+    id: Option<String>,
+    all: health::MetricsPorts,
+) -> (
+    Vec<u16>,
+    impl Fn(&health::ConnectorReady) -> bool + Sync + use<>,
+) {
+    let old_ids: std::collections::BTreeSet<String> = answering
+        .iter()
+        .filter_map(|c| c.connector_id.clone())
+        .collect();
+    let old_ports: Vec<u16> = answering
+        .iter()
+        .filter(|_| id.is_none())
+        .map(|c| c.port)
+        .collect();
+    let ports: Vec<u16> = all.filter(|p| !old_ports.contains(p)).collect();
+    let is_new = move |c: &health::ConnectorReady| match &id {
+        Some(id) => c.connector_id.as_deref() == Some(id.as_str()),
+        None => c
+            .connector_id
+            .as_ref()
+            .is_some_and(|i| !old_ids.contains(i)),
+    };
+    (ports, is_new)
+}
 
 impl WaitConnectorStep {
     /// The new connector never became ready: remove it (make-before-break: the old one keeps
@@ -633,7 +923,10 @@ impl Step<StackHost> for StopOldStep {
 }
 
 /// `unlock`: releases the fleet lock this run holds (clean-up: runs on every host).
-pub struct UnlockStep;
+pub struct UnlockStep {
+    /// The locks taken early by this run's hosts (one given back is not held any more).
+    pub early: Arc<EarlyLocks>,
+}
 
 #[async_trait::async_trait]
 impl Step<StackHost> for UnlockStep {
@@ -641,7 +934,7 @@ impl Step<StackHost> for UnlockStep {
         "unlock"
     }
     async fn run(&self, h: &mut StackHost, _cx: &StepCx) -> Result<StepOutcome, StepFailure> {
-        if !h.rotation.locked {
+        if !h.rotation.locked || self.early.was_released(&h.input.host.name) {
             return Ok(StepOutcome::unchanged("not locked by this run"));
         }
         let session = h.session()?;
@@ -709,17 +1002,24 @@ pub fn register_rotation_steps(
         },
     );
     let op = op_id.to_string();
+    let early = Arc::new(EarlyLocks::default());
+    let shared = early.clone();
     r.register("healthy", move |p| {
         Params::new(p, &[])?;
-        Ok(Arc::new(HealthyStep { op_id: op.clone() }) as Arc<dyn Step<StackHost>>)
+        Ok(Arc::new(HealthyStep {
+            op_id: op.clone(),
+            early: shared.clone(),
+        }) as Arc<dyn Step<StackHost>>)
     });
     let op = op_id.to_string();
+    let shared = early.clone();
     r.register("lock", move |p| {
         let params = Params::new(p, &["wait"])?;
         let wait = params.duration("wait")?.unwrap_or(lock_wait);
         Ok(Arc::new(LockStep {
             wait,
             op_id: op.clone(),
+            early: shared.clone(),
         }) as Arc<dyn Step<StackHost>>)
     });
     r.register("persist_token", |p| {
@@ -749,9 +1049,11 @@ pub fn register_rotation_steps(
         let grace = params.duration("grace")?.unwrap_or(Duration::from_secs(30));
         Ok(Arc::new(StopOldStep { grace }) as Arc<dyn Step<StackHost>>)
     });
-    r.register("unlock", |p| {
+    r.register("unlock", move |p| {
         Params::new(p, &[])?;
-        Ok(Arc::new(UnlockStep) as Arc<dyn Step<StackHost>>)
+        Ok(Arc::new(UnlockStep {
+            early: early.clone(),
+        }) as Arc<dyn Step<StackHost>>)
     });
     r.register("audit", |p| {
         Params::new(p, &[])?;
