@@ -19,9 +19,11 @@
 
   measure.py row --tool T --hosts N --kind rotate|noop --run RUN.json --before B.json
                  --after A.json --cmdlog DIR/commands.log --cmdlog-from K [--fp FP]
-                 [--tf-json OUT.json] [--note TEXT] >> rows.jsonl
+                 [--tf-json OUT.json] [--note TEXT]
+                 [--hosts-cpu-before C0.json --hosts-cpu-after C1.json] >> rows.jsonl
       One result row (JSON) from the edge's timeline (B and A are `edge-stats` before and
-      after), the command log (lines from K on) and RUN.json.
+      after), the command log (lines from K on) and RUN.json; with C0/C1 (`testbed cpu
+      --json` before and after), the simulated hosts' own CPU over the run (their cgroups).
 
   measure.py table --rows rows.jsonl --header HEADER.md
       The markdown table (printed), HEADER.md's text first.
@@ -44,6 +46,18 @@ def machine_busy_ms():
     ticks = [int(x) for x in fields]
     busy = sum(ticks[i] for i in (0, 1, 2, 5, 6, 7) if i < len(ticks))
     return busy * 1000 // CLK_TCK
+
+
+def load_avg():
+    """The machine's 1-minute load average (other engineers' work shares the machine)."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def hosts_cpu_ms(path):
+    """Total CPU of the simulated hosts (their cgroups) from a `testbed cpu --json` file."""
+    with open(path) as f:
+        return json.load(f)["total_ns"] / 1e6
 
 
 def tree_memory(root, skip):
@@ -110,6 +124,7 @@ def cmd_run(args):
     out_file = opts.get("--stdout")
     with open(log_path, "wb") as log, open(out_file or os.devnull, "wb") as stdout:
         busy0 = machine_busy_ms()
+        load0 = load_avg()
         start = time.time()
         t0 = time.monotonic()
         # Orphans of the run (Ansible's ssh ControlPersist masters daemonise) become our
@@ -134,6 +149,7 @@ def cmd_run(args):
         wall = time.monotonic() - t0
         end = time.time()
         busy1 = machine_busy_ms()
+        load1 = load_avg()
         # What the run left behind (only its own processes: orphans re-parented to us) is
         # stopped and reaped, and its CPU counted as the controller's.
         cpu = ru.ru_utime + ru.ru_stime
@@ -163,6 +179,8 @@ def cmd_run(args):
         "leftover_processes": left,
         "machine_busy_ms": busy1 - busy0,
         "cores": os.cpu_count(),
+        "load_start": load0,
+        "load_end": load1,
     }
     with open(out_path, "w") as f:
         json.dump(res, f)
@@ -233,7 +251,11 @@ def cmd_row(args):
            "wall_ms": run["wall_ms"], "cpu_ms": run["cpu_ms"], "max_rss_kb": run["max_rss_kb"],
            "peak_tree_rss_kb": run["peak_tree_rss_kb"],
            "machine_busy_ms": run["machine_busy_ms"], "cores": run["cores"],
-           "fewest_up": fewest, "edge_events": events, "note": opts.get("--note", "")}
+           "fewest_up": fewest, "edge_events": events, "note": opts.get("--note", ""),
+           "load_start": run.get("load_start"), "load_end": run.get("load_end")}
+    if "--hosts-cpu-before" in opts:
+        row["hosts_cpu_ms"] = (hosts_cpu_ms(opts["--hosts-cpu-after"])
+                               - hosts_cpu_ms(opts["--hosts-cpu-before"]))
     sessions = {}
     with open(opts["--cmdlog"]) as f:
         for line in list(f)[int(opts["--cmdlog-from"]):]:
@@ -278,8 +300,8 @@ def cmd_table(args):
     out.append("| tool | hosts | job | window from start (edge) | window from token in hand "
                "| fewest hosts up | wall | SSH sessions per host (max) | controller CPU "
                "| controller RSS: largest process / whole tree | machine CPU (2 cores) "
-               "| exit |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+               "| testbed hosts' CPU (cgroups; per host) | load avg start → end | exit |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["kind"] == "rotate":
             job = "rotation"
@@ -298,13 +320,16 @@ def cmd_table(args):
             fewest = f"{r['fewest_up']}/{r['hosts']} ({r['edge_events']} edge events)"
         busy = r["machine_busy_ms"]
         share = busy / max(1, r["wall_ms"] * r["cores"]) * 100
+        hc = r.get("hosts_cpu_ms")
+        hosts_cpu = "—" if hc is None else f"{sec(hc)} ({hc / r['hosts']:.0f} ms)"
+        load = "—" if r.get("load_start") is None else f"{r['load_start']:.1f} → {r['load_end']:.1f}"
         out.append(
             f"| {r['tool']} | {r['hosts']} | {job} | {ws} | {wh} | {fewest} "
             f"| {sec(r['wall_ms'])} | {r['sessions_per_host']:.1f} ({r['sessions_max']}) "
             f"| {sec(r['cpu_ms'])} | {r['max_rss_kb'] / 1024:.0f} / "
             f"{r['peak_tree_rss_kb'] / 1024:.0f} MiB | {sec(busy)} ({share:.0f} %; "
             f"{(busy - r['cpu_ms']) / r['hosts']:.0f} ms per host beside the tool) "
-            f"| {r['rc']} |")
+            f"| {hosts_cpu} | {load} | {r['rc']} |")
     print("\n".join(out))
     return 0
 
