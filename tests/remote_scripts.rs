@@ -746,7 +746,7 @@ fn fake_engine(bin: &Path, cur: &str, proxy_pid: u32, conn_pid: u32, conn_mode: 
          echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2; exit 1; fi\n\
          case $1 in\n\
          ps) case \"$*\" in *mcp-tunnel-testbed*) printf '%s\\n' 'p1 running {lp}' 'c1 running {lc}';; esac;;\n\
-         inspect) case \"$*\" in *.State.Pid*) printf '%s\\n' '/p1 pid-p1 {proxy_pid} default mcp-proxy' '/c1 pid-c1 {conn_pid} {conn_mode} cloudflared';; esac;;\n\
+         inspect) case \"$*\" in *.State.Pid*) printf '%s\\n' '/p1 pid-p1 {proxy_pid} default 2026-12-03T21:00:00.5Z mcp-proxy' '/c1 pid-c1 {conn_pid} {conn_mode} 2026-12-03T21:00:01Z cloudflared';; esac;;\n\
          esac\n",
         lp = labels("mcp-proxy"),
         lc = labels("cloudflared"),

@@ -118,10 +118,10 @@ pub fn facts_script(layout: &Layout, release: &Release) -> Result<String, Script
         s,
         "tf_run=$(printf '%s\\n' \"$tf_ps\" | sed 's/$/,/' | grep -F -e {here} | grep '^[^ ]* running ' \
          | grep -e 'com.docker.compose.service={PROXY_SERVICE},' -e 'com.docker.compose.service={CONNECTOR_SERVICE},' | cut -d' ' -f1)\n\
-         if [ -n \"$tf_run\" ]; then docker inspect --format '{{{{.Name}}}} {{{{.Id}}}} {{{{.State.Pid}}}} {{{{.HostConfig.NetworkMode}}}} {{{{index .Config.Labels \"com.docker.compose.service\"}}}}' $tf_run 2>/dev/null \
-         | while read -r tf_a tf_i tf_p tf_m tf_s; do \
+         if [ -n \"$tf_run\" ]; then docker inspect --format '{{{{.Name}}}} {{{{.Id}}}} {{{{.State.Pid}}}} {{{{.HostConfig.NetworkMode}}}} {{{{.State.StartedAt}}}} {{{{index .Config.Labels \"com.docker.compose.service\"}}}}' $tf_run 2>/dev/null \
+         | while read -r tf_a tf_i tf_p tf_m tf_t tf_s; do \
          tf_ns=$(readlink \"/proc/$tf_p/ns/net\" 2>/dev/null | tr -cd 0-9); \
-         echo \"netns=$tf_s ${{tf_a#/}} $tf_i ${{tf_ns:--}} $tf_m\"; done; fi"
+         echo \"netns=$tf_s ${{tf_a#/}} $tf_i ${{tf_ns:--}} $tf_m $tf_t\"; done; fi"
     );
     // Modes and owners of the secret-bearing paths, and the uid this session writes as.
     let _ = writeln!(s, "echo \"uid=$(id -u)\"");
@@ -247,6 +247,10 @@ pub struct NetnsFact {
     /// Docker's `HostConfig.NetworkMode` (`container:ID` for a connector sharing the proxy's
     /// namespace on a real engine).
     pub network_mode: String,
+    /// Docker's `State.StartedAt` (RFC 3339), when given: every start of a container gives it
+    /// a new network namespace, so a connector that started before the proxy it joined last
+    /// started is in a namespace the proxy left.
+    pub started_at: Option<String>,
 }
 
 /// Why a running connector is not in the running proxy's network namespace, if one is not:
@@ -264,10 +268,21 @@ pub fn connector_netns_lost(netns: &[NetnsFact]) -> Option<String> {
                 c.name, proxy.name
             ));
         }
-        if let Some(joined) = c.network_mode.strip_prefix("container:")
-            && !joined.is_empty()
-            && joined != proxy.id
+        let joined = c
+            .network_mode
+            .strip_prefix("container:")
+            .unwrap_or_default();
+        if joined == proxy.id
+            && let (Some(p), Some(t)) = (started(&proxy.started_at), started(&c.started_at))
+            && t < p
         {
+            return Some(format!(
+                "{} joined the proxy {} before the proxy's last start, which gave it a new \
+                 network namespace",
+                c.name, proxy.name
+            ));
+        }
+        if !joined.is_empty() && joined != proxy.id {
             return Some(format!(
                 "{} joined container {}, not the proxy {} that runs now",
                 c.name,
@@ -277,6 +292,13 @@ pub fn connector_netns_lost(netns: &[NetnsFact]) -> Option<String> {
         }
     }
     None
+}
+
+/// A `State.StartedAt` as a time; Docker's zero time ("never started") and anything
+/// unreadable are unknown.
+fn started(t: &Option<String>) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let t = chrono::DateTime::parse_from_rfc3339(t.as_deref()?).ok()?;
+    (chrono::Datelike::year(&t) > 1).then_some(t)
 }
 
 /// Why a container is not running, as far as the host can tell.
@@ -373,6 +395,7 @@ pub fn parse_facts(layout: &Layout, release: &Release, out: &str) -> ParsedFacts
                         id: id.to_string(),
                         inode: ino.parse().ok(),
                         network_mode: mode.to_string(),
+                        started_at: it.next().filter(|t| !t.is_empty()).map(str::to_string),
                     });
                 }
             }
@@ -942,6 +965,7 @@ mod tests {
             id: id.into(),
             inode: ino,
             network_mode: mode.into(),
+            started_at: None,
         };
         let proxy = fact(PROXY_SERVICE, "p", "pid1", Some(10), "mcp-tunnel-t_default");
         // Inodes decide when both are known.
@@ -994,6 +1018,30 @@ mod tests {
         assert!(p.facts.connector_netns_lost.is_some());
         let out = "netns=mcp-proxy p pid1 - default\nnetns=cloudflared c cid - container:pid1\n";
         assert_eq!(parse_facts(&l, &r, out).facts.connector_netns_lost, None);
+
+        // Same inode (or none readable), joined the proxy that runs: the start times decide.
+        // A connector started before the proxy's last start is in the namespace it left.
+        let at = |t: &str| {
+            parse_facts(
+                &l,
+                &r,
+                &format!(
+                    "netns=mcp-proxy p pid1 10 default 2026-12-03T21:00:05.000000001Z\n\
+                     netns=cloudflared c cid 10 container:pid1 {t}\n"
+                ),
+            )
+            .facts
+            .connector_netns_lost
+        };
+        assert!(
+            at("2026-12-03T21:00:05Z").is_some_and(|w| w.contains("before the proxy's last start"))
+        );
+        assert!(at("2026-12-03T20:59:59.999999999Z").is_some());
+        assert_eq!(at("2026-12-03T21:00:05.000000002Z"), None);
+        assert_eq!(at("2026-12-03T21:00:06+00:00"), None);
+        // Docker's zero time and an unreadable time say nothing.
+        assert_eq!(at("0001-01-01T00:00:00Z"), None);
+        assert_eq!(at("soon"), None);
     }
 
     #[test]

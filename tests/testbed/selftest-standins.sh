@@ -184,6 +184,7 @@ assert p["Config"]["Image"].startswith("us-docker.pkg.dev/") and c["Config"]["Im
 assert p["NetworkSettings"]["IPAddress"] == "127.0.0.1", p["NetworkSettings"]
 assert p["NetworkSettings"]["Networks"]["mcp-tunnel_default"]["IPAddress"] == "127.0.0.1", p["NetworkSettings"]
 assert c["NetworkSettings"]["IPAddress"] == "" and c["NetworkSettings"]["Networks"] == {}, c["NetworkSettings"]
+assert c["HostConfig"]["NetworkMode"] == "container:" + p["Id"], c["HostConfig"]
 ' || fail "inspect shape"
 [ "$(inspect mcp-proxy '{{index .Config.Labels "com.docker.compose.service"}}')" = mcp-proxy ] || fail "index template"
 [ "$(inspect mcp-proxy '{{.NetworkSettings.IPAddress}}')" = 127.0.0.1 ] || fail "IPAddress template"

@@ -434,10 +434,16 @@ def shim_main(cid, notify_fd=None):
         logf.close()
         stopping["child"] = child
         mystart = proc_start(me)
+        # A container that joins another's namespace (`network_mode: service:X`) joins the
+        # one X has at this start, and stays in it when X is restarted later: Docker gives
+        # every start of X a new namespace (docker inspect: NetworkMode `container:<X's id>`,
+        # State.StartedAt earlier than X's).
+        owner = netns_owner(c)
+        joined = owner["id"] if owner is not c and owner.get("status") == "running" else None
 
         def running(x):
             x.update(status="running", pid=child.pid, pid_start=proc_start(child.pid),
-                     shim_pid=me, shim_start=mystart, started_at=started)
+                     shim_pid=me, shim_start=mystart, started_at=started, joined_id=joined)
             if not first:
                 x["restart_count"] = x.get("restart_count", 0) + 1
         update(cid, running)
@@ -1478,6 +1484,20 @@ def rfc3339(t):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(t))) + f".{ns:09d}Z"
 
 
+def network_mode_shown(c):
+    """HostConfig.NetworkMode as Docker shows it: Compose resolves `service:X` to
+    `container:<full id of X's container>`, the container joined when this one last
+    started (a container that never ran: X's container now)."""
+    nm = c.get("network_mode") or "default"
+    if nm.startswith("service:"):
+        joined = c.get("joined_id")
+        if not joined:
+            owner = netns_owner(c)
+            joined = owner["id"] if owner is not c else ""
+        return f"container:{joined}" if joined else nm
+    return nm
+
+
 def network_settings(c):
     """NetworkSettings as Docker shows them. Stand-in containers run on the
     host's own network namespace, so an address is 127.0.0.1; a container
@@ -1569,6 +1589,13 @@ def find_image(ref):
         if len({i["id"] for i in hits}) == 1:
             return hits[0]
     return None
+
+
+def engine_down():
+    """ROOT/engine-down exists (`testbed fault HOST engine-down`): every docker and
+    compose command fails as against a stopped dockerd (the containers keep running,
+    as with live-restore)."""
+    return os.path.exists(os.path.join(ROOT, "engine-down"))
 
 
 def registry_offline():
@@ -1982,7 +2009,7 @@ def docker_main(args):
                               # docker on the host (tunnelfleet hashes them on the host).
                               "Env": [f"{k}={v}" for k, v in sorted(c["env"].items())]},
                    "HostConfig": {"RestartPolicy": {"Name": c["restart"].split(":")[0]},
-                                  "NetworkMode": c.get("network_mode") or "default"},
+                                  "NetworkMode": network_mode_shown(c)},
                    "Mounts": [{"Source": s, "Destination": d, "RW": m != "ro"}
                               for s, d, m in c.get("volumes") or []]}
             out.append(rec)
@@ -1997,7 +2024,10 @@ def boot_main():
     """At host boot: containers whose processes died with the host are
     exited (255); restart them as dockerd does on start."""
     with global_lock():
-        for c in all_containers():
+        # As dockerd: a container that joins another's network namespace starts after it.
+        cs = sorted(all_containers(),
+                    key=lambda c: (c.get("network_mode") or "").startswith(("service:", "container:")))
+        for c in cs:
             was_running = c["status"] in ("running", "restarting") or c.get("desired") == "running"
             c = refresh(c)
             if c.get("auto_remove") and c["status"] != "running":
@@ -2164,6 +2194,12 @@ def main():
             return boot_main()
         if mode == "__engine":
             return engine_main(args[0])
+        if engine_down() and args[:1] not in (["--version"], ["-v"]):
+            # `testbed fault HOST engine-down`: the daemon does not answer; only the
+            # client's own version flag works, as with a stopped dockerd.
+            err("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+                "Is the docker daemon running?")
+            return 1
         os.makedirs(CDIR, mode=0o700, exist_ok=True)
         if mode == "compose-v1":
             if args[:1] in (["--version"], ["-v"]):

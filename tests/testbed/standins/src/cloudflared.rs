@@ -8,8 +8,10 @@
 //! - Connects to the stand-in edge at TESTBED_EDGE (host:port, set by the testbed);
 //!   registration takes TESTBED_REGISTER_MS (default 300 ms), then logs four "Registered
 //!   tunnel connection connIndex=N ..." lines.
-//! - Metrics server on the first free port of 127.0.0.1:20241-20245, each bound as the host port
-//!   its network namespace publishes it on (TESTBED_PUBLISHED), or --metrics ADDR:PORT:
+//! - Metrics server on the first free port of 127.0.0.1:20241-20245 (of TESTBED_METRICS_BIND's
+//!   address when set, e.g. 0.0.0.0 in a real container, as cloudflared does there), each bound
+//!   as the host port its network namespace publishes it on (TESTBED_PUBLISHED), or --metrics
+//!   ADDR:PORT:
 //!   /ready answers 200 {"status":200,"readyConnections":4,"connectorId":...} once
 //!   registered, 503 with readyConnections 0 otherwise; /metrics, /healthcheck.
 //! - The edge refusing the token: logs the error and exits 1 (a restart policy then restarts
@@ -241,7 +243,13 @@ fn start_metrics(st: &Arc<State>, spec: Option<&str>) {
         // namespace, so the loopback keeps them off the bridge, and a port the proxy's
         // namespace publishes (TESTBED_PUBLISHED, container port -> host port) is bound as
         // the host port it is published on, so two tunnels on one host do not collide.
+        // TESTBED_METRICS_BIND (e.g. 0.0.0.0 in a real engine's container) replaces the
+        // loopback.
         None => {
+            let bind = std::env::var("TESTBED_METRICS_BIND")
+                .ok()
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "127.0.0.1".to_string());
             let published: serde_json::Map<String, serde_json::Value> =
                 std::env::var("TESTBED_PUBLISHED")
                     .ok()
@@ -253,7 +261,7 @@ fn start_metrics(st: &Arc<State>, spec: Option<&str>) {
                         .get(&p.to_string())
                         .and_then(serde_json::Value::as_u64)
                         .unwrap_or(u64::from(p));
-                    format!("127.0.0.1:{host_port}")
+                    format!("{bind}:{host_port}")
                 })
                 .collect()
         }
