@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Testbed, describe, fewest_hosts_up, fp, json, repo_root};
+use common::{Testbed, describe, fewest_hosts_up, fp, repo_root};
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -43,13 +43,11 @@ impl Fleet {
     }
 
     fn file(&self, name: &str) -> String {
-        self.tb.path().join(name).to_string_lossy().into_owned()
+        self.tb.file(name)
     }
 
     fn tf(&self, verb: &str, extra: &[&str]) -> Output {
-        let mut args = vec!["--state-dir", self.state.as_str()];
-        args.extend(extra);
-        self.tb.tf(verb, &args)
+        self.tb.tf_in(&self.state, verb, extra)
     }
 
     /// `docker ARGS` against HOST's own dockerd, from the controller.
@@ -100,44 +98,19 @@ impl Fleet {
         v
     }
 
-    fn status(&self) -> Value {
-        json(&self.tf("status", &["--json"]))
-    }
-
     fn host_status(&self, host: &str) -> Value {
-        let doc = self.status();
-        doc["hosts"]
-            .as_array()
-            .and_then(|a| a.iter().find(|h| h["name"] == host).cloned())
-            .unwrap_or_else(|| panic!("{host} in status: {doc}"))
+        self.tb.host_status(&self.state, host)
     }
 
     /// Polls `status` until HOST is ok.
     fn wait_ok(&self, host: &str, what: &str) -> Value {
-        let end = Instant::now() + Duration::from_secs(90);
-        loop {
-            let h = self.host_status(host);
-            if h["ok"] == true {
-                return h;
-            }
-            assert!(Instant::now() < end, "{host} not ok after {what}: {h}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        self.tb.wait_host_ok(&self.state, host, what)
     }
 }
 
 /// Polls the edge until every host has connectors up on `token` and on no other.
 fn wait_edge_on(f: &Fleet, token: &str, what: &str) {
-    let end = Instant::now() + Duration::from_secs(60);
-    let want = std::collections::BTreeSet::from([fp(token)]);
-    loop {
-        let cur = f.tb.edge_current();
-        if f.tb.host_names().iter().all(|h| cur.get(h) == Some(&want)) {
-            return;
-        }
-        assert!(Instant::now() < end, "edge after {what}: {cur:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    f.tb.wait_edge_on(token, what);
 }
 
 fn run_stack_on_a_real_engine(compose: &'static str) {

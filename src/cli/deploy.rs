@@ -171,24 +171,14 @@ pub async fn run(args: DeployArgs) -> Result<i32, CliError> {
         crate::ops::audit::append(
             state.root(),
             &crate::ops::audit::ControllerAudit {
-                time: crate::ops::deploy::now_rfc3339(),
-                operator: crate::ops::deploy::operator(),
-                operation: "deploy",
-                tunnels: tunnels.keys().cloned().collect(),
-                ok: rows
-                    .iter()
-                    .filter(|r| r.ok)
-                    .map(|r| r.name.clone())
-                    .collect(),
-                failed: rows
-                    .iter()
-                    .filter(|r| !r.ok)
-                    .map(|r| r.name.clone())
-                    .collect(),
                 token_fingerprint: tunnels
                     .values()
                     .find_map(|t| t.token.as_ref().map(Secret::fingerprint)),
-                cert_serial: None,
+                ..crate::ops::audit::ControllerAudit::ended(
+                    "deploy",
+                    tunnels.keys().cloned().collect(),
+                    rows.iter().map(|r| (r.name.as_str(), r.ok)),
+                )
             },
         );
     }

@@ -32,6 +32,35 @@ pub struct ControllerAudit<'a> {
     pub cert_serial: Option<String>,
 }
 
+impl<'a> ControllerAudit<'a> {
+    /// The record of OPERATION on TUNNELS ending now, by this operator: each host of OUTCOMES
+    /// (name, succeeded) in `ok` or `failed`; no token or certificate named.
+    pub fn ended<'r>(
+        operation: &'a str,
+        tunnels: Vec<String>,
+        outcomes: impl IntoIterator<Item = (&'r str, bool)>,
+    ) -> Self {
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for (name, succeeded) in outcomes {
+            if succeeded {
+                ok.push(name.to_string());
+            } else {
+                failed.push(name.to_string());
+            }
+        }
+        ControllerAudit {
+            time: crate::ops::deploy::now_rfc3339(),
+            operator: crate::ops::deploy::operator(),
+            operation,
+            tunnels,
+            ok,
+            failed,
+            token_fingerprint: None,
+            cert_serial: None,
+        }
+    }
+}
+
 /// Appends `entry` to `<state_dir>/audit.log` (created 0600). Failure to write is reported
 /// on stderr, never fatal: the operation itself already happened.
 pub fn append(state_dir: &Path, entry: &ControllerAudit<'_>) {

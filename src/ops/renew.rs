@@ -279,24 +279,12 @@ pub async fn run(
     crate::ops::audit::append(
         &state,
         &crate::ops::audit::ControllerAudit {
-            time: crate::ops::deploy::now_rfc3339(),
-            operator: crate::ops::deploy::operator(),
-            operation: "renew-cert",
-            tunnels: renewed.iter().chain(&setup_tunnels).cloned().collect(),
-            ok: report
-                .hosts
-                .iter()
-                .filter(|h| h.ok)
-                .map(|h| h.name.clone())
-                .collect(),
-            failed: report
-                .hosts
-                .iter()
-                .filter(|h| !h.ok)
-                .map(|h| h.name.clone())
-                .collect(),
-            token_fingerprint: None,
             cert_serial: contexts.first().and_then(|h| h.input.cert_serial.clone()),
+            ..crate::ops::audit::ControllerAudit::ended(
+                "renew-cert",
+                renewed.iter().chain(&setup_tunnels).cloned().collect(),
+                report.hosts.iter().map(|h| (h.name.as_str(), h.ok)),
+            )
         },
     );
     Ok(report)

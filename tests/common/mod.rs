@@ -220,6 +220,62 @@ impl Testbed {
     }
 }
 
+impl Testbed {
+    /// Runs tunnelfleet VERB with `--state-dir STATE` ahead of `extra`.
+    pub fn tf_in(&self, state: &str, verb: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["--state-dir", state];
+        args.extend(extra);
+        self.tf(verb, &args)
+    }
+
+    /// A file in the testbed's directory, as a string argument.
+    pub fn file(&self, name: &str) -> String {
+        self.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// HOST's entry in `status --json` (with the controller state dir STATE).
+    pub fn host_status(&self, state: &str, host: &str) -> serde_json::Value {
+        let doc = json(&self.tf_in(state, "status", &["--json"]));
+        doc["hosts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == host).cloned())
+            .unwrap_or_else(|| panic!("{host} in status: {doc}"))
+    }
+
+    /// Polls `status` until HOST is ok (90 s at most), and returns its entry.
+    pub fn wait_host_ok(&self, state: &str, host: &str, what: &str) -> serde_json::Value {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let h = self.host_status(state, host);
+            if h["ok"] == true {
+                return h;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{host} not ok after {what}: {h}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
+    /// Polls the edge until every host has connectors up on `token` and on no other.
+    pub fn wait_edge_on(&self, token: &str, what: &str) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let want = std::collections::BTreeSet::from([fp(token)]);
+        loop {
+            let cur = self.edge_current();
+            if self.host_names().iter().all(|h| cur.get(h) == Some(&want)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "edge after {what}: {cur:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
 impl Drop for Testbed {
     fn drop(&mut self) {
         let _ = self.testbed(&["down"]);

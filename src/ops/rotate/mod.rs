@@ -700,22 +700,12 @@ pub async fn run(
     crate::ops::audit::append(
         &state_dir,
         &crate::ops::audit::ControllerAudit {
-            time: crate::ops::deploy::now_rfc3339(),
-            operator: crate::ops::deploy::operator(),
-            operation: "rotate-token",
-            tunnels: vec![tunnel.clone()],
-            ok: rows
-                .iter()
-                .filter(|r| r.ok)
-                .map(|r| r.name.clone())
-                .collect(),
-            failed: rows
-                .iter()
-                .filter(|r| !r.ok)
-                .map(|r| r.name.clone())
-                .collect(),
             token_fingerprint: Some(new_fp.clone()),
-            cert_serial: None,
+            ..crate::ops::audit::ControllerAudit::ended(
+                "rotate-token",
+                vec![tunnel.clone()],
+                rows.iter().map(|r| (r.name.as_str(), r.ok)),
+            )
         },
     );
     Ok(RotateOutcome::Ran(RotateReport {
