@@ -395,21 +395,7 @@ mod tests {
 
     fn status_table() -> Table {
         // `status` at 80 columns with the data of a 5-host fleet.
-        let mut t = Table::new(&[
-            "HOST",
-            "STATUS",
-            "RELEASE",
-            "TOKEN",
-            "CERT",
-            "EXPIRES",
-            "CONNECTOR",
-            "DETAIL",
-        ])
-        .painted("STATUS")
-        .painted("CONNECTOR")
-        .shrinkable("RELEASE", 10)
-        .shrinkable("CERT", 8)
-        .drop_order(&["CERT", "RELEASE"]);
+        let mut t = crate::cli::status::table();
         for i in 1..=5 {
             t.row(vec![
                 format!("h{i}"),
